@@ -1,0 +1,222 @@
+"""``oodatcaa`` command line: a thin layer over the library (the core never imports it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from oodatcaa import __version__
+from oodatcaa.core.errors import OodatcaaError
+from oodatcaa.core.workspace import Workspace, find_workspace
+
+ROLE_CHOICES = ("planner", "builder", "tester", "refiner", "integrator")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _ws(args: argparse.Namespace) -> Workspace:
+    return find_workspace(Path(args.workspace) if args.workspace else None)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from oodatcaa.sprints import init_workspace
+
+    ws = init_workspace(Path(args.path))
+    console.print(f"workspace ready: {ws.dir}")
+    console.print("next: write a backlog (docs/backlog-format.md), then `oodatcaa sprint new --backlog FILE`")
+    return 0
+
+
+def cmd_sprint_new(args: argparse.Namespace) -> int:
+    from oodatcaa.sprints import new_sprint
+
+    ws = _ws(args)
+    sprint = new_sprint(ws, Path(args.backlog), force=args.force)
+    console.print(f"{sprint.id} initiated (Sprint {sprint.number}); run `oodatcaa run` to start the agents")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from oodatcaa.roles.base import AgentContext, install_signal_handlers
+    from oodatcaa.roles.negotiator import Negotiator
+
+    ctx = AgentContext.open(_ws(args), "negotiator")
+    install_signal_handlers(ctx)
+    code, message = Negotiator(ctx, max_seconds=args.max_seconds).run()
+    (console if code == 0 else err_console).print(("" if code == 0 else "error: ") + message)
+    return code
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from oodatcaa.roles import AGENT_CLASSES
+    from oodatcaa.roles.base import AgentContext, install_signal_handlers
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.owner} %(levelname)s %(message)s")
+    ctx = AgentContext.open(_ws(args), args.owner)
+    install_signal_handlers(ctx)
+    agent = AGENT_CLASSES[args.role](ctx)
+    return agent.run(once=args.once)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from oodatcaa.cli.render import status_rows, status_table
+    from oodatcaa.core.store import QueueStore
+
+    queue = QueueStore.for_workspace(_ws(args)).read()
+    if args.json:
+        data = {
+            "sprint": queue.sprint.model_dump(mode="json") if queue.sprint else None,
+            "counters": queue.counters,
+            "revision": queue.revision,
+            "tasks": status_rows(queue),
+        }
+        print(json.dumps(data, indent=2))
+    else:
+        console.print(status_table(queue))
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from oodatcaa.core.eventlog import EventLog
+    from oodatcaa.core.ids import validate_task_id
+
+    ws = _ws(args)
+    entries = EventLog(ws.agent_log_path, ws.lock_path("agent_log")).entries()
+    if args.task:
+        validate_task_id(args.task)
+        entries = [e for e in entries if e.task == args.task or e.task.startswith(args.task + "-")]
+    if args.tail:
+        entries = entries[-args.tail:]
+    from rich.table import Table
+
+    table = Table(show_header=True)
+    for col in ("time", "agent", "task", "from -> to", "what"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        table.add_row(e.time.strftime("%H:%M:%S"), e.agent, e.task, e.change, e.what)
+    console.print(table)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from oodatcaa.cli.render import print_markdown
+    from oodatcaa.core.ids import validate_story_id
+    from oodatcaa.reports import reports_for
+
+    ws = _ws(args)
+    validate_story_id(args.task)
+    paths = reports_for(ws, args.task, args.role)
+    if not paths:
+        err_console.print(f"error: no reports for {args.task}" + (f" from {args.role}" if args.role else ""))
+        return 1
+    for path in paths:
+        print_markdown(console, path.read_text(encoding="utf-8"))
+        console.rule()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from oodatcaa.demo import run_demo
+
+    return run_demo(Path(args.path), model=args.model, max_seconds=args.max_seconds, console=console)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from oodatcaa.mlmodels.default_model import default_model_info, ensure_default_model
+
+    if args.model_cmd == "prepare":
+        path = ensure_default_model()
+        console.print(f"default model ready: {path}")
+    else:
+        print(json.dumps(default_model_info(), indent=2, default=str))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from oodatcaa.core.models import queue_json_schema
+
+    print(json.dumps(queue_json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oodatcaa",
+        description="Multi-agent orchestrator for the OODATCAA loop: a backlog of MLX experiments goes in; "
+        "planned, built, tested, merged and tagged results come out, every step in git.",
+    )
+    parser.add_argument("--version", action="version", version=f"oodatcaa {__version__}")
+    parser.add_argument("-C", "--workspace", metavar="DIR", help="repository containing .oodatcaa/ (default: cwd)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create the .oodatcaa/ workspace in a git repository")
+    p.add_argument("path", nargs="?", default=".", help="a directory inside the git repository (default: .)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("sprint", help="sprint commands")
+    sprint_sub = p.add_subparsers(dest="sprint_cmd", required=True, metavar="SUBCOMMAND")
+    q = sprint_sub.add_parser("new", help="start a sprint from a Markdown backlog (every item needs_plan)")
+    q.add_argument("--backlog", required=True, metavar="FILE", help="backlog file (docs/backlog-format.md)")
+    q.add_argument("--force", action="store_true", help="replace a sprint that is still running")
+    q.set_defaults(func=cmd_sprint_new)
+
+    p = sub.add_parser("run", help="start the Negotiator and the role agents; exits 0 when the sprint completes")
+    p.add_argument("--max-seconds", type=float, default=None, help="give up after this many seconds (exit 6)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("agent", help="run one role agent in the foreground")
+    p.add_argument("role", choices=ROLE_CHOICES)
+    p.add_argument("--owner", required=True, help="agent name, e.g. builder-A (letters, digits, . _ -)")
+    p.add_argument("--once", action="store_true", help="handle at most one item, then exit")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("status", help="table of tasks: status, owner, branch, last metric")
+    p.add_argument("--json", action="store_true", help="print the same data as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("log", help="show AGENT_LOG.md entries")
+    p.add_argument("--task", help="only this task (and its subtasks)")
+    p.add_argument("--tail", type=int, default=None, help="only the last N entries")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("report", help="render a task's reports in the terminal")
+    p.add_argument("task", help="story ID, e.g. T001")
+    p.add_argument("--role", choices=ROLE_CHOICES, help="only this role's reports")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="copy the bundled demo sprint into a fresh repository at PATH and run it")
+    p.add_argument("path", help="where to create the demo repository (replaced if it is an earlier demo)")
+    p.add_argument("--model", default=None, help="local mlx-lm model dir instead of the default SmolLM2")
+    p.add_argument("--max-seconds", type=float, default=1800, help="give up after this many seconds")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("model", help="the offline default model (SmolLM2-135M-Instruct)")
+    p.add_argument("model_cmd", choices=("prepare", "info"), help="prepare: convert and cache it; info: where it is")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of SPRINT_QUEUE.json")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``oodatcaa`` console script; returns the exit code."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except OodatcaaError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

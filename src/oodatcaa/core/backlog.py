@@ -1,0 +1,795 @@
+"""Parse the Markdown sprint backlog (DESIGN.md §4) into validated items.
+
+A backlog is Markdown: an optional ``# Title``, a goal, an optional ``## Exit Criteria`` list,
+then one ``### ID: Title`` section per item with bold field labels, fenced ``job`` blocks (one
+Builder step each, in order) and an ``**Acceptance Criteria:**`` checkbox list::
+
+    ### T004: LoRA fine-tune on the procedures dataset
+    **Type:** Story  **Complexity:** M  **Priority:** 2  **Dependencies:** T003
+    **Description:** Train a LoRA adapter on the procedures data.
+
+    ```job
+    kind: lora_train
+    data: data/procedures
+    ```
+
+    **Acceptance Criteria:**
+    - [ ] peak memory under target `metric: train.peak_memory_gb <= 16` (critical)
+
+Every problem is a :class:`~oodatcaa.core.errors.BacklogError` naming the source, the 1-based
+line and the fix. Job blocks are checked only for being a YAML mapping with a string ``kind``;
+``oodatcaa.jobs.spec`` validates their fields. The format is documented for users in
+``docs/backlog-format.md``.
+
+This module imports only the standard library, pydantic and PyYAML.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from oodatcaa.core.criteria import Criterion, parse_criterion_line
+from oodatcaa.core.errors import BacklogError, InvalidIdError
+from oodatcaa.core.ids import validate_story_id
+
+__all__ = [
+    "FIELD_LABELS",
+    "Backlog",
+    "BacklogItem",
+    "JobBlock",
+    "format_backlog",
+    "format_item",
+    "load_backlog",
+    "parse_backlog",
+]
+
+# Known item field labels (as written, case-insensitive) -> field name.
+FIELD_LABELS: dict[str, str] = {
+    "type": "type",
+    "complexity": "complexity",
+    "status": "status",
+    "priority": "priority",
+    "dependencies": "dependencies",
+    "depends on": "dependencies",
+    "description": "description",
+    "acceptance criteria": "acceptance_criteria",
+}
+_KNOWN_LABELS_TEXT = ", ".join(
+    f"**{label}:**"
+    for label in ("Type", "Complexity", "Status", "Priority", "Dependencies", "Description", "Acceptance Criteria")
+)
+_GOAL_LABELS = ("sprint goal", "goal")
+_EXIT_LABELS = ("exit criteria", "sprint exit criteria")
+_NO_DEPENDENCIES = {"", "none", "-", "--", "—", "–", "n/a", "na", "no"}
+
+_ID_FIX = "IDs are a capital letter and three digits, like T001"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobBlock(_Strict):
+    """One fenced ``job`` block of an item: one Builder step.
+
+    ``line`` is the 1-based line of the opening fence; ``data`` the YAML mapping (with a string
+    ``kind``; the other fields are validated by ``oodatcaa.jobs.spec``).
+    """
+
+    line: int = Field(ge=1)
+    data: dict[str, Any]
+
+    @field_validator("data")
+    @classmethod
+    def _kind(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("kind"), str) or not value["kind"]:
+            raise ValueError("a job block needs a string `kind`")
+        return value
+
+    @property
+    def kind(self) -> str:
+        """The job kind, e.g. ``lora_train``."""
+        return self.data["kind"]
+
+
+class BacklogItem(_Strict):
+    """One ``### ID: Title`` section. ``status`` is informational (as written); ``line`` is 1-based."""
+
+    id: str
+    title: str = Field(min_length=1)
+    type: str = "Story"
+    complexity: str | None = None
+    priority: int | None = None
+    status: str | None = None
+    dependencies: list[str] = Field(default_factory=list)
+    description: str = ""
+    acceptance_criteria: list[Criterion] = Field(default_factory=list)
+    jobs: list[JobBlock] = Field(default_factory=list)
+    line: int = Field(default=1, ge=1)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validate_story_id(value)
+
+    @field_validator("dependencies")
+    @classmethod
+    def _deps(cls, value: list[str]) -> list[str]:
+        return [validate_story_id(v) for v in value]
+
+
+class Backlog(_Strict):
+    """A parsed backlog: title, goal, exit criteria and items in file order."""
+
+    source: str
+    title: str | None = None
+    goal: str | None = None
+    exit_criteria: list[str] = Field(default_factory=list)
+    items: list[BacklogItem]
+
+    @property
+    def ids(self) -> list[str]:
+        """Item IDs in file order."""
+        return [item.id for item in self.items]
+
+    def item(self, item_id: str) -> BacklogItem:
+        """The item with ``item_id``; raises :class:`KeyError` when there is none."""
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        raise KeyError(item_id)
+
+    def ordered(self) -> list[BacklogItem]:
+        """Items in an order that respects dependencies (a dependency comes first).
+
+        Among items that are ready at the same time: lower ``priority`` first (no priority goes
+        last), then file order. Dependencies outside the backlog are ignored (the parser refuses
+        them; a hand-built :class:`Backlog` may not).
+        """
+        index = {item.id: i for i, item in enumerate(self.items)}
+        waiting = {item.id: {d for d in item.dependencies if d in index} for item in self.items}
+        users: dict[str, list[str]] = {item.id: [] for item in self.items}
+        for item in self.items:
+            for dep in waiting[item.id]:
+                users[dep].append(item.id)
+
+        def key(item_id: str) -> tuple[float, int, str]:
+            priority = self.items[index[item_id]].priority
+            return (float("inf") if priority is None else priority, index[item_id], item_id)
+
+        ready = [key(i) for i, deps in waiting.items() if not deps]
+        heapq.heapify(ready)
+        out: list[BacklogItem] = []
+        while ready:
+            _, i, item_id = heapq.heappop(ready)
+            out.append(self.items[i])
+            for user in users[item_id]:
+                waiting[user].discard(item_id)
+                if not waiting[user]:
+                    heapq.heappush(ready, key(user))
+        if len(out) != len(self.items):
+            stuck = sorted(set(index) - {item.id for item in out})
+            raise BacklogError(self.source, None, f"dependency cycle among {', '.join(stuck)}")
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Line patterns
+# --------------------------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^ {0,3}(?P<level>#{1,6})(?:[ \t]+(?P<text>.*?))?[ \t]*$")
+_FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\s`]*)[^`]*$")
+_CHECKBOX = re.compile(r"^(?P<indent>\s*)[-*+][ \t]+\[(?P<mark>[ xX])\](?:[ \t]+(?P<text>.*))?$")
+_BULLET = re.compile(r"^(?P<indent>\s*)[-*+][ \t]+(?P<text>.*)$")
+_LIST_PREFIX = re.compile(r"^\s*(?:[-*+][ \t]+)?")
+_LABEL = re.compile(r"\*\*[ \t]*(?P<name>[^*\n]+?)[ \t]*(?::[ \t]*\*\*|\*\*[ \t]*:)")
+_ITEM_HEADING = re.compile(r"^(?P<id>.+?):(?:[ \t]+(?P<title>.*))?$")
+_ID_LIKE = re.compile(r"^[A-Za-z]{1,3}[-_]?[0-9]+(?![A-Za-z])")
+_JOB_LIKE = re.compile(r"^kind:[ \t]*(model_check|inference_bench|lora_train|command)\b", re.M)
+
+
+def _heading(line: str) -> tuple[int, str] | None:
+    m = _HEADING.match(line)
+    if not m:
+        return None
+    text = m.group("text") or ""
+    text = re.sub(r"(^|[ \t]+)#+[ \t]*$", "", text).strip()
+    return len(m.group("level")), text
+
+
+def _labels(line: str) -> list[tuple[str, str]] | None:
+    """``[(label, value), ...]`` when the line starts with a bold label, else ``None``."""
+    start = _LIST_PREFIX.match(line)
+    rest = line[start.end() if start else 0 :]
+    matches = list(_LABEL.finditer(rest))
+    if not matches or matches[0].start() != 0:
+        return None
+    out = []
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(rest)
+        out.append((m.group("name").strip(), rest[m.end() : end].strip()))
+    return out
+
+
+def _norm_label(label: str) -> str:
+    return re.sub(r"\s+", " ", label.strip().lower())
+
+
+# --------------------------------------------------------------------------------------------
+# YAML of job blocks
+# --------------------------------------------------------------------------------------------
+
+
+class _JobLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
+
+
+def _construct_mapping(loader: _JobLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (first given on line {seen[key] + 1} of the block)",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        except TypeError:  # unhashable key: SafeLoader reports it below
+            pass
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_JobLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _parse_job(lines: list[str], fence_line: int, item_id: str, source: str) -> JobBlock:
+    text = "\n".join(lines)
+    try:
+        data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = fence_line + 1 + mark.line if mark is not None else fence_line
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        what = f"{context}: {problem}" if context else problem
+        col = f", column {mark.column + 1}" if mark is not None else ""
+        raise BacklogError(
+            source, line,
+            f"job block of {item_id} (fence on line {fence_line}) is not valid YAML{col}: {what}; "
+            "fix the YAML (one `key: value` per line, indent with spaces, quote values containing ': ' or '#')",
+        ) from None
+    if not isinstance(data, dict):
+        got = "empty" if data is None else f"a {type(data).__name__}"
+        raise BacklogError(
+            source, fence_line,
+            f"job block of {item_id} must be a YAML mapping with a `kind`, got {got}; "
+            "write `kind: lora_train` (or model_check, inference_bench, command) and its fields",
+        )
+    if "kind" not in data:
+        raise BacklogError(
+            source, fence_line,
+            f"job block of {item_id} has no `kind`; add a line like `kind: lora_train` "
+            "(kinds: model_check, inference_bench, lora_train, command)",
+        )
+    if not isinstance(data["kind"], str) or not data["kind"]:
+        raise BacklogError(
+            source, fence_line,
+            f"job block of {item_id}: `kind` must be a non-empty string, got {data['kind']!r}; "
+            "write e.g. `kind: lora_train`",
+        )
+    return JobBlock(line=fence_line, data=data)
+
+
+# --------------------------------------------------------------------------------------------
+# The parser
+# --------------------------------------------------------------------------------------------
+
+
+class _ItemBuilder:
+    def __init__(self, item_id: str, title: str, line: int) -> None:
+        self.id = item_id
+        self.title = title
+        self.line = line
+        self.fields: dict[str, str] = {}
+        self.field_lines: dict[str, int] = {}
+        self.description: list[str] = []
+        self.criteria: list[Criterion] = []
+        self.jobs: list[JobBlock] = []
+        self.pending: tuple[int, str] | None = None  # (line, text) of the criterion being read
+        self.mode: str | None = None  # None | "description" | "criteria"
+
+
+class _Parser:
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.lines = text.lstrip("\ufeff").splitlines()
+        self.title: str | None = None
+        # Goal sources, best first: a **Sprint Goal:** label, a "## Goal" section, the paragraph
+        # under the title.
+        self.goal_parts: dict[str, list[str]] = {}
+        self.goal_waiting: str | None = None  # source whose first paragraph is awaited
+        self.goal_collecting: str | None = None  # source whose paragraph is being read
+        self.exit_criteria: list[str] = []
+        self.items: list[_ItemBuilder] = []
+        self.item: _ItemBuilder | None = None
+        # Outside items: "preamble" (before any ## heading), "exit" (an exit-criteria list),
+        # "other" (any other section).
+        self.section = "preamble"
+
+    def error(self, line: int | None, message: str) -> BacklogError:
+        return BacklogError(self.source, line, message)
+
+    # -- the main loop ------------------------------------------------------------------------
+
+    def parse(self) -> Backlog:
+        n = 0
+        total = len(self.lines)
+        while n < total:
+            line = self.lines[n]
+            lineno = n + 1
+            fence = _FENCE_OPEN.match(line)
+            if fence:
+                n = self._fence(n, fence)
+                continue
+            heading = _heading(line)
+            if heading:
+                self._heading(lineno, *heading)
+            elif self.item is not None:
+                self._item_line(lineno, line)
+            else:
+                self._outside_line(lineno, line)
+            n += 1
+        self._close_item()
+        if not self.items:
+            raise self.error(
+                None,
+                "no items found; each backlog item is a section headed `### T001: Title` "
+                "(a capital letter and three digits, a colon, the title)",
+            )
+        items = [self._build(b) for b in self.items]
+        self._check_dependencies(items)
+        goal_text = None
+        for key in ("label", "section", "para"):
+            if self.goal_parts.get(key):
+                goal_text = " ".join(self.goal_parts[key]).strip()
+                break
+        return Backlog(
+            source=self.source, title=self.title, goal=goal_text or None,
+            exit_criteria=self.exit_criteria, items=items,
+        )
+
+    # -- fences -------------------------------------------------------------------------------
+
+    def _fence(self, n: int, match: re.Match[str]) -> int:
+        fence_line = n + 1
+        marker = match.group("fence")
+        info = match.group("info").lower()
+        closing = re.compile(rf"^ {{0,3}}{re.escape(marker[0])}{{{len(marker)},}}[ \t]*$")
+        body: list[str] = []
+        end = None
+        for j in range(n + 1, len(self.lines)):
+            if closing.match(self.lines[j]):
+                end = j
+                break
+            body.append(self.lines[j])
+        if end is None:
+            raise self.error(
+                fence_line,
+                f"code fence {marker}{info} opened here is never closed; add a closing {marker} line",
+            )
+        if info == "job":
+            if self.item is None:
+                raise self.error(
+                    fence_line,
+                    "job block outside an item; put it in an item section under a `### T001: Title` heading",
+                )
+            self._end_criteria()
+            self.item.mode = None
+            self.item.jobs.append(_parse_job(body, fence_line, self.item.id, self.source))
+        elif self.item is not None:
+            # Any other code block is part of the description, verbatim.
+            self._end_criteria()
+            if _JOB_LIKE.search("\n".join(body)):
+                raise self.error(
+                    fence_line,
+                    f"code block in {self.item.id} looks like a job but is fenced as {marker}{info}; "
+                    f"open it with {marker}job so that it runs (or remove its `kind:` line)",
+                )
+            self.item.mode = "description"
+            self.item.description.extend(self.lines[n : end + 1])
+        else:
+            self._goal_stop()
+        return end + 1
+
+    # -- headings -----------------------------------------------------------------------------
+
+    def _heading(self, lineno: int, level: int, text: str) -> None:
+        if level >= 4 and self.item is not None:
+            self._end_criteria()
+            self.item.mode = "description"
+            self.item.description.append(self.lines[lineno - 1].strip())
+            return
+        self._goal_stop()
+        if level == 1:
+            self._close_item()
+            if self.title is None:
+                self.title = text or None
+                self.goal_waiting = "para"
+            return
+        if level == 2:
+            self._close_item()
+            label = _norm_label(text)
+            self.section = "exit" if label in _EXIT_LABELS else "other"
+            if label in _GOAL_LABELS:
+                self.goal_waiting = "section"
+            return
+        if level == 3:
+            self._close_item()
+            item = self._item_heading(lineno, text)
+            if item is not None:
+                self.item = item
+            else:
+                self.section = "other"
+            return
+        # level >= 4 outside items: ignored
+
+    def _item_heading(self, lineno: int, text: str) -> _ItemBuilder | None:
+        m = _ITEM_HEADING.match(text)
+        if not m:
+            if _ID_LIKE.match(text):
+                raise self.error(
+                    lineno,
+                    f"item heading {text!r} is missing ': ' after the ID; write `### T001: Title`",
+                )
+            if self.items:
+                raise self.error(
+                    lineno,
+                    f"level-3 heading {text!r} after the first item: level-3 headings are items "
+                    "(`### T001: Title`); use `##` or `####` for other headings",
+                )
+            return None  # an ordinary level-3 heading before the items
+        raw_id, title = m.group("id").strip(), (m.group("title") or "").strip()
+        try:
+            validate_story_id(raw_id)
+        except InvalidIdError as exc:
+            raise self.error(
+                lineno,
+                f"{exc}; {_ID_FIX} (`### T001: Title`); use `##` or `####` for headings that are not items",
+            ) from None
+        for other in self.items:
+            if other.id == raw_id:
+                raise self.error(
+                    lineno, f"duplicate item ID {raw_id} (first defined on line {other.line}); give this item a new ID"
+                )
+        if not title:
+            raise self.error(lineno, f"item {raw_id} has no title; write `### {raw_id}: A short title`")
+        return _ItemBuilder(raw_id, title, lineno)
+
+    # -- inside an item -----------------------------------------------------------------------
+
+    def _item_line(self, lineno: int, line: str) -> None:
+        item = self.item
+        assert item is not None
+        labels = _labels(line)
+        if labels is not None:
+            self._end_criteria()
+            item.mode = None
+            for label, value in labels:
+                self._field(lineno, item, label, value)
+            # A trailing description/criteria label opens a multi-line field.
+            last = FIELD_LABELS[_norm_label(labels[-1][0])]
+            if last == "description":
+                item.mode = "description"
+            elif last == "acceptance_criteria":
+                item.mode = "criteria"
+            return
+        box = _CHECKBOX.match(line)
+        if box:
+            if item.mode != "criteria":
+                raise self.error(
+                    lineno,
+                    f"checkbox line in {item.id} outside an **Acceptance Criteria:** list; "
+                    "put an `**Acceptance Criteria:**` line above the list",
+                )
+            self._end_criteria()
+            item.pending = (lineno, box.group("text") or "")
+            return
+        if item.mode == "criteria":
+            if not line.strip():
+                self._end_criteria()
+                return
+            if item.pending is not None and line[:1] in (" ", "\t") and not _BULLET.match(line):
+                at, text = item.pending
+                item.pending = (at, f"{text} {line.strip()}")
+                return
+            bullet = _BULLET.match(line)
+            if bullet:
+                raise self.error(
+                    lineno,
+                    f"acceptance criterion of {item.id} is not a checkbox; write `- [ ] {bullet.group('text').strip()}`",
+                )
+            # Prose between criteria belongs to the description; the list goes on after it.
+            self._end_criteria()
+            item.description.append(line.rstrip())
+            return
+        if not line.strip() and not item.description:
+            return
+        item.mode = "description"
+        item.description.append(line.rstrip())
+
+    def _field(self, lineno: int, item: _ItemBuilder, label: str, value: str) -> None:
+        name = FIELD_LABELS.get(_norm_label(label))
+        if name is None:
+            raise self.error(
+                lineno, f"unknown field **{label}:** in {item.id}; the known fields are {_KNOWN_LABELS_TEXT}"
+            )
+        if name in item.field_lines:
+            raise self.error(
+                lineno,
+                f"field **{label}:** given twice in {item.id} (first on line {item.field_lines[name]}); keep one",
+            )
+        item.field_lines[name] = lineno
+        if name == "description":
+            if value:
+                item.description.append(value)
+        elif name == "acceptance_criteria":
+            if value and value.lower() not in _NO_DEPENDENCIES:
+                raise self.error(
+                    lineno,
+                    f"text after **Acceptance Criteria:** in {item.id}; put each criterion on its own "
+                    "`- [ ] ...` line below the label",
+                )
+        else:
+            item.fields[name] = value
+
+    def _end_criteria(self) -> None:
+        item = self.item
+        if item is None or item.pending is None:
+            return
+        at, text = item.pending
+        item.pending = None
+        item.criteria.append(
+            parse_criterion_line(text, index=len(item.criteria) + 1, source=self.source, line=at)
+        )
+
+    def _close_item(self) -> None:
+        if self.item is not None:
+            self._end_criteria()
+            self.items.append(self.item)
+            self.item = None
+
+    # -- outside items ------------------------------------------------------------------------
+
+    def _goal_stop(self) -> None:
+        self.goal_waiting = None
+        self.goal_collecting = None
+
+    def _outside_line(self, lineno: int, line: str) -> None:
+        stripped = line.strip()
+        labels = _labels(line)
+        if labels is not None:
+            self.goal_collecting = None
+            name, value = _norm_label(labels[0][0]), labels[0][1]
+            if name in _GOAL_LABELS and "label" not in self.goal_parts:
+                self.goal_parts["label"] = [value] if value else []
+                self.goal_collecting = "label" if value else None
+                self.goal_waiting = None if value else "label"
+            elif name in _EXIT_LABELS:
+                self.section = "exit"
+                self.goal_waiting = None
+            # Other labels outside items ("**Sprint:** SPRINT-2026-004") are informational.
+            return
+        if not stripped:
+            self.goal_collecting = None
+            return
+        box = _CHECKBOX.match(line)
+        bullet = _BULLET.match(line)
+        if box or bullet:
+            self._goal_stop()
+            if self.section == "exit":
+                text = (box.group("text") if box else bullet.group("text")) or ""  # type: ignore[union-attr]
+                if text.strip():
+                    self.exit_criteria.append(text.strip())
+            return
+        if self.section == "exit" and self.exit_criteria and line[:1] in (" ", "\t"):
+            self.exit_criteria[-1] += " " + stripped
+            return
+        if self.goal_collecting is not None:
+            self.goal_parts[self.goal_collecting].append(stripped)
+        elif self.goal_waiting is not None and not stripped.startswith(("|", "<", ">")):
+            self.goal_parts[self.goal_waiting] = [stripped]
+            self.goal_collecting = self.goal_waiting
+            self.goal_waiting = None
+
+    # -- building and cross-item checks ------------------------------------------------------
+
+    def _build(self, b: _ItemBuilder) -> BacklogItem:
+        fields = b.fields
+        priority = None
+        raw_priority = fields.get("priority", "").strip()
+        if raw_priority and raw_priority.lower() not in _NO_DEPENDENCIES:
+            if not re.fullmatch(r"[+-]?\d+", raw_priority):
+                raise self.error(
+                    b.field_lines["priority"],
+                    f"priority of {b.id} must be an integer, got {raw_priority!r}; write e.g. `**Priority:** 2`",
+                )
+            priority = int(raw_priority)
+        deps = self._dependencies(b)
+        description = _join_description(b.description)
+        return BacklogItem(
+            id=b.id,
+            title=b.title,
+            type=fields.get("type") or "Story",
+            complexity=fields.get("complexity") or None,
+            priority=priority,
+            status=fields.get("status") or None,
+            dependencies=deps,
+            description=description,
+            acceptance_criteria=b.criteria,
+            jobs=b.jobs,
+            line=b.line,
+        )
+
+    def _dependencies(self, b: _ItemBuilder) -> list[str]:
+        raw = b.fields.get("dependencies", "").strip()
+        if raw.lower() in _NO_DEPENDENCIES:
+            return []
+        out: list[str] = []
+        for token in re.split(r"[,;]", raw):
+            dep = token.strip().strip("`").strip()
+            if not dep:
+                continue
+            try:
+                validate_story_id(dep)
+            except InvalidIdError:
+                raise self.error(
+                    b.field_lines["dependencies"],
+                    f"invalid dependency {dep!r} of {b.id}; write item IDs separated by commas "
+                    "(`**Dependencies:** T001, T002`) or `None`",
+                ) from None
+            if dep not in out:
+                out.append(dep)
+        return out
+
+    def _check_dependencies(self, items: list[BacklogItem]) -> None:
+        known = {item.id for item in items}
+        dep_line = {b.id: b.field_lines.get("dependencies", b.line) for b in self.items}
+        for item in items:
+            for dep in item.dependencies:
+                if dep not in known:
+                    raise self.error(
+                        dep_line[item.id],
+                        f"{item.id} depends on {dep}, which is not in this backlog "
+                        f"(items: {', '.join(sorted(known))}); add {dep} or remove the dependency",
+                    )
+        graph = {item.id: item.dependencies for item in items}
+        state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+        for start in graph:
+            if state.get(start):
+                continue
+            path: list[str] = []
+            stack: list[tuple[str, int]] = [(start, 0)]
+            state[start] = 1
+            path.append(start)
+            while stack:
+                node, i = stack[-1]
+                if i < len(graph[node]):
+                    stack[-1] = (node, i + 1)
+                    nxt = graph[node][i]
+                    if state.get(nxt) == 1:
+                        cycle = path[path.index(nxt) :] + [nxt]
+                        raise self.error(
+                            dep_line[nxt],
+                            f"dependency cycle: {' -> '.join(cycle)}; remove one of these dependencies",
+                        )
+                    if not state.get(nxt):
+                        state[nxt] = 1
+                        path.append(nxt)
+                        stack.append((nxt, 0))
+                else:
+                    state[node] = 2
+                    path.pop()
+                    stack.pop()
+
+
+def _join_description(lines: list[str]) -> str:
+    out: list[str] = []
+    for line in lines:
+        if not line.strip():
+            if out and out[-1] != "":
+                out.append("")
+            continue
+        out.append(line.rstrip())
+    while out and out[-1] == "":
+        out.pop()
+    return "\n".join(out)
+
+
+def parse_backlog(text: str, *, source: str = "<backlog>") -> Backlog:
+    """Parse backlog Markdown (DESIGN.md §4, ``docs/backlog-format.md``) into a :class:`Backlog`.
+
+    Raises :class:`BacklogError` (``source``, 1-based line, the problem and the fix) for: an
+    invalid item ID (``../x``, ``T1:2``), a duplicate ID, a dependency on an unknown item, a
+    dependency cycle (named, ``T001 -> T002 -> T001``), a job block that is not valid YAML (the
+    line inside the file), not a mapping, without a string ``kind`` or with a duplicate key, an
+    unclosed code fence, a job block outside an item, an unknown or repeated field label, a
+    non-integer priority, a checkbox outside an acceptance-criteria list, a malformed inline
+    check (see :func:`~oodatcaa.core.criteria.parse_criterion_line`), or no items at all.
+    """
+    return _Parser(text, source).parse()
+
+
+def load_backlog(path: Path | str) -> Backlog:
+    """Read and parse a backlog file (UTF-8); the error source is the path.
+
+    Raises :class:`BacklogError` when the file cannot be read or does not parse.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BacklogError(str(path), None, "backlog file not found; check the path") from None
+    except UnicodeDecodeError as exc:
+        raise BacklogError(str(path), None, f"backlog file is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    except OSError as exc:
+        raise BacklogError(str(path), None, f"cannot read the backlog file: {exc.strerror or exc}") from None
+    return parse_backlog(text, source=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def format_item(item: BacklogItem) -> str:
+    """One item as backlog Markdown (parsed back by :func:`parse_backlog` to an equal item,
+    except ``line``)."""
+    out = [f"### {item.id}: {item.title}"]
+    fields = [f"**Type:** {item.type}"]
+    if item.complexity:
+        fields.append(f"**Complexity:** {item.complexity}")
+    if item.status:
+        fields.append(f"**Status:** {item.status}")
+    if item.priority is not None:
+        fields.append(f"**Priority:** {item.priority}")
+    fields.append(f"**Dependencies:** {', '.join(item.dependencies) if item.dependencies else 'None'}")
+    out.append("  ".join(fields))
+    if item.description:
+        out.append("")
+        out.append(f"**Description:** {item.description}")
+    for job in item.jobs:
+        out.append("")
+        out.append("```job")
+        out.append(yaml.safe_dump(job.data, sort_keys=False, allow_unicode=True).rstrip("\n"))
+        out.append("```")
+    if item.acceptance_criteria:
+        out.append("")
+        out.append("**Acceptance Criteria:**")
+        out.extend(c.to_markdown() for c in item.acceptance_criteria)
+    return "\n".join(out) + "\n"
+
+
+def format_backlog(backlog: Backlog) -> str:
+    """A backlog as Markdown in the documented format (inverse of :func:`parse_backlog`)."""
+    out: list[str] = []
+    if backlog.title:
+        out += [f"# {backlog.title}", ""]
+    if backlog.goal:
+        out += [f"**Sprint Goal:** {backlog.goal}", ""]
+    if backlog.exit_criteria:
+        out += ["## Exit Criteria", *[f"- [ ] {c}" for c in backlog.exit_criteria], ""]
+    if backlog.exit_criteria or backlog.title:
+        out += ["## Items", ""]
+    for item in backlog.items:
+        out.append(format_item(item))
+    return "\n".join(out)

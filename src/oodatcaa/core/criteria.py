@@ -1,0 +1,680 @@
+"""Acceptance criteria a machine can check, their evaluation, and the Tester's verdict (Check).
+
+A criterion is one checkbox line of a backlog item. It may carry one inline check in backticks::
+
+    - [ ] peak memory under target `metric: train.peak_memory_gb <= 16` (critical)
+    - [ ] loss goes down `metric: train.final_loss < train.first_loss`
+    - [ ] adapter saved `file: adapters/adapter_config.json`
+    - [ ] the script runs `command: python -c "print(1)"`
+    - [ ] the answers read naturally                       (prose only: a person decides)
+
+Evaluation (:func:`evaluate_criterion`) gives ``PASS``, ``FAIL`` or ``UNVERIFIED`` for one
+criterion against a :class:`CheckContext` (the job's namespaced metric summary, the roots where
+files are looked up, the working directory of commands). :func:`decide` turns the results into a
+:class:`Verdict` under a :class:`CheckPolicy`, following the check rules of the original process
+(DESIGN.md §2): any critical criterion failing → adapt; all critical passing and at least 80 % of
+all criteria passing → accept; 60–80 % → a recorded decision; below 60 % → adapt.
+``UNVERIFIED`` never counts as passing.
+
+This module imports only the standard library and pydantic.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from oodatcaa.core.errors import BacklogError
+
+__all__ = [
+    "OPERATORS",
+    "CheckContext",
+    "CheckPolicy",
+    "CommandCheck",
+    "Criterion",
+    "CriterionResult",
+    "FileCheck",
+    "MetricCheck",
+    "Verdict",
+    "decide",
+    "evaluate_criterion",
+    "format_check",
+    "format_results_table",
+    "parse_criterion_line",
+]
+
+OPERATORS: tuple[str, ...] = ("<", "<=", ">", ">=", "==", "!=")
+"""Comparison operators of a metric check."""
+
+Op = Literal["<", "<=", ">", ">=", "==", "!="]
+Outcome = Literal["PASS", "FAIL", "UNVERIFIED"]
+Decision = Literal["accept", "adapt", "needs_manual"]
+
+# A dotted metric name: a namespace and a key ("train.peak_memory_gb"), possibly deeper.
+METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$"
+_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
+# A plain decimal number: 16, -2, 0.5, .5, 1e-3, 2.5E+9 (no units, no inf/nan).
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# Equality of floats is relative: |a - b| <= 1e-9 * max(|a|, |b|) (math.isclose default).
+_EQ_REL_TOL = 1e-9
+
+_OUTPUT_TAIL_CHARS = 2000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_relative_path(path: str) -> str | None:
+    """Return a reason why ``path`` is not an acceptable relative path, or ``None`` if it is."""
+    if not path or not path.strip():
+        return "the path is empty"
+    if path != path.strip():
+        return "the path has leading or trailing spaces"
+    if "\x00" in path:
+        return "the path contains a NUL character"
+    if path.startswith(("/", "\\", "~")) or PurePosixPath(path).is_absolute() or PureWindowsPath(path).drive:
+        return f"{path!r} is an absolute path"
+    parts = re.split(r"[\\/]+", path)
+    if ".." in parts:
+        return f"{path!r} contains '..'"
+    return None
+
+
+class MetricCheck(_Strict):
+    """Compare a metric of the job summary with a number or with another metric.
+
+    ``metric`` and a string ``value`` are dotted names ``namespace.key`` looked up in the job's
+    namespaced summary (``train.peak_memory_gb`` is ``summary["train"]["peak_memory_gb"]``); units
+    are whatever the job reports (GB = 1e9 bytes, seconds, tokens/s). ``==`` and ``!=`` compare
+    numbers with a relative tolerance of 1e-9 (``math.isclose``).
+    """
+
+    kind: Literal["metric"] = "metric"
+    metric: str
+    op: Op
+    value: float | str
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_name(cls, value: str) -> str:
+        if not _METRIC_NAME.fullmatch(value):
+            raise ValueError(f"metric name {value!r} must be dotted, like train.peak_memory_gb")
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: float | str) -> float | str:
+        if isinstance(value, str):
+            if not _METRIC_NAME.fullmatch(value):
+                raise ValueError(f"value {value!r} must be a number or a dotted metric name like train.first_loss")
+            return value
+        if not math.isfinite(value):
+            raise ValueError("value must be a finite number")
+        return float(value)
+
+
+class FileCheck(_Strict):
+    """A file or directory that must exist, relative to one of the context's file roots.
+
+    Absolute paths and paths with ``..`` are refused (a check never looks outside its roots).
+    """
+
+    kind: Literal["file"] = "file"
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        reason = _check_relative_path(value)
+        if reason:
+            raise ValueError(f"{reason}; use a path relative to the workspace, like adapters/adapter_config.json")
+        return value
+
+
+class CommandCheck(_Strict):
+    """A shell command that must exit with ``expect_exit`` within ``timeout_s`` seconds."""
+
+    kind: Literal["command"] = "command"
+    run: str = Field(min_length=1)
+    timeout_s: float = Field(default=300.0, gt=0, description="Seconds before the command is killed (FAIL).")
+    expect_exit: int = 0
+
+
+Check = Annotated[Union[MetricCheck, FileCheck, CommandCheck], Field(discriminator="kind")]
+
+
+class Criterion(_Strict):
+    """One acceptance criterion of a backlog item.
+
+    ``check`` is ``None`` for a prose-only criterion: no machine can decide it, so it evaluates
+    to ``UNVERIFIED`` and needs a person. ``critical`` criteria must pass for the item to be
+    accepted. ``text`` is the prose of the line without the checkbox, the inline check and the
+    ``(critical)`` marker.
+    """
+
+    id: str = Field(pattern=r"^AC[1-9][0-9]*$")
+    text: str
+    check: Check | None = None
+    critical: bool = False
+
+    def to_markdown(self, *, checked: bool = False) -> str:
+        """The criterion as a backlog checkbox line (inverse of :func:`parse_criterion_line`)."""
+        parts = [f"- [{'x' if checked else ' '}]"]
+        if self.text:
+            parts.append(self.text)
+        if self.check is not None:
+            parts.append(_code_span(format_check(self.check)))
+        if self.critical:
+            parts.append("(critical)")
+        return " ".join(parts)
+
+
+def format_check(check: MetricCheck | FileCheck | CommandCheck) -> str:
+    """The inline form of a check, without backticks: ``metric: train.final_loss < 2``."""
+    if isinstance(check, MetricCheck):
+        return f"metric: {check.metric} {check.op} {_format_value(check.value)}"
+    if isinstance(check, FileCheck):
+        return f"file: {check.path}"
+    return f"command: {check.run}"
+
+
+def _format_value(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _code_span(content: str) -> str:
+    """A Markdown code span holding ``content`` (more backticks when it contains backticks)."""
+    longest = max((len(m) for m in re.findall(r"`+", content)), default=0)
+    fence = "`" * (longest + 1)
+    if longest or content.startswith(" ") or content.endswith(" "):
+        return f"{fence} {content} {fence}"
+    return f"{fence}{content}{fence}"
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
+
+_CHECKBOX_PREFIX = re.compile(r"^\s*[-*+]\s+\[[ xX]\]\s*")
+# CommonMark code span: a run of N backticks, content, a run of exactly N backticks.
+_CODE_SPAN = re.compile(r"(?<!`)(?P<ticks>`+)(?!`)(?P<body>.*?)(?<!`)(?P=ticks)(?!`)", re.S)
+_CRITICAL = re.compile(r"\(\s*critical\s*\)", re.I)
+_KIND_PREFIX = re.compile(r"^\s*(?P<word>[A-Za-z_][A-Za-z_ ]*?)\s*:\s*(?P<rest>.*)$", re.S)
+_KINDS = ("metric", "file", "command")
+_KIND_MISSPELLINGS = {"metrics", "files", "cmd", "commands", "shell", "exists", "run"}
+_METRIC_EXPR = re.compile(r"^(?P<name>\S*?)\s*(?P<op>[<>=!~]+)\s*(?P<value>.*)$", re.S)
+
+
+def parse_criterion_line(text: str, *, index: int, source: str, line: int) -> Criterion:
+    """Parse one acceptance-criterion line into a :class:`Criterion` with id ``AC<index>``.
+
+    ``text`` is the checkbox line (``- [ ] ...`` or ``- [x] ...``; a checked box is still a
+    criterion) or just the text after the box. At most one backticked check (``metric:``,
+    ``file:`` or ``command:``) is read; other code spans stay part of the prose. ``(critical)``
+    anywhere outside code spans, in any case, marks the criterion critical. ``index`` is 1-based.
+
+    Raises :class:`BacklogError` (``source``, ``line``, the problem and the fix) for a check with
+    bad syntax: an unknown operator, a value that is not a number or a metric name, a ``file:``
+    path that is absolute or contains ``..``, an empty command, a misspelled check kind, or two
+    checks on one line. Raises :class:`ValueError` if ``index`` < 1.
+    """
+    if index < 1:
+        raise ValueError(f"criterion index must be >= 1, got {index}")
+    body = _CHECKBOX_PREFIX.sub("", text, count=1).strip()
+
+    def fail(message: str) -> BacklogError:
+        return BacklogError(source, line, f"acceptance criterion AC{index}: {message}")
+
+    checks: list[tuple[re.Match[str], MetricCheck | FileCheck | CommandCheck]] = []
+    for match in _CODE_SPAN.finditer(body):
+        content = match.group("body")
+        if len(content) >= 2 and content.startswith(" ") and content.endswith(" ") and content.strip():
+            content = content[1:-1]  # CommonMark strips one space on each side
+        parsed = _parse_check(content, fail)
+        if parsed is not None:
+            checks.append((match, parsed))
+    if len(checks) > 1:
+        raise fail(
+            f"{len(checks)} checks on one line; write one check per criterion "
+            "(split the line into several `- [ ]` lines)"
+        )
+
+    prose = body
+    check = None
+    if checks:
+        match, check = checks[0]
+        prose = body[: match.start()] + " " + body[match.end() :]
+    critical = False
+    # Look for "(critical)" outside code spans only.
+    outside = _CODE_SPAN.sub(lambda m: " " * len(m.group(0)), prose)
+    if _CRITICAL.search(outside):
+        critical = True
+        pieces: list[str] = []
+        last = 0
+        for m in _CRITICAL.finditer(outside):
+            pieces.append(prose[last : m.start()])
+            last = m.end()
+        pieces.append(prose[last:])
+        prose = " ".join(pieces)
+    prose = re.sub(r"\s+", " ", prose).strip()
+    return Criterion(id=f"AC{index}", text=prose, check=check, critical=critical)
+
+
+def _parse_check(content: str, fail: Any) -> MetricCheck | FileCheck | CommandCheck | None:
+    """Parse the inside of one code span; ``None`` when it is not a check (plain code)."""
+    m = _KIND_PREFIX.match(content)
+    if not m:
+        return None
+    word = m.group("word").strip().lower()
+    rest = m.group("rest").strip()
+    if word not in _KINDS:
+        close = difflib.get_close_matches(word, _KINDS, n=1, cutoff=0.8)
+        if word in _KIND_MISSPELLINGS or close:
+            hint = {"cmd": "command", "run": "command", "shell": "command", "exists": "file"}.get(
+                word, close[0] if close else "command"
+            )
+            raise fail(
+                f"unknown check kind {word!r} in `{content}`; the kinds are metric:, file: and command: "
+                f"(did you mean `{hint}: {rest}`?)"
+            )
+        return None
+    if word == "metric":
+        return _parse_metric(rest, content, fail)
+    if word == "file":
+        reason = _check_relative_path(rest)
+        if reason:
+            raise fail(
+                f"bad file check `{content}`: {reason}; use a path relative to the workspace, "
+                "like `file: adapters/adapter_config.json`"
+            )
+        return FileCheck(path=rest)
+    if not rest:
+        raise fail(f"empty command in `{content}`; write the shell command after it, like `command: pytest -q`")
+    return CommandCheck(run=rest)
+
+
+def _parse_metric(expr: str, content: str, fail: Any) -> MetricCheck:
+    syntax = "`metric: NAME OP VALUE`, like `metric: train.peak_memory_gb <= 16`"
+    m = _METRIC_EXPR.match(expr)
+    if not m or not m.group("name"):
+        raise fail(f"bad metric check `{content}`: expected {syntax} with OP one of {' '.join(OPERATORS)}")
+    name, op, value = m.group("name"), m.group("op"), m.group("value").strip()
+    if not _METRIC_NAME.fullmatch(name):
+        raise fail(
+            f"bad metric name {name!r} in `{content}`: use a dotted name namespace.key, "
+            "like train.peak_memory_gb or inference.generation_tps"
+        )
+    if op not in OPERATORS:
+        hint = {"=": "==", "=>": ">=", "=<": "<=", "<>": "!=", "!": "!=", "===": "=="}.get(op)
+        raise fail(
+            f"unknown operator {op!r} in `{content}`; use one of {' '.join(OPERATORS)}"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+        )
+    if not value:
+        raise fail(f"missing value in `{content}`; expected {syntax}")
+    if _NUMBER.fullmatch(value):
+        number = float(value)
+        if not math.isfinite(number):
+            raise fail(f"value {value!r} in `{content}` is out of range; use a finite number")
+        return MetricCheck(metric=name, op=op, value=number)
+    if _METRIC_NAME.fullmatch(value):
+        return MetricCheck(metric=name, op=op, value=value)
+    number_like = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", value)
+    if number_like and number_like.group(0):
+        fix = f"write a plain number without units, like `metric: {name} {op} {number_like.group(0)}`"
+    else:
+        fix = "write a plain number (16, 0.5, 1e-3) or another dotted metric name (train.first_loss)"
+    raise fail(f"unparsable value {value!r} in `{content}`: {fix}")
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckContext:
+    """What a criterion is checked against.
+
+    ``metrics``: the job's namespaced summary, ``{"train": {"peak_memory_gb": 1.2, ...}}``
+    (units as the job reports them: GB = 1e9 bytes, seconds, tokens/s). ``file_roots``: a
+    :class:`FileCheck` passes when its path exists under any of them; when empty, ``workdir`` is
+    the only root. ``workdir``: the working directory of commands. ``env``: extra environment
+    variables for commands, added to (and overriding) the current environment; ``None`` keeps
+    the current environment unchanged.
+    """
+
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    file_roots: list[Path] = field(default_factory=list)
+    workdir: Path = field(default_factory=Path.cwd)
+    env: dict[str, str] | None = None
+
+
+class CriterionResult(_Strict):
+    """The outcome of one criterion: ``PASS``, ``FAIL`` or ``UNVERIFIED`` (needs a person)."""
+
+    criterion_id: str
+    text: str
+    critical: bool
+    outcome: Outcome
+    observed: str
+    expected: str
+    detail: str = ""
+
+
+def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResult:
+    """Check one criterion against ``ctx``; never raises for a problem of the checked work.
+
+    - prose only → ``UNVERIFIED`` ("needs a person"), never a pass;
+    - metric → ``FAIL`` when the metric (or the compared metric) is missing — the detail names
+      the available metrics — or is not a finite number;
+    - file → ``PASS`` when ``root / path`` exists under any root;
+    - command → run with ``subprocess`` (``shell=True``, cwd ``ctx.workdir``); ``PASS`` when the
+      exit status equals ``expect_exit``; a timeout (``timeout_s`` seconds) kills the command's
+      whole process group and is a ``FAIL``; the detail holds the output tail (2000 characters).
+    """
+    base = {"criterion_id": criterion.id, "text": criterion.text, "critical": criterion.critical}
+    check = criterion.check
+    if check is None:
+        return CriterionResult(
+            **base,
+            outcome="UNVERIFIED",
+            observed="not checked by a machine",
+            expected=criterion.text or "(prose criterion)",
+            detail="needs a person: prose-only criterion (add a `metric:`, `file:` or `command:` check to automate it)",
+        )
+    try:
+        if isinstance(check, MetricCheck):
+            outcome, observed, detail = _eval_metric(check, ctx)
+        elif isinstance(check, FileCheck):
+            outcome, observed, detail = _eval_file(check, ctx)
+        else:
+            outcome, observed, detail = _eval_command(check, ctx)
+    except Exception as exc:  # noqa: BLE001 - a broken environment is a FAIL, reported truthfully
+        outcome, observed, detail = "FAIL", "error", f"check could not run: {type(exc).__name__}: {exc}"
+    return CriterionResult(**base, outcome=outcome, observed=observed, expected=_expected(check), detail=detail)
+
+
+def _expected(check: MetricCheck | FileCheck | CommandCheck) -> str:
+    if isinstance(check, MetricCheck):
+        return f"{check.metric} {check.op} {_format_value(check.value)}"
+    if isinstance(check, FileCheck):
+        return f"{check.path} exists"
+    return f"`{check.run}` exits {check.expect_exit}"
+
+
+def _flatten(metrics: Any, prefix: str = "") -> list[str]:
+    names: list[str] = []
+    if isinstance(metrics, dict):
+        for key in sorted(metrics, key=str):
+            value = metrics[key]
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                names.extend(_flatten(value, name))
+            elif prefix:
+                names.append(name)
+    return names
+
+
+def _lookup(metrics: dict[str, Any], name: str) -> tuple[bool, Any]:
+    node: Any = metrics
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _missing(name: str, ctx: CheckContext) -> str:
+    available = _flatten(ctx.metrics)
+    namespace = name.split(".", 1)[0]
+    same = [a for a in available if a.startswith(namespace + ".")]
+    ordered = same + [a for a in available if a not in same]
+    shown = ", ".join(ordered[:25]) + (f", ... ({len(ordered) - 25} more)" if len(ordered) > 25 else "")
+    text = f"metric {name} not found; available: {shown or 'none'}"
+    close = difflib.get_close_matches(name, available, n=1, cutoff=0.75)
+    if close:
+        text += f" (did you mean {close[0]}?)"
+    return text
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return None
+
+
+def _compare(left: float, op: str, right: float) -> bool:
+    if op == "==":
+        return math.isclose(left, right, rel_tol=_EQ_REL_TOL, abs_tol=0.0)
+    if op == "!=":
+        return not math.isclose(left, right, rel_tol=_EQ_REL_TOL, abs_tol=0.0)
+    return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op]
+
+
+def _eval_metric(check: MetricCheck, ctx: CheckContext) -> tuple[Outcome, str, str]:
+    found, raw = _lookup(ctx.metrics, check.metric)
+    if not found:
+        return "FAIL", "missing", _missing(check.metric, ctx)
+    left = _as_number(raw)
+    observed = f"{check.metric} = {raw!r}" if not isinstance(raw, (int, float)) else f"{check.metric} = {raw}"
+    if left is None:
+        return "FAIL", observed, f"metric {check.metric} is not a number: {raw!r}"
+    if isinstance(check.value, str):
+        found_r, raw_r = _lookup(ctx.metrics, check.value)
+        if not found_r:
+            return "FAIL", observed, _missing(check.value, ctx)
+        right = _as_number(raw_r)
+        observed += f", {check.value} = {raw_r!r}" if right is None else f", {check.value} = {raw_r}"
+        if right is None:
+            return "FAIL", observed, f"metric {check.value} is not a number: {raw_r!r}"
+    else:
+        right = check.value
+    if math.isnan(left) or math.isnan(right):
+        return "FAIL", observed, "NaN never satisfies a comparison"
+    ok = _compare(left, check.op, right)
+    detail = f"{_format_value(left)} {check.op} {_format_value(right)} is {'true' if ok else 'false'}"
+    return ("PASS" if ok else "FAIL"), observed, detail
+
+
+def _eval_file(check: FileCheck, ctx: CheckContext) -> tuple[Outcome, str, str]:
+    roots = list(ctx.file_roots) or [ctx.workdir]
+    for root in roots:
+        candidate = Path(root) / check.path
+        if candidate.exists():
+            return "PASS", "exists", f"found {candidate}"
+    where = ", ".join(str(r) for r in roots)
+    return "FAIL", "missing", f"{check.path} not found under: {where}"
+
+
+def _eval_command(check: CommandCheck, ctx: CheckContext) -> tuple[Outcome, str, str]:
+    env = None if ctx.env is None else {**os.environ, **{str(k): str(v) for k, v in ctx.env.items()}}
+    posix = os.name == "posix"
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        check.run,
+        shell=True,
+        cwd=str(ctx.workdir),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=posix,
+    )
+    try:
+        out, _ = proc.communicate(timeout=check.timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc, posix)
+        try:
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            out = b""
+        tail = _tail(out)
+        return (
+            "FAIL",
+            f"timed out after {check.timeout_s:g} s",
+            f"command killed after {check.timeout_s:g} s" + (f"; output tail:\n{tail}" if tail else ""),
+        )
+    elapsed = time.monotonic() - start
+    tail = _tail(out)
+    ok = proc.returncode == check.expect_exit
+    detail = f"exit {proc.returncode} after {elapsed:.2f} s" + (f"; output tail:\n{tail}" if tail else "")
+    return ("PASS" if ok else "FAIL"), f"exit {proc.returncode}", detail
+
+
+def _kill_tree(proc: subprocess.Popen[bytes], posix: bool) -> None:
+    try:
+        if posix:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # pragma: no cover - not exercised on POSIX
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(out: bytes | None) -> str:
+    if not out:
+        return ""
+    text = out.decode("utf-8", errors="replace").rstrip()
+    return text[-_OUTPUT_TAIL_CHARS:]
+
+
+# --------------------------------------------------------------------------------------------
+# Verdict
+# --------------------------------------------------------------------------------------------
+
+
+class CheckPolicy(_Strict):
+    """Thresholds of the Tester's verdict (config.toml ``[check]``); ratios are fractions 0..1.
+
+    Defaults are the original process: accept at >= 80 % passing, a recorded decision between
+    60 % and 80 % (``gray_zone_decision``), adapt below 60 %.
+    """
+
+    accept_ratio: float = Field(default=0.8, ge=0.0, le=1.0)
+    gray_zone_ratio: float = Field(default=0.6, ge=0.0, le=1.0)
+    gray_zone_decision: Decision = "adapt"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "CheckPolicy":
+        if self.gray_zone_ratio > self.accept_ratio:
+            raise ValueError(
+                f"gray_zone_ratio ({self.gray_zone_ratio}) must not exceed accept_ratio ({self.accept_ratio})"
+            )
+        return self
+
+
+class Verdict(_Strict):
+    """The Check step's decision for one item, with the numbers behind it and a reason."""
+
+    decision: Decision
+    pass_ratio: float
+    passed: int
+    total: int
+    failed_critical: list[str] = Field(default_factory=list, description="Critical criteria not passing.")
+    reason: str
+
+
+def _pct(ratio: float) -> str:
+    return f"{ratio * 100:.4g}%"
+
+
+def decide(results: list[CriterionResult], policy: CheckPolicy | None = None) -> Verdict:
+    """Turn criterion results into a verdict (the check rules of DESIGN.md §2).
+
+    In order:
+
+    1. no criteria at all → ``needs_manual`` (nothing a machine could accept);
+    2. a critical criterion ``FAIL`` → ``adapt``;
+    3. nothing ``FAIL`` but ``UNVERIFIED`` criteria stand between the item and acceptance (a
+       critical one, or the pass ratio below ``accept_ratio``) → ``needs_manual``: only a person
+       can settle them, adapting the work cannot;
+    4. a critical criterion ``UNVERIFIED`` while other criteria fail → ``adapt``;
+    5. pass ratio >= ``accept_ratio`` → ``accept``;
+    6. ``gray_zone_ratio`` <= ratio < ``accept_ratio`` → ``policy.gray_zone_decision`` (recorded
+       in the reason);
+    7. otherwise → ``adapt``.
+
+    The pass ratio is PASS / all criteria; ``UNVERIFIED`` counts as not passing, so it is never
+    silently passed. ``failed_critical`` lists every critical criterion that did not pass.
+    """
+    policy = policy or CheckPolicy()
+    total = len(results)
+    if total == 0:
+        return Verdict(
+            decision="needs_manual", pass_ratio=0.0, passed=0, total=0, failed_critical=[],
+            reason="no acceptance criteria to check; a person must decide (add checkable criteria to the item)",
+        )
+    passed = sum(1 for r in results if r.outcome == "PASS")
+    ratio = passed / total
+    failed = [r.criterion_id for r in results if r.outcome == "FAIL"]
+    unverified = [r.criterion_id for r in results if r.outcome == "UNVERIFIED"]
+    crit_fail = [r.criterion_id for r in results if r.critical and r.outcome == "FAIL"]
+    crit_unverified = [r.criterion_id for r in results if r.critical and r.outcome == "UNVERIFIED"]
+    failed_critical = [r.criterion_id for r in results if r.critical and r.outcome != "PASS"]
+    counts = f"{passed}/{total} criteria passed ({_pct(ratio)})"
+    unverified_note = f"; unverified (need a person): {', '.join(unverified)}" if unverified else ""
+
+    def verdict(decision: Decision, reason: str) -> Verdict:
+        return Verdict(decision=decision, pass_ratio=ratio, passed=passed, total=total,
+                       failed_critical=failed_critical, reason=reason)
+
+    if crit_fail:
+        return verdict("adapt", f"critical criteria failed: {', '.join(crit_fail)}; {counts}{unverified_note}")
+    if not failed and unverified and (crit_unverified or ratio < policy.accept_ratio):
+        what = f"critical criteria {', '.join(crit_unverified)} unverified" if crit_unverified else (
+            f"{counts}, below the accept ratio {_pct(policy.accept_ratio)}")
+        return verdict("needs_manual", f"no criterion failed but {what}; a person must check "
+                                       f"{', '.join(unverified)}")
+    if crit_unverified:
+        return verdict("adapt", f"critical criteria unverified: {', '.join(crit_unverified)} and failed: "
+                                f"{', '.join(failed)}; {counts}")
+    failed_note = f"; failed: {', '.join(failed)}" if failed else ""
+    if ratio >= policy.accept_ratio:
+        return verdict("accept", f"all critical criteria passed and {counts} >= accept ratio "
+                                 f"{_pct(policy.accept_ratio)}{failed_note}{unverified_note}")
+    if ratio >= policy.gray_zone_ratio:
+        return verdict(policy.gray_zone_decision,
+                       f"gray zone: {counts}, between {_pct(policy.gray_zone_ratio)} and "
+                       f"{_pct(policy.accept_ratio)}; policy gray_zone_decision = {policy.gray_zone_decision}"
+                       f"{failed_note}{unverified_note}")
+    return verdict("adapt", f"{counts} < gray-zone ratio {_pct(policy.gray_zone_ratio)}{failed_note}{unverified_note}")
+
+
+def _cell(text: str) -> str:
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    return re.sub(r"\s*\n\s*", "<br>", text.strip()) or " "
+
+
+def format_results_table(results: list[CriterionResult]) -> str:
+    """A Markdown table of results: AC, criterion, critical, expected, observed, outcome.
+
+    Pipes are escaped and newlines become ``<br>`` so every result stays on one row.
+    """
+    lines = [
+        "| AC | Criterion | Critical | Expected | Observed | Outcome |",
+        "|----|-----------|----------|----------|----------|---------|",
+    ]
+    for r in results:
+        cells = [r.criterion_id, r.text, "yes" if r.critical else "no", r.expected, r.observed, r.outcome]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"

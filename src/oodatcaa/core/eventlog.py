@@ -1,0 +1,116 @@
+"""``AGENT_LOG.md`` and ``SPRINT_LOG.md``: append-only Markdown tables, one whole row per entry.
+
+Each entry is ``| time | agent | task | from -> to | what |`` on a single line, written with one
+``write`` on an ``O_APPEND`` descriptor under a ``filelock`` lock and fsynced, so concurrent
+agents never interleave or tear entries and rotation can cut on line boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from filelock import FileLock
+
+from oodatcaa.core.clock import utc_stamp
+
+AGENT_LOG_HEADER = (
+    "# AGENT_LOG\n\nAppend-only event log of the OODATCAA agents (newest last).\n\n"
+    "| time | agent | task | from -> to | what |\n|---|---|---|---|---|\n"
+)
+SPRINT_LOG_HEADER = (
+    "# SPRINT_LOG\n\nSprint-level events and Negotiator heartbeats (newest last).\n\n"
+    "| time | agent | sprint | event | what |\n|---|---|---|---|---|\n"
+)
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One row of ``AGENT_LOG.md``. ``change`` is ``"from -> to"`` or a short event word."""
+
+    time: datetime
+    agent: str
+    task: str
+    change: str
+    what: str
+
+    def render(self) -> str:
+        """The entry as one Markdown table row, newline-terminated."""
+        cells = [utc_stamp(self.time), self.agent, self.task or "-", self.change or "-", self.what]
+        return "| " + " | ".join(_cell(c) for c in cells) + " |\n"
+
+    @classmethod
+    def parse(cls, line: str) -> "LogEntry | None":
+        """Parse a row written by :meth:`render`; ``None`` for header or foreign lines."""
+        if not line.startswith("| ") or line.startswith("| time ") or line.startswith("|---"):
+            return None
+        raw = line.rstrip("\n")[2:-2]
+        parts = [p.replace("\\|", "|") for p in _split_cells(raw)]
+        if len(parts) != 5:
+            return None
+        try:
+            time = datetime.strptime(parts[0], "%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            return None
+        return cls(time, parts[1], parts[2], parts[3], parts[4])
+
+
+def _split_cells(raw: str) -> list[str]:
+    cells, current, i = [], [], 0
+    while i < len(raw):
+        if raw.startswith("\\|", i):
+            current.append("\\|")
+            i += 2
+        elif raw.startswith(" | ", i):
+            cells.append("".join(current))
+            current = []
+            i += 3
+        else:
+            current.append(raw[i])
+            i += 1
+    cells.append("".join(current))
+    return cells
+
+
+class EventLog:
+    """An append-only Markdown log file guarded by its own lock file."""
+
+    def __init__(self, path: Path, lock_path: Path, header: str = AGENT_LOG_HEADER, lock_timeout: float = 60.0):
+        self.path = Path(path)
+        self.lock = FileLock(str(lock_path), timeout=lock_timeout)
+        self.header = header
+
+    def append(self, entries: list[LogEntry]) -> None:
+        """Append whole entries atomically with respect to other writers (one write call)."""
+        if not entries:
+            return
+        data = "".join(e.render() for e in entries).encode("utf-8")
+        with self.lock:
+            self._ensure_header()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                written = os.write(fd, data)
+                if written != len(data):  # pragma: no cover - disk full
+                    raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _ensure_header(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "w", encoding="utf-8") as handle:
+                handle.write(self.header)
+
+    def entries(self) -> list[LogEntry]:
+        """All parseable entries, oldest first."""
+        if not self.path.exists():
+            return []
+        with open(self.path, encoding="utf-8") as handle:
+            return [e for e in (LogEntry.parse(line) for line in handle) if e is not None]

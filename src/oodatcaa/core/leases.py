@@ -1,0 +1,282 @@
+"""Claims, heartbeats, fenced completion and reclaiming of queue items.
+
+A claim is atomic under the queue lock: the first eligible item moves to its claimed status and
+gets a :class:`~oodatcaa.core.models.Lease` with a fresh ``claim_id``. Every later write by that
+agent presents the claim id (fencing, in the manner of fencing tokens for distributed locks);
+a write whose claim id no longer holds the lease is refused with :class:`LeaseError`, logged,
+and never applied. The Negotiator reclaims expired leases and leases of dead processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from oodatcaa.core.errors import LeaseError
+from oodatcaa.core.eventlog import LogEntry
+from oodatcaa.core.models import Item, Lease, Queue, Subtask, Task
+from oodatcaa.core.statuses import TERMINAL, TaskStatus
+from oodatcaa.core.store import QueueStore, Transaction
+
+S = TaskStatus
+
+#: Where each claimable status goes when claimed, per (role, item kind).
+CLAIM_MOVES: dict[str, tuple[str, TaskStatus, TaskStatus]] = {
+    "planner": ("story", S.NEEDS_PLAN, S.PLANNING),
+    "builder": ("build", S.READY, S.IN_PROGRESS),
+    "tester": ("test", S.READY, S.TESTING),
+    "refiner": ("story", S.NEEDS_ADAPT, S.ADAPTING),
+    "integrator": ("story", S.READY_FOR_INTEGRATOR, S.INTEGRATING),
+}
+
+#: Claimed status -> status it returns to when its lease is released or reclaimed.
+RELEASE_TO: dict[tuple[str, TaskStatus], TaskStatus] = {
+    ("story", S.PLANNING): S.NEEDS_PLAN,
+    ("build", S.IN_PROGRESS): S.READY,
+    ("test", S.TESTING): S.READY,
+    ("story", S.ADAPTING): S.NEEDS_ADAPT,
+    ("story", S.INTEGRATING): S.READY_FOR_INTEGRATOR,
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What an agent holds: the item, its story, and the fencing token ``claim_id``."""
+
+    item_id: str
+    task_id: str
+    role: str
+    owner: str
+    claim_id: str
+    ttl_seconds: float
+
+
+def new_claim_id() -> str:
+    """A fresh 128-bit claim id, 32 lowercase hex digits."""
+    return uuid.uuid4().hex
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with ``pid`` exists on this host (zombies count as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _dependencies_done(queue: Queue, item: Item) -> bool:
+    if isinstance(item, Task):
+        return all(queue.task(d).status == S.DONE for d in item.dependencies)
+    for dep in item.dependencies:
+        sub = queue.item(dep)
+        if sub.status not in (S.AWAITING_TEST, S.DONE):
+            return False
+    return True
+
+
+def _eligible(queue: Queue, role: str) -> list[Item]:
+    kind, status, _ = CLAIM_MOVES[role]
+    out: list[Item] = []
+    for task in queue.tasks:
+        if kind == "story":
+            if task.status == status and task.lease is None:
+                out.append(task)
+            continue
+        if task.status in TERMINAL or task.status == S.NEEDS_MANUAL:
+            continue
+        if kind == "build" and task.status not in (S.READY, S.IN_PROGRESS):
+            continue
+        if kind == "test" and task.status != S.AWAITING_TEST:
+            continue
+        for sub in task.subtasks:
+            if sub.kind == kind and sub.status == status and sub.lease is None and _dependencies_done(queue, sub):
+                out.append(sub)
+    return sorted(out, key=lambda i: (_priority(queue, i), i.id))
+
+
+def _priority(queue: Queue, item: Item) -> int:
+    task = queue.parent(item)
+    return task.priority if task.priority is not None else 999
+
+
+def leases_held(queue: Queue, role: str) -> int:
+    """How many live leases ``role`` holds across the queue (for the wip limit)."""
+    return sum(1 for item in queue.items() if item.lease is not None and item.lease.role == role)
+
+
+def claim_next(
+    store: QueueStore,
+    role: str,
+    owner: str,
+    *,
+    ttl_seconds: float,
+    wip_limit: int,
+    pid: int | None = None,
+    host: str | None = None,
+    only: str | None = None,
+) -> Claim | None:
+    """Atomically claim the highest-priority eligible item for ``role``; ``None`` if none or at the wip limit.
+
+    ``only`` restricts the claim to one item ID. The claimed item (and, for builder and tester
+    subtasks, its story) moves to the claimed status with one log entry per change.
+    """
+    with store.transaction(owner) as tx:
+        queue = tx.queue
+        if leases_held(queue, role) >= wip_limit:
+            return None
+        candidates = [i for i in _eligible(queue, role) if only is None or i.id == only]
+        if not candidates:
+            return None
+        item = candidates[0]
+        now = tx.now
+        lease = Lease(
+            owner=owner,
+            role=role,
+            pid=pid or os.getpid(),
+            host=host or socket.gethostname(),
+            claim_id=new_claim_id(),
+            claimed_at=now,
+            heartbeat_at=now,
+            ttl_seconds=ttl_seconds,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+        )
+        _, _, to = CLAIM_MOVES[role]
+        tx.move(item, to, f"claimed (claim {lease.claim_id[:8]}, pid {lease.pid}, attempt {item.attempts + 1})")
+        item.lease = lease
+        item.attempts += 1
+        task = queue.parent(item)
+        if isinstance(item, Subtask):
+            if item.kind == "build" and task.status == S.READY:
+                tx.move(task, S.IN_PROGRESS, f"builder step {item.id} started")
+            elif item.kind == "test" and task.status == S.AWAITING_TEST:
+                tx.move(task, S.TESTING, f"tester {item.id} started")
+        return Claim(item.id, task.id, role, owner, lease.claim_id, ttl_seconds)
+
+
+def _fenced(tx: Transaction, claim: Claim, action: str) -> Item:
+    item = tx.queue.item(claim.item_id)
+    if item.lease is None or item.lease.claim_id != claim.claim_id:
+        holder = f"now held by {item.lease.owner} (claim {item.lease.claim_id[:8]})" if item.lease else "no longer leased"
+        raise LeaseError(
+            f"{claim.owner}'s {action} on {claim.item_id} rejected: claim {claim.claim_id[:8]} was superseded; "
+            f"the item is {holder} and is {item.status.value}"
+        )
+    return item
+
+
+def _reject(store: QueueStore, claim: Claim, exc: LeaseError) -> None:
+    store.append_log([LogEntry(store.clock.now(), claim.owner, claim.item_id, "rejected", str(exc))])
+
+
+def heartbeat(store: QueueStore, claim: Claim) -> datetime:
+    """Extend the lease by its TTL from now; returns the new expiry.
+
+    Raises :class:`LeaseError` (logged) when the claim was superseded: the agent must stop.
+    """
+    try:
+        with store.transaction(claim.owner) as tx:
+            item = _fenced(tx, claim, "heartbeat")
+            lease = item.lease
+            assert lease is not None
+            item.lease = lease.model_copy(
+                update={"heartbeat_at": tx.now, "expires_at": tx.now + timedelta(seconds=lease.ttl_seconds)}
+            )
+            return item.lease.expires_at
+    except LeaseError as exc:
+        _reject(store, claim, exc)
+        raise
+
+
+def complete(
+    store: QueueStore,
+    claim: Claim,
+    to: TaskStatus,
+    what: str,
+    apply: Callable[[Transaction, Item], None] | None = None,
+) -> None:
+    """Fenced completion: move the claimed item to ``to``, drop its lease, run ``apply`` in the
+    same transaction (story moves, results, new subtasks). All or nothing.
+
+    Raises :class:`LeaseError` (logged, nothing applied) for a superseded claim, and
+    :class:`~oodatcaa.core.errors.IllegalTransitionError` for a move the table refuses.
+    """
+    try:
+        with store.transaction(claim.owner) as tx:
+            item = _fenced(tx, claim, f"move to {TaskStatus(to).value}")
+            item.lease = None
+            tx.move(item, to, what)
+            if apply is not None:
+                apply(tx, item)
+    except LeaseError as exc:
+        _reject(store, claim, exc)
+        raise
+
+
+def update_claimed(store: QueueStore, claim: Claim, apply: Callable[[Transaction, Item], None]) -> None:
+    """Fenced change to the claimed item without a status move (progress, branch name)."""
+    try:
+        with store.transaction(claim.owner) as tx:
+            apply(tx, _fenced(tx, claim, "update"))
+    except LeaseError as exc:
+        _reject(store, claim, exc)
+        raise
+
+
+def release(store: QueueStore, claim: Claim, reason: str) -> None:
+    """Hand the item back to its claimable status (clean shutdown). Superseded claims are ignored."""
+    try:
+        with store.transaction(claim.owner) as tx:
+            item = _fenced(tx, claim, "release")
+            _return_item(tx, item, f"released: {reason}")
+    except LeaseError as exc:
+        _reject(store, claim, exc)
+
+
+def _return_item(tx: Transaction, item: Item, what: str) -> None:
+    kind = item.item_kind.value
+    back = RELEASE_TO.get((kind, item.status))
+    item.lease = None
+    if back is None:
+        tx.log(item.id, "lease dropped", what)
+        return
+    tx.move(item, back, what)
+    if isinstance(item, Subtask) and item.kind == "test":
+        task = tx.queue.parent(item)
+        if task.status == S.TESTING:
+            tx.move(task, S.AWAITING_TEST, f"tester {item.id} handed back")
+
+
+def reclaim_stale(store: QueueStore, *, this_host: str | None = None) -> list[str]:
+    """Negotiator sweep: reclaim items whose lease expired or whose owner process is gone.
+
+    Returns the reclaimed item IDs; each gets a ``takeover`` log entry naming the reason.
+    Only pids on this host are checked for liveness.
+    """
+    host = this_host or socket.gethostname()
+    reclaimed: list[str] = []
+    with store.transaction("negotiator") as tx:
+        for item in list(tx.queue.items()):
+            lease = item.lease
+            if lease is None:
+                continue
+            if lease.is_expired(tx.now):
+                reason = f"lease of {lease.owner} expired at {lease.expires_at.isoformat()}"
+            elif lease.host == host and not pid_alive(lease.pid):
+                reason = f"owner {lease.owner} (pid {lease.pid}) is no longer running"
+            else:
+                continue
+            tx.log(item.id, "takeover", f"{reason}; attempt {item.attempts} reclaimed")
+            _return_item(tx, item, f"reclaimed: {reason}")
+            reclaimed.append(item.id)
+    return reclaimed

@@ -1,0 +1,250 @@
+"""Pydantic models of ``SPRINT_QUEUE.json``: sprint, task (story), subtask and lease.
+
+The queue is the single source of truth. Counters (how many items in each status) are derived
+from the tasks on every dump and ignored on load, so they can never disagree with the tasks.
+The JSON Schema in ``schemas/sprint_queue.schema.json`` is generated from these models
+(:func:`queue_json_schema`); a test fails when the committed file drifts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
+
+from oodatcaa.core.criteria import Criterion
+from oodatcaa.core.ids import (
+    validate_sprint_id,
+    validate_story_id,
+    validate_subtask_id,
+    validate_task_id,
+)
+from oodatcaa.core.statuses import ItemKind, SprintStatus, TaskStatus, valid_statuses
+
+SCHEMA_VERSION = 1
+
+ROLES = ("sprint_planner", "negotiator", "planner", "builder", "tester", "refiner", "integrator")
+Role = Literal["sprint_planner", "negotiator", "planner", "builder", "tester", "refiner", "integrator"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Lease(_Model):
+    """Who holds an item, and until when.
+
+    ``claim_id`` fences writes: an agent must present it on every change, and a change carrying a
+    superseded claim id is refused (:class:`~oodatcaa.core.errors.LeaseError`). ``expires_at`` is
+    ``heartbeat_at + ttl_seconds``; a lease past it is stale and the Negotiator reclaims the item.
+    """
+
+    owner: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    role: Role
+    pid: int = Field(gt=0)
+    host: str = Field(min_length=1)
+    claim_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    claimed_at: datetime
+    heartbeat_at: datetime
+    ttl_seconds: float = Field(gt=0, description="Lease time-to-live in seconds; must be positive.")
+    expires_at: datetime
+
+    def is_expired(self, now: datetime) -> bool:
+        """True when ``now`` is past ``expires_at``."""
+        return now >= self.expires_at
+
+
+class Subtask(_Model):
+    """A Builder step (``T001-B01``, one job, one branch) or the Tester subtask (``T001-T01``)."""
+
+    id: str
+    kind: Literal["build", "test"]
+    status: TaskStatus
+    title: str
+    step: int = Field(ge=1, le=99)
+    branch: str | None = None
+    job: dict[str, Any] | None = Field(default=None, description="Validated job spec (builder steps).")
+    dependencies: list[str] = Field(default_factory=list)
+    lease: Lease | None = None
+    attempts: int = Field(default=0, ge=0, description="Times this subtask was claimed.")
+    last_error: str | None = None
+    result: dict[str, Any] | None = Field(
+        default=None, description="Builder: commit, run dir, summary metrics, artifacts; Tester: verdict."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validate_subtask_id(value)
+
+    @field_validator("dependencies")
+    @classmethod
+    def _deps(cls, value: list[str]) -> list[str]:
+        return [validate_task_id(v) for v in value]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Subtask":
+        letter = self.id[5]
+        if (letter == "B") != (self.kind == "build"):
+            raise ValueError(f"subtask {self.id} has kind {self.kind!r}; B-steps are 'build', T-steps 'test'")
+        if self.status not in valid_statuses(ItemKind(self.kind)):
+            raise ValueError(f"status {self.status.value!r} is not valid for a {self.kind} subtask")
+        return self
+
+    @property
+    def item_kind(self) -> ItemKind:
+        return ItemKind(self.kind)
+
+
+class Task(_Model):
+    """A story from the backlog (``T001``) with its plan's subtasks."""
+
+    id: str
+    title: str
+    status: TaskStatus = TaskStatus.NEEDS_PLAN
+    type: str = "Story"
+    complexity: str | None = None
+    priority: int | None = None
+    dependencies: list[str] = Field(default_factory=list)
+    description: str = ""
+    acceptance_criteria: list[Criterion] = Field(default_factory=list)
+    jobs: list[dict[str, Any]] = Field(default_factory=list, description="Job blocks from the backlog, validated.")
+    estimate_minutes: float | None = Field(default=None, gt=0)
+    plan_version: int = Field(default=0, ge=0)
+    adapt_loops: int = Field(default=0, ge=0, description="Adaptation loops used (Refiner).")
+    attempts: int = Field(default=0, ge=0, description="Times the story itself was claimed.")
+    baseline_tag: str | None = None
+    lease: Lease | None = None
+    subtasks: list[Subtask] = Field(default_factory=list)
+    last_error: str | None = None
+    manual_reason: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Key metrics of the last build (flat).")
+    merged_commit: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validate_story_id(value)
+
+    @field_validator("dependencies")
+    @classmethod
+    def _deps(cls, value: list[str]) -> list[str]:
+        return [validate_story_id(v) for v in value]
+
+    @model_validator(mode="after")
+    def _subtasks_belong(self) -> "Task":
+        for sub in self.subtasks:
+            if not sub.id.startswith(self.id + "-"):
+                raise ValueError(f"subtask {sub.id} does not belong to {self.id}")
+        return self
+
+    @property
+    def item_kind(self) -> ItemKind:
+        return ItemKind.STORY
+
+    def builds(self) -> list[Subtask]:
+        """Builder steps in step order."""
+        return sorted((s for s in self.subtasks if s.kind == "build"), key=lambda s: s.step)
+
+    def tester(self) -> Subtask | None:
+        """The Tester subtask, if planned."""
+        return next((s for s in self.subtasks if s.kind == "test"), None)
+
+
+class Sprint(_Model):
+    """The current sprint (``SPRINT-YYYY-NNN``)."""
+
+    id: str
+    number: int = Field(ge=1)
+    title: str
+    goal: str = ""
+    status: SprintStatus = SprintStatus.IN_PROGRESS
+    exit_criteria: list[str] = Field(default_factory=list)
+    backlog_source: str | None = None
+    created_at: datetime
+    completed_at: datetime | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validate_sprint_id(value)
+
+
+Item = Task | Subtask
+
+
+class Queue(_Model):
+    """The whole of ``SPRINT_QUEUE.json``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    sprint: Sprint | None = None
+    tasks: list[Task] = Field(default_factory=list)
+    revision: int = Field(default=0, ge=0, description="Incremented on every write.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data: Any) -> Any:
+        # counters are derived on dump; a stored copy is never trusted
+        if isinstance(data, dict) and "counters" in data:
+            data = {k: v for k, v in data.items() if k != "counters"}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "Queue":
+        seen: set[str] = set()
+        for item in self.items():
+            if item.id in seen:
+                raise ValueError(f"duplicate task ID {item.id}")
+            seen.add(item.id)
+        return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Derived: stories and subtasks per status, and totals. Never stored by hand."""
+        stories = Counter(t.status.value for t in self.tasks)
+        subs = Counter(s.status.value for t in self.tasks for s in t.subtasks)
+        return {
+            "stories": dict(sorted(stories.items())),
+            "subtasks": dict(sorted(subs.items())),
+            "totals": {
+                "stories": len(self.tasks),
+                "subtasks": sum(len(t.subtasks) for t in self.tasks),
+                "done": stories.get("done", 0),
+            },
+        }
+
+    def items(self) -> Iterator[Item]:
+        """Every story and subtask, stories first within each task."""
+        for task in self.tasks:
+            yield task
+            yield from task.subtasks
+
+    def task(self, task_id: str) -> Task:
+        """The story with this ID; ``KeyError`` if absent."""
+        for task in self.tasks:
+            if task.id == task_id:
+                return task
+        raise KeyError(task_id)
+
+    def item(self, item_id: str) -> Item:
+        """The story or subtask with this ID; ``KeyError`` if absent."""
+        validate_task_id(item_id)
+        for item in self.items():
+            if item.id == item_id:
+                return item
+        raise KeyError(item_id)
+
+    def parent(self, item: Item) -> Task:
+        """The story an item belongs to (itself for a story)."""
+        return item if isinstance(item, Task) else self.task(item.id[:4])
+
+
+def queue_json_schema() -> dict[str, Any]:
+    """JSON Schema of ``SPRINT_QUEUE.json`` (serialization mode, so derived counters appear)."""
+    schema = Queue.model_json_schema(mode="serialization")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "SPRINT_QUEUE.json"
+    return schema

@@ -1,0 +1,190 @@
+"""The queue store: every change to ``SPRINT_QUEUE.json`` is a locked read-modify-write.
+
+A :meth:`QueueStore.transaction` takes the queue's ``filelock`` lock, reads and validates the file,
+hands a :class:`Transaction` to the caller, and on a clean exit validates the result, keeps the
+previous version in the history directory, writes atomically (temporary file, fsync,
+``os.replace``) and appends one ``AGENT_LOG.md`` entry per change while still holding the lock.
+A file that fails to parse is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock
+from pydantic import ValidationError
+
+from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core.clock import Clock
+from oodatcaa.core.errors import QueueFileError
+from oodatcaa.core.eventlog import EventLog, LogEntry
+from oodatcaa.core.models import Item, Queue, Task
+from oodatcaa.core.statuses import TaskStatus, check_transition
+from oodatcaa.core.workspace import Workspace
+
+RESTORE_FIX = "fix the file by hand, or restore a previous version from state/queue_history/"
+
+
+def format_loc(loc: tuple) -> str:
+    """Pydantic error location -> ``tasks[2].subtasks[0].status``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def parse_queue(text: str, path: Path) -> Queue:
+    """Validate queue JSON text; raise :class:`QueueFileError` naming the file and the field."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QueueFileError(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                             fix=RESTORE_FIX) from None
+    try:
+        return Queue.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise QueueFileError(path, f"{err['msg']}{more}", field=format_loc(err["loc"]), fix=RESTORE_FIX) from None
+
+
+class Transaction:
+    """Changes made to one queue snapshot under the lock; recorded as log entries."""
+
+    def __init__(self, queue: Queue, actor: str, now: datetime):
+        self.queue = queue
+        self.actor = actor
+        self.now = now
+        self.entries: list[LogEntry] = []
+
+    def move(self, item: Item | str, to: TaskStatus, what: str) -> Item:
+        """Change an item's status after checking the transition table; logs one entry.
+
+        Raises :class:`~oodatcaa.core.errors.IllegalTransitionError` (nothing is written: the
+        whole transaction is abandoned).
+        """
+        if isinstance(item, str):
+            item = self.queue.item(item)
+        to = TaskStatus(to)
+        kind = item.item_kind
+        check_transition(item.id, kind, item.status, to)
+        before = item.status
+        item.status = to
+        self.log(item.id, f"{before.value} -> {to.value}", what)
+        return item
+
+    def log(self, task_id: str, change: str, what: str) -> None:
+        """Record an entry that is not a status change (a takeover, a warning, a rejected write)."""
+        self.entries.append(LogEntry(self.now, self.actor, task_id, change, what))
+
+    def task(self, task_id: str) -> Task:
+        return self.queue.task(task_id)
+
+
+class QueueStore:
+    """Locked, validated, atomic access to one ``SPRINT_QUEUE.json``."""
+
+    def __init__(
+        self,
+        path: Path,
+        lock_path: Path,
+        log: EventLog,
+        history_dir: Path,
+        clock: Clock | None = None,
+        history_keep: int = 20,
+        lock_timeout: float = 120.0,
+    ):
+        self.path = Path(path)
+        self.lock = FileLock(str(lock_path), timeout=lock_timeout)
+        self.log = log
+        self.history_dir = Path(history_dir)
+        self.clock = clock or Clock()
+        self.history_keep = history_keep
+
+    @classmethod
+    def for_workspace(cls, ws: Workspace, clock: Clock | None = None) -> "QueueStore":
+        """The store of a workspace, with its standard lock, log and history paths."""
+        ws.locks_dir.mkdir(parents=True, exist_ok=True)
+        log = EventLog(ws.agent_log_path, ws.lock_path("agent_log"))
+        return cls(ws.queue_path, ws.lock_path("queue"), log, ws.queue_history_dir, clock=clock)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def read(self) -> Queue:
+        """The current queue (no lock needed: the file is only ever replaced atomically).
+
+        Raises :class:`QueueFileError` when the file is missing, not JSON or off-schema.
+        """
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise QueueFileError(self.path, "no queue file; start a sprint first",
+                                 fix="run `oodatcaa sprint new --backlog FILE`") from None
+        return parse_queue(text, self.path)
+
+    @contextmanager
+    def transaction(self, actor: str, *, create: bool = False) -> Iterator[Transaction]:
+        """Locked read-modify-write. With ``create=True`` a missing file starts as an empty queue.
+
+        The queue is written only if the block exits normally and something changed.
+        """
+        with self.lock:
+            if create and not self.path.exists():
+                original_text = None
+                queue = Queue()
+            else:
+                original_text = self.read_text_or_raise()
+                queue = parse_queue(original_text, self.path)
+            before = queue.model_dump(mode="json")
+            tx = Transaction(queue.model_copy(deep=True), actor, self.clock.now())
+            yield tx
+            after = tx.queue.model_dump(mode="json")
+            if after == before and not tx.entries:
+                return
+            tx.queue.revision = queue.revision + 1
+            text = json.dumps(tx.queue.model_dump(mode="json"), indent=2) + "\n"
+            parse_queue(text, self.path)  # never write what we could not read back
+            if original_text is not None:
+                self._keep_history(original_text, queue.revision)
+            atomic_write_text(self.path, text)
+            self.log.append(tx.entries)
+
+    def read_text_or_raise(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise QueueFileError(self.path, "no queue file; start a sprint first",
+                                 fix="run `oodatcaa sprint new --backlog FILE`") from None
+
+    def append_log(self, entries: list[LogEntry]) -> None:
+        """Append entries outside a transaction (for rejected writes, which change nothing)."""
+        self.log.append(entries)
+
+    def _keep_history(self, text: str, revision: int) -> None:
+        self.history_dir.mkdir(parents=True, exist_ok=True)
+        target = self.history_dir / f"SPRINT_QUEUE.r{revision:06d}.json"
+        atomic_write_text(target, text)
+        versions = sorted(self.history_dir.glob("SPRINT_QUEUE.r*.json"))
+        for old in versions[: max(0, len(versions) - self.history_keep)]:
+            try:
+                os.unlink(old)
+            except FileNotFoundError:
+                pass
+
+    def history(self) -> list[Path]:
+        """Kept previous versions, oldest first."""
+        return sorted(self.history_dir.glob("SPRINT_QUEUE.r*.json"))
+
+    def backup_to(self, target: Path) -> None:
+        """Copy the current file (as bytes, unparsed) to ``target``."""
+        shutil.copyfile(self.path, target)

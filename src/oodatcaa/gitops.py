@@ -1,0 +1,207 @@
+"""Every git operation oodatcaa performs, in one place (GitPython).
+
+Operations that move ``main`` or create refs and worktrees run under one repository-wide
+``filelock`` lock (``state/locks/git.lock``) so agents never race each other inside git.
+Branch, tag and worktree names are built only from validated IDs (:mod:`oodatcaa.core.ids`).
+Commits are authored as the agent that made them (``oodatcaa <owner>``).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import git
+from filelock import FileLock
+
+from oodatcaa.core.errors import GitOperationError, MergeConflictError, WorkspaceError
+
+MAIN = "main"
+
+
+def repo_root(path: Path) -> Path:
+    """Top level of the git repository containing ``path``.
+
+    Raises :class:`WorkspaceError` outside a repository (naming ``git init`` as the fix).
+    """
+    try:
+        repo = git.Repo(Path(path), search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise WorkspaceError(
+            f"{Path(path).resolve()} is not inside a git repository; run `git init` there first "
+            "(oodatcaa keeps every experiment on a git branch)"
+        ) from None
+    if repo.working_tree_dir is None:
+        raise WorkspaceError(f"{path} is a bare git repository; oodatcaa needs a working tree")
+    return Path(repo.working_tree_dir).resolve()
+
+
+def identity_env(owner: str) -> dict[str, str]:
+    """Author environment for commits made by agent ``owner``; committer falls back likewise."""
+    env = {"GIT_AUTHOR_NAME": f"oodatcaa {owner}", "GIT_AUTHOR_EMAIL": f"{owner}@oodatcaa.local"}
+    for var, value in (("GIT_COMMITTER_NAME", f"oodatcaa {owner}"), ("GIT_COMMITTER_EMAIL", f"{owner}@oodatcaa.local")):
+        env[var] = os.environ.get(var, value)
+    return env
+
+
+class GitRepo:
+    """A repository plus the lock that serialises ref- and main-changing operations."""
+
+    def __init__(self, root: Path, lock_path: Path, owner: str = "oodatcaa"):
+        self.root = Path(root)
+        self.repo = git.Repo(self.root)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(str(lock_path), timeout=300)
+        self.owner = owner
+
+    def _git(self, repo: git.Repo | None = None) -> git.cmd.Git:
+        g = (repo or self.repo).git
+        g.update_environment(**identity_env(self.owner))
+        return g
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the repository-wide git lock."""
+        with self.lock:
+            yield
+
+    # -- inspection -------------------------------------------------------------------------
+    def head_sha(self, ref: str = "HEAD") -> str:
+        return self.repo.git.rev_parse(ref)
+
+    def has_commits(self) -> bool:
+        try:
+            self.repo.git.rev_parse("--verify", "HEAD")
+            return True
+        except git.GitCommandError:
+            return False
+
+    def current_branch(self) -> str | None:
+        try:
+            return self.repo.active_branch.name
+        except TypeError:
+            return None
+
+    def branch_exists(self, name: str) -> bool:
+        return name in {h.name for h in self.repo.heads}
+
+    def tag_exists(self, name: str) -> bool:
+        return name in {t.name for t in self.repo.tags}
+
+    def dirty_tracked_files(self) -> list[str]:
+        """Tracked files with uncommitted changes (staged or not) in the main checkout."""
+        out = self.repo.git.status("--porcelain", "--untracked-files=no")
+        return [line[3:] for line in out.splitlines() if line.strip()]
+
+    def merge_in_progress(self) -> bool:
+        return (Path(self.repo.git_dir) / "MERGE_HEAD").exists()
+
+    def files_at(self, ref: str) -> list[str]:
+        """Every path in the tree of ``ref``."""
+        return self.repo.git.ls_tree("-r", "--name-only", ref).splitlines()
+
+    # -- main checkout ----------------------------------------------------------------------
+    def ensure_main(self) -> None:
+        """Make sure the repository has a first commit and ``main`` checked out.
+
+        Raises :class:`GitOperationError` when another branch is checked out (we never switch a
+        person's checkout behind their back).
+        """
+        with self.locked():
+            g = self._git()
+            if not self.has_commits():
+                g.checkout("-B", MAIN)
+                g.commit("--allow-empty", "-m", "[docs] oodatcaa: initial commit")
+                return
+            branch = self.current_branch()
+            if branch != MAIN:
+                raise GitOperationError(
+                    f"{self.root}: branch {branch!r} is checked out; oodatcaa integrates into {MAIN!r} "
+                    f"(fix: `git checkout {MAIN}` or `git branch -m {branch} {MAIN}`)"
+                )
+
+    def commit_paths(self, paths: list[Path | str], message: str, *, allow_empty: bool = False) -> str | None:
+        """Stage ``paths`` (relative to the root) on main and commit; ``None`` if nothing changed."""
+        with self.locked():
+            g = self._git()
+            existing = [str(p) for p in paths if (self.root / p).exists()]
+            if existing:
+                g.add("-A", "--", *existing)
+            staged = g.diff("--cached", "--name-only").strip()
+            if not staged and not allow_empty:
+                return None
+            g.commit("-m", message, *(["--allow-empty"] if allow_empty else []))
+            return self.head_sha()
+
+    def tag(self, name: str, message: str, ref: str = "HEAD") -> None:
+        """Create an annotated tag (replacing none: an existing tag raises GitOperationError)."""
+        with self.locked():
+            if self.tag_exists(name):
+                raise GitOperationError(f"tag {name} already exists at {self.repo.git.rev_parse(name)}")
+            self._git().tag("-a", name, "-m", message, ref)
+
+    def merge_no_ff(self, branch: str, message: str) -> str:
+        """``git merge --no-ff branch`` into main; returns the merge commit.
+
+        On conflicts the merge is aborted (main untouched) and :class:`MergeConflictError` lists
+        the conflicting files.
+        """
+        with self.locked():
+            if self.current_branch() != MAIN:
+                raise GitOperationError(f"cannot merge {branch}: {self.root} is not on {MAIN}")
+            if self.merge_in_progress():  # left behind by a killed integrator
+                self.repo.git.merge("--abort")
+            g = self._git()
+            try:
+                g.merge("--no-ff", "-m", message, branch)
+            except git.GitCommandError as exc:
+                conflicts = self.repo.git.diff("--name-only", "--diff-filter=U").split()
+                if self.merge_in_progress():
+                    self.repo.git.merge("--abort")
+                if conflicts:
+                    raise MergeConflictError(branch, conflicts) from None
+                raise GitOperationError(f"merge of {branch} failed: {exc.stderr.strip()}") from None
+            return self.head_sha()
+
+    # -- worktrees and branches -------------------------------------------------------------
+    def add_worktree(self, path: Path, branch: str, base: str) -> Path:
+        """A fresh worktree at ``path`` on new ``branch`` from ``base``; reuses an existing branch.
+
+        An old worktree at the same path (a killed builder's) is removed first.
+        """
+        with self.locked():
+            g = self._git()
+            g.worktree("prune")
+            if path.exists():
+                try:
+                    g.worktree("remove", "--force", str(path))
+                except git.GitCommandError:
+                    import shutil
+
+                    shutil.rmtree(path, ignore_errors=True)
+                    g.worktree("prune")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if self.branch_exists(branch):
+                g.worktree("add", "--force", str(path), branch)
+            else:
+                g.worktree("add", "-b", branch, str(path), base)
+        return path
+
+    def remove_worktree(self, path: Path) -> None:
+        """Remove a worktree (its branch stays)."""
+        with self.locked():
+            try:
+                self._git().worktree("remove", "--force", str(path))
+            except git.GitCommandError:
+                pass
+            self._git().worktree("prune")
+
+    def commit_worktree(self, path: Path, paths: list[str], message: str) -> str:
+        """Stage ``paths`` inside worktree ``path`` and commit on its branch; returns the commit."""
+        wt = git.Repo(path)
+        g = self._git(wt)
+        g.add("-A", "--", *paths)
+        g.commit("--allow-empty", "-m", message)
+        return wt.git.rev_parse("HEAD")

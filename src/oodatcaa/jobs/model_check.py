@@ -1,0 +1,102 @@
+"""Job kind ``model_check``: load a model with mlx-lm and report what it is (runs in the job process).
+
+Summary namespace ``model``:
+
+- ``parameters_total`` (count; quantized weights counted as unpacked values, as mlx-lm does),
+  ``parameters_millions`` (= parameters_total / 1e6);
+- ``dtype`` (most common floating dtype of the parameters by element count, e.g. ``"float32"``),
+  ``quantization`` (``"none"`` or e.g. ``"affine 4-bit group 32"``);
+- ``load_seconds`` (wall seconds for ``mlx_lm.load``);
+- ``tokenizer_roundtrip`` (1 if decode(encode(text)) == text for a fixed ASCII sentence, else 0),
+  ``chat_template`` (1 if the tokenizer has one, else 0), ``forward_ok`` (1 if one forward pass gives
+  finite logits);
+- ``device`` (``"cpu"``/``"gpu"``), ``blas`` (see :func:`oodatcaa.jobs.cpu_fastpath.describe_blas`),
+  ``mlx_version``, ``mlx_lm_version``; plus ``model_type``, ``num_layers``, ``hidden_size``, ``vocab_size``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from oodatcaa.jobs._common import JobContext, JobFailure, device_name
+
+ROUNDTRIP_TEXT = "Hello, world! The quick brown fox jumps over 13 lazy dogs."
+
+
+def describe_quantization(config: dict[str, Any]) -> str:
+    """``"none"`` or ``"<mode> <bits>-bit group <group_size>"`` from an mlx-lm config's ``quantization``."""
+    q = config.get("quantization") or config.get("quantization_config")
+    if not isinstance(q, dict) or "bits" not in q:
+        return "none"
+    return f"{q.get('mode', 'affine')} {q['bits']}-bit group {q.get('group_size', '?')}"
+
+
+def main_dtype(model: Any) -> str:
+    """Most common floating-point dtype among the model's parameters, weighted by element count."""
+    from mlx.utils import tree_flatten
+
+    counts: dict[str, int] = {}
+    for _, value in tree_flatten(model.parameters()):
+        name = str(value.dtype).replace("mlx.core.", "")
+        if "float" in name:
+            counts[name] = counts.get(name, 0) + int(value.size)
+    return max(counts, key=lambda k: counts[k]) if counts else "unknown"
+
+
+def load_model(path: str, adapter_path: str | None = None) -> tuple[Any, Any, dict[str, Any], float]:
+    """``mlx_lm.load`` with timing: (model, tokenizer, config, load_seconds). Raises JobFailure on errors."""
+    from mlx_lm.utils import load
+
+    start = time.perf_counter()
+    try:
+        model, tokenizer, config = load(path, adapter_path=adapter_path, return_config=True)
+    except Exception as exc:  # noqa: BLE001 - surface any loader error as a job failure
+        what = f"with adapter {adapter_path}" if adapter_path else ""
+        raise JobFailure(f"could not load model {path} {what}: {type(exc).__name__}: {exc}".replace("  ", " ")) from exc
+    return model, tokenizer, config, time.perf_counter() - start
+
+
+def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+    """Run a ``model_check`` job; returns ``{"model": {...}}`` (see module docstring)."""
+    model_path = ctx.resolve_model(spec.model)
+    ctx.config_extra["model_path"] = str(model_path)
+
+    import importlib.metadata
+
+    import mlx.core as mx
+    from mlx_lm.utils import get_total_parameters
+
+    from oodatcaa.jobs.cpu_fastpath import describe_blas
+
+    model, tokenizer, config, load_seconds = load_model(str(model_path))
+    ctx.log(f"loaded {model_path} in {load_seconds:.2f} s")
+    total = int(get_total_parameters(model))
+
+    ids = tokenizer.encode(ROUNDTRIP_TEXT, add_special_tokens=False)
+    roundtrip = int(tokenizer.decode(ids) == ROUNDTRIP_TEXT)
+    logits = model(mx.array([ids[:64] or [0]]))
+    forward_ok = int(bool(mx.all(mx.isfinite(logits)).item()))
+
+    blas = describe_blas()
+    ctx.config_extra["blas"] = blas
+    summary = {
+        "parameters_total": total,
+        "parameters_millions": round(total / 1e6, 4),
+        "dtype": main_dtype(model),
+        "quantization": describe_quantization(config),
+        "load_seconds": round(load_seconds, 4),
+        "tokenizer_roundtrip": roundtrip,
+        "chat_template": int(bool(getattr(tokenizer, "has_chat_template", False))),
+        "forward_ok": forward_ok,
+        "device": device_name(),
+        "blas": blas,
+        "mlx_version": importlib.metadata.version("mlx"),
+        "mlx_lm_version": importlib.metadata.version("mlx-lm"),
+        "model_type": config.get("model_type"),
+        "num_layers": len(getattr(model, "layers", [])),
+        "hidden_size": config.get("hidden_size"),
+        "vocab_size": config.get("vocab_size"),
+    }
+    ctx.metric("model_check", **summary)
+    return {"model": summary}

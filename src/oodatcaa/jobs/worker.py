@@ -1,0 +1,129 @@
+"""Job child-process entry point: ``python -m oodatcaa.jobs.worker RUN_DIR/job.json``.
+
+Started by :func:`oodatcaa.jobs.runner.run_job` in its own process group, with stdout+stderr going to
+``run_dir/job.log``. Reads ``job.json`` (``spec``, ``workdir``, ``run_dir``, ``artifacts_dir``), runs the
+job kind's module (``oodatcaa.jobs.<kind>.run(spec, ctx)``) and writes into run_dir:
+
+- ``config.json``  the resolved spec, library versions, seed, BLAS in use, dataset sha256 (lora_train);
+- ``summary.json`` the namespaced summary, on success (and for a failed command, with its return code);
+- ``error.json``   ``{"error": message, "type": ...}`` on failure.
+
+Exit status: 0 on success, 1 on a job failure, 2 for an unreadable job file. Signals (SIGTERM from the
+runner on cancel/timeout) end the process with the default action.
+
+When started by hand without the CPU fast path in its environment, the worker re-executes itself once
+with :func:`oodatcaa.jobs.cpu_fastpath.fastpath_env` so that OpenBLAS is preloaded (mlx job kinds only).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from oodatcaa.jobs._common import JobContext, JobFailure, versions, write_json
+from oodatcaa.jobs.spec import JobSpecError, parse_job_spec
+
+MLX_KINDS = ("model_check", "inference_bench", "lora_train")
+
+
+def _maybe_reexec_with_fastpath(jobfile: Path, kind: str) -> None:
+    from oodatcaa.jobs import cpu_fastpath
+
+    if kind not in MLX_KINDS or os.environ.get(cpu_fastpath.ENV_APPLIED) or "mlx" in sys.modules:
+        return
+    extra = cpu_fastpath.fastpath_env()
+    if not extra:
+        return
+    env = dict(os.environ)
+    env.update(extra)
+    env.setdefault("MLX_DISABLE_COMPILE", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "oodatcaa.jobs.worker", str(jobfile)], env)
+
+
+def run_jobfile(jobfile: Path) -> int:
+    """Run the job described by ``jobfile``; returns the process exit status (see module docstring)."""
+    try:
+        job = json.loads(jobfile.read_text(encoding="utf-8"))
+        spec = parse_job_spec(job["spec"], source=str(jobfile))
+        ctx = JobContext(
+            workdir=Path(job["workdir"]).resolve(),
+            run_dir=Path(job["run_dir"]).resolve(),
+            artifacts_dir=Path(job["artifacts_dir"]).resolve(),
+        )
+    except (OSError, ValueError, KeyError, JobSpecError) as exc:
+        print(f"[oodatcaa job] cannot read job file {jobfile}: {exc}", file=sys.stderr, flush=True)
+        try:
+            write_json(jobfile.parent / "error.json", {"error": f"cannot read job file: {exc}", "type": "job_file"})
+        except OSError:
+            pass
+        return 2
+
+    _maybe_reexec_with_fastpath(jobfile, spec.kind)
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    started_wall = time.time()
+    config: dict[str, Any] = {
+        "kind": spec.kind,
+        "spec": spec.model_dump(mode="json"),
+        "seed": getattr(spec, "seed", None),
+        "workdir": str(ctx.workdir),
+        "versions": versions(),
+        "env": {
+            k: os.environ.get(k)
+            for k in ("MLX_DISABLE_COMPILE", "HF_HUB_OFFLINE", "OODATCAA_FASTPATH", "OODATCAA_BLAS_SOURCE")
+        },
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
+    }
+    write_json(ctx.run_dir / "config.json", config)
+    ctx.log(f"{spec.kind} job started (pid {os.getpid()})")
+
+    status = 0
+    summary: dict[str, Any] | None = None
+    try:
+        module = importlib.import_module(f"oodatcaa.jobs.{spec.kind}")
+        summary = module.run(spec, ctx)
+    except JobFailure as exc:
+        status = 1
+        summary = exc.summary
+        write_json(ctx.run_dir / "error.json", {"error": str(exc), "type": "job_failure"})
+        ctx.log(f"job failed: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - report every crash, then exit non-zero
+        status = 1
+        traceback.print_exc()
+        message = f"{type(exc).__name__}: {exc}".strip()
+        write_json(ctx.run_dir / "error.json", {"error": message, "type": "exception"})
+        ctx.log(f"job crashed: {message}")
+    finally:
+        config.update(ctx.config_extra)
+        config["wall_seconds"] = round(time.time() - started_wall, 3)
+        write_json(ctx.run_dir / "config.json", config)
+
+    if summary is not None:
+        write_json(ctx.run_dir / "summary.json", summary)
+    if status == 0:
+        ctx.log("job finished ok")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m oodatcaa.jobs.worker JOBFILE``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m oodatcaa.jobs.worker RUN_DIR/job.json", file=sys.stderr)
+        return 2
+    return run_jobfile(Path(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The loop every role agent runs: claim, heartbeat while working, complete with fencing.
+
+An agent is one operating-system process (``oodatcaa agent ROLE --owner NAME``). It polls the
+queue, claims atomically, and while it works a background thread heartbeats its lease. If the
+heartbeat learns that the claim was superseded, the work is cancelled and nothing it would have
+written is applied (the store refuses it). SIGTERM stops the agent cleanly: the current job is
+cancelled and the item is handed back.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import traceback
+from dataclasses import dataclass, field
+
+from oodatcaa.core.clock import Clock
+from oodatcaa.core.config import Config, load_config
+from oodatcaa.core.errors import LeaseError, QueueFileError
+from oodatcaa.core.eventlog import EventLog, SPRINT_LOG_HEADER
+from oodatcaa.core.leases import Claim, claim_next, complete, heartbeat, release
+from oodatcaa.core.models import Item, Queue, Task
+from oodatcaa.core.statuses import SprintStatus, TaskStatus
+from oodatcaa.core.store import QueueStore, Transaction
+from oodatcaa.core.workspace import Workspace
+
+log = logging.getLogger("oodatcaa.agent")
+
+
+@dataclass
+class AgentContext:
+    """Everything an agent needs: workspace, config, store, identity and its stop signal."""
+
+    ws: Workspace
+    config: Config
+    store: QueueStore
+    owner: str
+    clock: Clock = field(default_factory=Clock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def open(cls, ws: Workspace, owner: str, clock: Clock | None = None) -> "AgentContext":
+        config = load_config(ws.config_path, ws.agents_dir)
+        clock = clock or Clock()
+        return cls(ws, config, QueueStore.for_workspace(ws, clock=clock), owner, clock)
+
+    def sprint_log(self) -> EventLog:
+        return EventLog(self.ws.sprint_log_path, self.ws.lock_path("sprint_log"), header=SPRINT_LOG_HEADER)
+
+
+class Heartbeater:
+    """Background thread renewing a lease every ``interval`` seconds until stopped.
+
+    ``lost`` is set when the store refuses a heartbeat (claim superseded) — the work must stop.
+    """
+
+    def __init__(self, store: QueueStore, claim: Claim, interval: float):
+        self.store, self.claim, self.interval = store, claim, interval
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{claim.item_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeater":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                heartbeat(self.store, self.claim)
+            except LeaseError:
+                self.lost.set()
+                return
+            except Exception:  # a transient failure must not kill the thread; expiry will tell
+                log.exception("heartbeat failed for %s", self.claim.item_id)
+
+
+class WorkAborted(Exception):
+    """Raised inside work when the agent is stopping or its lease was lost."""
+
+
+class RoleAgent:
+    """Base class of the five claiming roles. Subclasses implement :meth:`work`."""
+
+    role: str = ""
+    #: status the claimed item goes to when :meth:`work` raises an unexpected exception
+    crash_status: TaskStatus = TaskStatus.NEEDS_MANUAL
+
+    def __init__(self, ctx: AgentContext):
+        self.ctx = ctx
+        self.definition = ctx.config.roles[self.role]
+        self.heartbeater: Heartbeater | None = None
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    @property
+    def store(self) -> QueueStore:
+        return self.ctx.store
+
+    def cancelled(self) -> threading.Event:
+        """An event set when the agent must abandon its current work (stop or lease lost)."""
+        event = threading.Event()
+
+        def watch() -> None:
+            while not event.is_set():
+                if self.ctx.stop.is_set() or (self.heartbeater and self.heartbeater.lost.is_set()):
+                    event.set()
+                    return
+                self.ctx.stop.wait(0.2)
+
+        threading.Thread(target=watch, daemon=True).start()
+        return event
+
+    def check_abort(self) -> None:
+        if self.ctx.stop.is_set():
+            raise WorkAborted("agent stopping")
+        if self.heartbeater and self.heartbeater.lost.is_set():
+            raise WorkAborted("lease lost")
+
+    def finish(self, claim: Claim, to: TaskStatus, what: str, apply=None) -> None:
+        """Fenced completion (see :func:`oodatcaa.core.leases.complete`)."""
+        complete(self.store, claim, to, what, apply)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def claim(self) -> Claim | None:
+        cfg = self.ctx.config
+        return claim_next(
+            self.store,
+            self.role,
+            self.ctx.owner,
+            ttl_seconds=cfg.lease_ttl_seconds(self.role),
+            wip_limit=cfg.wip_limit(self.role),
+        )
+
+    def run(self, *, once: bool = False, exit_when_complete: bool = True) -> int:
+        """Poll-claim-work until stopped. Returns the process exit code.
+
+        ``once``: handle at most one item (or none) then return. Exits 0 when the sprint is
+        completed; 2 when the queue cannot be read (the file is left as it is).
+        """
+        poll = self.ctx.config.agents.poll_seconds
+        while not self.ctx.stop.is_set():
+            try:
+                queue = self.store.read()
+            except QueueFileError as exc:
+                log.error("%s: stopping: %s", self.ctx.owner, exc)
+                return 2
+            if exit_when_complete and _sprint_over(queue):
+                return 0
+            claim = self.claim()
+            if claim is None:
+                if once:
+                    return 0
+                self.ctx.stop.wait(poll)
+                continue
+            self.handle(claim)
+            if once:
+                return 0
+        return 0
+
+    def handle(self, claim: Claim) -> None:
+        """Work one claim with a heartbeat; route crashes and stops truthfully."""
+        interval = self.ctx.config.agents.heartbeat_seconds
+        with Heartbeater(self.store, claim, interval) as hb:
+            self.heartbeater = hb
+            try:
+                self.work(claim)
+            except LeaseError as exc:
+                log.warning("%s", exc)
+            except WorkAborted as exc:
+                if not hb.lost.is_set():
+                    release(self.store, claim, str(exc))
+            except Exception as exc:  # the agent's own failure: recorded, never passed
+                detail = f"{type(exc).__name__}: {exc}"
+                log.error("%s crashed on %s: %s\n%s", self.ctx.owner, claim.item_id, detail, traceback.format_exc())
+                try:
+                    self.on_crash(claim, detail)
+                except LeaseError:
+                    pass
+            finally:
+                self.heartbeater = None
+
+    def on_crash(self, claim: Claim, detail: str) -> None:
+        """Move the item to :attr:`crash_status` with the error recorded."""
+
+        def record(tx: Transaction, item: Item) -> None:
+            item.last_error = f"{self.role} crashed: {detail}"
+            task = tx.queue.parent(item)
+            if task is not item and task.status not in (TaskStatus.DONE, TaskStatus.CANCELLED):
+                story_to = {TaskStatus.NEEDS_ADAPT: TaskStatus.NEEDS_ADAPT}.get(self.crash_status, TaskStatus.NEEDS_MANUAL)
+                if story_to.value in {s.value for s in _allowed(task)}:
+                    task.last_error = item.last_error
+                    tx.move(task, story_to, f"{item.id}: {item.last_error}")
+
+        self.finish(claim, self.crash_status, f"{self.role} crashed: {detail}"[:300], record)
+
+    def work(self, claim: Claim) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _allowed(item: Item):
+    from oodatcaa.core.statuses import allowed_next
+
+    return allowed_next(item.item_kind, item.status)
+
+
+def _sprint_over(queue: Queue) -> bool:
+    return queue.sprint is None or queue.sprint.status in (SprintStatus.COMPLETED, SprintStatus.PROJECT_COMPLETE)
+
+
+def install_signal_handlers(ctx: AgentContext) -> None:
+    """SIGTERM / SIGINT set the stop event: the agent finishes cleanly and hands work back."""
+
+    def handler(signum: int, frame: object) -> None:
+        ctx.stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def task_of(queue: Queue, claim: Claim) -> Task:
+    return queue.task(claim.task_id)

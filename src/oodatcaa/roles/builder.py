@@ -1,0 +1,203 @@
+"""Builder (Act): runs one builder step's job on its own feature branch in its own worktree.
+
+The job runs in a child process (MLX memory isolated and measurable, a crash contained). Small
+run files (resolved config, metrics JSONL, summary) are committed on the branch as
+``[impl] <TASK>: ...``; large artifacts stay under the git-ignored state dir with their sha256
+recorded. A failed job is never reported as a success: the step and its story go to
+``needs_adapt`` carrying the error, and the agent keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core.leases import Claim, update_claimed
+from oodatcaa.core.models import Item, Subtask, Task
+from oodatcaa.core.statuses import TaskStatus
+from oodatcaa.core.store import Transaction
+from oodatcaa.core.workspace import run_dir_in_branch
+from oodatcaa.gitops import GitRepo
+from oodatcaa.reports import write_report
+from oodatcaa.roles.base import RoleAgent
+
+S = TaskStatus
+
+#: Per namespace, the summary keys worth showing in `status` and the CHANGELOG.
+KEY_METRICS = {
+    "model": ("parameters_millions", "load_seconds"),
+    "inference": ("generation_tps", "prompt_tps", "peak_memory_gb"),
+    "train": ("first_loss", "final_loss", "tokens_per_second", "peak_memory_gb"),
+    "command": ("returncode",),
+}
+
+
+def key_metrics(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Flat ``namespace.key -> value`` of the headline metrics in a job summary."""
+    out: dict[str, Any] = {}
+    for ns, keys in KEY_METRICS.items():
+        for key in keys:
+            value = summary.get(ns, {}).get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{ns}.{key}"] = round(float(value), 4)
+    return out
+
+
+def _metrics_table(summary: dict[str, dict[str, Any]]) -> str:
+    rows = ["| metric | value |", "|---|---|"]
+    for ns, values in summary.items():
+        for key, value in values.items():
+            if isinstance(value, (dict, list)):
+                continue
+            text = str(value).replace("\n", " ")
+            rows.append(f"| {ns}.{key} | {text[:120]} |")
+    return "\n".join(rows)
+
+
+class Builder(RoleAgent):
+    """Claims ``ready`` builder steps and runs their jobs."""
+
+    role = "builder"
+    crash_status = S.NEEDS_ADAPT
+
+    def work(self, claim: Claim) -> None:
+        from oodatcaa.jobs.runner import run_job  # the job runner is only needed by builders
+
+        ws, cfg = self.ctx.ws, self.ctx.config
+        queue = self.store.read()
+        task = queue.task(claim.task_id)
+        step = queue.item(claim.item_id)
+        assert isinstance(step, Subtask) and step.branch and step.job is not None
+        attempt = step.attempts
+        git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
+        base = "main"
+        if step.step > 1:
+            previous = next(s for s in task.builds() if s.step == step.step - 1)
+            base = previous.branch or "main"
+        worktree = ws.worktree_dir(step.id)
+        git.add_worktree(worktree, step.branch, base)
+        rel_run = run_dir_in_branch(step.id)
+        run_dir = worktree / rel_run
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # the previous attempt's files stay in the branch history
+        run_dir.mkdir(parents=True)
+        artifacts = ws.artifacts_dir(step.id, attempt)
+        if artifacts.exists():
+            shutil.rmtree(artifacts)
+        default_model = None if cfg.jobs.default_model == "default" else cfg.jobs.default_model
+
+        last_progress = [0.0]
+
+        def on_progress(event: dict) -> None:
+            # bounded rate: at most one queue write every 10 s
+            now = time.monotonic()
+            if now - last_progress[0] < 10:
+                return
+            last_progress[0] = now
+
+            def put(tx: Transaction, item: Item) -> None:
+                item.result = {**(item.result or {}), "progress": {k: v for k, v in event.items() if not isinstance(v, (dict, list))}}
+
+            try:
+                update_claimed(self.store, claim, put)
+            except Exception:
+                pass
+
+        result = run_job(
+            step.job,
+            workdir=worktree,
+            run_dir=run_dir,
+            artifacts_dir=artifacts,
+            default_model=default_model,
+            timeout_s=cfg.jobs.timeout_minutes * 60,
+            cancel=self.cancelled(),
+            on_progress=on_progress,
+        )
+        self.check_abort()  # a cancelled job is handed back, never recorded as a result
+        manifest = {
+            "subtask": step.id,
+            "attempt": attempt,
+            "ok": result.ok,
+            "error": result.error,
+            "returncode": result.returncode,
+            "wall_seconds": round(result.wall_seconds, 3),
+            "max_rss_gb": result.max_rss_gb,
+            "artifacts_dir": str(artifacts),
+            "artifacts_sha256": result.artifacts,
+        }
+        atomic_write_text(run_dir / "result.json", json.dumps(manifest, indent=2) + "\n")
+        verdict = "ok" if result.ok else "FAILED"
+        kind = step.job.get("kind")
+        commit = git.commit_worktree(
+            worktree,
+            [rel_run.as_posix()],
+            f"[impl] {task.id}: {kind} step {step.step:02d} {verdict} (attempt {attempt})",
+        )
+        git.remove_worktree(worktree)
+        headline = key_metrics(result.summary)
+
+        body = [
+            f"## Job\n\n- **Step:** {step.id} — {step.title}\n- **Branch:** `{step.branch}` (from `{base}`)\n"
+            f"- **Attempt:** {attempt}\n- **Commit:** `{commit}`\n- **Outcome:** {verdict}\n"
+            f"- **Wall time:** {result.wall_seconds:.1f} s; job process max RSS: "
+            f"{'%.3f GB' % result.max_rss_gb if result.max_rss_gb is not None else 'n/a'}\n",
+            "\n```json\n" + json.dumps(step.job, indent=2) + "\n```\n",
+        ]
+        if result.error:
+            body.append(f"\n## Error\n\n```\n{result.error}\n```\n")
+        if result.summary:
+            body.append("\n## Metrics\n\n" + _metrics_table(result.summary) + "\n")
+        if result.artifacts:
+            body.append("\n## Artifacts (not in git)\n\n" + "\n".join(
+                f"- `{p}` sha256 `{h}`" for p, h in sorted(result.artifacts.items())) + f"\n\nUnder `{artifacts}`.\n")
+        body.append(f"\nRun files on the branch: `{rel_run.as_posix()}/`.\n")
+        summary_line = f"{step.id} attempt {attempt}: {verdict}" + (
+            "; " + ", ".join(f"{k}={v}" for k, v in headline.items()) if headline else f"; {result.error or ''}"[:200])
+        write_report(ws, task.id, "builder", self.ctx.owner, f"Builder report — {step.id}", "".join(body),
+                     summary_line, suffix=step.id, clock=self.ctx.clock)
+
+        record = {
+            "commit": commit,
+            "attempt": attempt,
+            "run_dir": rel_run.as_posix(),
+            "artifacts_dir": str(artifacts),
+            "artifacts": result.artifacts,
+            "summary": result.summary,
+            "wall_seconds": round(result.wall_seconds, 3),
+            "max_rss_gb": result.max_rss_gb,
+        }
+
+        if result.ok:
+            def done(tx: Transaction, item: Item) -> None:
+                assert isinstance(item, Subtask)
+                item.result = record
+                item.last_error = None
+                story = tx.queue.parent(item)
+                story.metrics = {**story.metrics, **headline}
+                if all(s.status in (S.AWAITING_TEST, S.DONE) for s in story.builds()):
+                    if story.status == S.IN_PROGRESS:
+                        tx.move(story, S.AWAITING_TEST, "all builder steps built")
+                    tester = story.tester()
+                    if tester is not None and tester.status == S.BLOCKED:
+                        tx.move(tester, S.READY, "builder steps done; ready to test")
+
+            self.finish(claim, S.AWAITING_TEST, f"built: {summary_line}"[:300], done)
+        else:
+            error = result.error or "job failed without an error message"
+
+            def failed(tx: Transaction, item: Item) -> None:
+                assert isinstance(item, Subtask)
+                item.result = record
+                item.last_error = error
+                story = tx.queue.parent(item)
+                story.last_error = f"{item.id}: {error}"
+                if story.status == S.IN_PROGRESS:
+                    tx.move(story, S.NEEDS_ADAPT, f"builder step {item.id} failed: {error}"[:300])
+
+            self.finish(claim, S.NEEDS_ADAPT, f"job failed: {error}"[:300], failed)
+
+

@@ -1,0 +1,119 @@
+"""Integrator (Archive): merges a tested story into main, tags it and writes the CHANGELOG.
+
+Steps, each idempotent so a killed integrator's successor can finish the job:
+``git merge --no-ff`` of the last builder step's branch (skipped if already merged), the task's
+CHANGELOG entry, a ``[docs]`` commit of the CHANGELOG with the task's plans and reports, the
+annotated tag ``<TASK>-complete`` carrying the key metrics, then the story and its subtasks
+``done`` and its dependents unblocked. A conflict aborts the merge (main untouched) and sends
+the story to ``needs_adapt`` with the conflicting files.
+"""
+
+from __future__ import annotations
+
+import git as gitpython
+
+from oodatcaa.changelog import add_entry
+from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core.errors import MergeConflictError
+from oodatcaa.core.leases import Claim
+from oodatcaa.core.models import Item, Queue, Task
+from oodatcaa.core.statuses import TaskStatus
+from oodatcaa.core.store import Transaction
+from oodatcaa.gitops import GitRepo
+from oodatcaa.reports import write_report
+from oodatcaa.roles.base import RoleAgent
+
+S = TaskStatus
+
+
+def unblock_dependents(tx: Transaction, queue: Queue) -> None:
+    """Move ``blocked`` stories whose dependencies are all ``done`` to ``ready``."""
+    for other in queue.tasks:
+        if other.status == S.BLOCKED and all(queue.task(d).status == S.DONE for d in other.dependencies):
+            tx.move(other, S.READY, "dependencies done: " + ", ".join(other.dependencies))
+
+
+def metrics_text(task: Task) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(task.metrics.items()))
+
+
+class Integrator(RoleAgent):
+    """Claims ``ready_for_integrator`` stories and archives them into main."""
+
+    role = "integrator"
+    crash_status = S.NEEDS_MANUAL
+
+    def work(self, claim: Claim) -> None:
+        ws = self.ctx.ws
+        queue = self.store.read()
+        task = queue.task(claim.task_id)
+        sprint = queue.sprint
+        assert sprint is not None
+        branch = task.builds()[-1].branch
+        assert branch
+        git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
+        git.ensure_main()
+        dirty = [f for f in git.dirty_tracked_files()]
+        if dirty:
+            reason = f"main has uncommitted changes in: {', '.join(dirty[:10])}; commit or stash them, then set the task back to ready_for_integrator"
+            self.finish(claim, S.NEEDS_MANUAL, reason[:300], lambda tx, item: setattr(item, "manual_reason", reason))
+            return
+        try:
+            merged_already = self._is_merged(git, branch)
+            if merged_already:
+                merge_commit = task.merged_commit or git.head_sha()
+            else:
+                merge_commit = git.merge_no_ff(branch, f"[impl] {task.id}: merge {branch} — {task.title}")
+        except MergeConflictError as exc:
+            error = f"merge conflict: {exc}"
+            body = f"## Merge refused\n\n{error}\n\nThe merge was aborted; main is unchanged.\n"
+            write_report(ws, task.id, "integrator", self.ctx.owner, f"Integrator report — {task.id}", body,
+                         error[:200], clock=self.ctx.clock)
+
+            def conflict(tx: Transaction, item: Item) -> None:
+                item.last_error = error
+
+            self.finish(claim, S.NEEDS_ADAPT, error[:300], conflict)
+            return
+        self.check_abort()
+
+        tag = f"{task.id}-complete"
+        metrics = metrics_text(task)
+        changelog = ws.root / "CHANGELOG.md"
+        old = changelog.read_text(encoding="utf-8") if changelog.exists() else None
+        line = f"{task.title} (tag `{tag}`; {metrics or 'no metrics'})"
+        atomic_write_text(changelog, add_entry(old, number=sprint.number, sprint_id=sprint.id,
+                                               day=self.ctx.clock.now().date(), task_id=task.id, line=line))
+        body = (
+            f"## Integrated\n\n- **Branch:** `{branch}`\n- **Merge commit:** `{merge_commit}`"
+            f"{' (already merged by an earlier attempt)' if merged_already else ''}\n- **Tag:** `{tag}`\n"
+            f"- **Key metrics:** {metrics or 'none'}\n- **CHANGELOG:** entry under Sprint {sprint.number}\n"
+        )
+        write_report(ws, task.id, "integrator", self.ctx.owner, f"Integrator report — {task.id}", body,
+                     f"merged {branch}, tagged {tag}", clock=self.ctx.clock)
+        paths = ["CHANGELOG.md", ws.relative(ws.plan_dir(task.id)), ws.relative(ws.report_dir(task.id)),
+                 ws.relative(ws.reports_index_path)]
+        git.commit_paths(paths, f"[docs] {task.id}: changelog, plan and reports")
+        if not git.tag_exists(tag):
+            git.tag(tag, f"{task.id}: {task.title}\n\nSprint: {sprint.id}\nBranch: {branch}\n"
+                         f"Merge: {merge_commit}\nMetrics: {metrics or 'none'}\n")
+        tag_commit = git.head_sha(tag + "^{commit}")
+
+        def apply(tx: Transaction, item: Item) -> None:
+            assert isinstance(item, Task)
+            item.merged_commit = merge_commit
+            item.last_error = None
+            for sub in item.subtasks:
+                if sub.status in (S.AWAITING_TEST, S.READY_FOR_INTEGRATOR):
+                    tx.move(sub, S.DONE, f"integrated in {merge_commit[:10]}")
+            unblock_dependents(tx, tx.queue)
+
+        self.finish(claim, S.DONE, f"merged {branch} ({merge_commit[:10]}), tagged {tag} at {tag_commit[:10]}", apply)
+
+    @staticmethod
+    def _is_merged(git: GitRepo, branch: str) -> bool:
+        try:
+            git.repo.git.merge_base("--is-ancestor", branch, "main")
+            return True
+        except gitpython.GitCommandError:
+            return False

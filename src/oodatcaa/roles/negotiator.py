@@ -1,0 +1,274 @@
+"""Negotiator (supervisor): spawns the role agents as child processes and keeps the sprint moving.
+
+Each tick it reclaims stale leases (expired, or owner process gone), promotes
+``planning_complete`` stories to ``ready`` or ``blocked`` and ``blocked`` ones to ``ready`` when their
+dependencies are done, restarts agents that died (with backoff, up to ``max_restarts`` each), and
+writes a heartbeat to ``SPRINT_LOG.md`` every minute. It exits 0 when every story is ``done`` or
+``cancelled`` (the sprint is then ``completed``, archived and tagged), and non-zero with a clear
+message when the sprint is stuck or an agent keeps dying.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core.config import AGENT_ROLES
+from oodatcaa.core.eventlog import LogEntry
+from oodatcaa.core.leases import reclaim_stale
+from oodatcaa.core.models import Queue
+from oodatcaa.core.statuses import SprintStatus, TaskStatus
+from oodatcaa.core.store import Transaction
+from oodatcaa.gitops import GitRepo
+from oodatcaa.roles.base import AgentContext
+
+S = TaskStatus
+EXIT_OK, EXIT_STUCK, EXIT_AGENT_DIED, EXIT_STOPPED, EXIT_TIMEOUT = 0, 3, 4, 5, 6
+
+
+@dataclass
+class AgentProcess:
+    """One spawned agent: its role, owner name, process and restart history."""
+
+    role: str
+    owner: str
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    exit_codes: list[int] = field(default_factory=list)
+    log_path: Path | None = None
+
+
+def promote(tx: Transaction) -> None:
+    """``planning_complete -> ready|blocked``; ``blocked -> ready`` once dependencies are done."""
+    queue = tx.queue
+    for task in queue.tasks:
+        deps_done = all(queue.task(d).status == S.DONE for d in task.dependencies)
+        if task.status == S.PLANNING_COMPLETE:
+            if deps_done:
+                tx.move(task, S.READY, "planned; dependencies done")
+            else:
+                waiting = [d for d in task.dependencies if queue.task(d).status != S.DONE]
+                tx.move(task, S.BLOCKED, "planned; waiting for " + ", ".join(waiting))
+        elif task.status == S.BLOCKED and deps_done:
+            tx.move(task, S.READY, "dependencies done: " + ", ".join(task.dependencies))
+
+
+def sprint_finished(queue: Queue) -> bool:
+    return bool(queue.tasks) and all(t.status in (S.DONE, S.CANCELLED) for t in queue.tasks)
+
+
+def stuck_reason(queue: Queue) -> str | None:
+    """Why no agent can make progress, or ``None`` when some work is still possible."""
+    if any(item.lease is not None for item in queue.items()):
+        return None
+    open_tasks = [t for t in queue.tasks if t.status not in (S.DONE, S.CANCELLED)]
+    if not open_tasks:
+        return None
+    movable = {S.NEEDS_PLAN, S.PLANNING_COMPLETE, S.READY, S.IN_PROGRESS, S.AWAITING_TEST,
+               S.NEEDS_ADAPT, S.READY_FOR_INTEGRATOR}
+    dead_ends: list[str] = []
+    for t in open_tasks:
+        if t.status == S.NEEDS_MANUAL:
+            dead_ends.append(f"{t.id} needs_manual: {t.manual_reason or t.last_error or 'see its reports'}")
+        elif t.status == S.BLOCKED:
+            bad = [d for d in t.dependencies if queue.task(d).status in (S.NEEDS_MANUAL, S.CANCELLED)]
+            if bad:
+                dead_ends.append(f"{t.id} blocked on {', '.join(bad)} (needs_manual or cancelled)")
+            else:
+                return None
+        elif t.status in movable:
+            return None
+    return "; ".join(dead_ends) if dead_ends else None
+
+
+class Negotiator:
+    """Runs a sprint: ``oodatcaa run``."""
+
+    def __init__(self, ctx: AgentContext, *, max_seconds: float | None = None, python: str | None = None):
+        self.ctx = ctx
+        self.max_seconds = max_seconds
+        self.python = python or sys.executable
+        self.agents: list[AgentProcess] = []
+        self._last_heartbeat = 0.0
+        self._last_revision = -1
+        self._last_change = time.monotonic()
+
+    # -- agents -----------------------------------------------------------------------------
+    def plan_agents(self) -> list[AgentProcess]:
+        """One process per unit of each role's wip limit (owner names ``builder-1``...)."""
+        cfg = self.ctx.config
+        out = []
+        for role in AGENT_ROLES:
+            for n in range(1, cfg.wip_limit(role) + 1):
+                owner = f"{role}-{n}"
+                out.append(AgentProcess(role, owner, log_path=self.ctx.ws.agents_state_dir / f"{owner}.log"))
+        return out
+
+    def spawn(self, agent: AgentProcess) -> None:
+        ws = self.ctx.ws
+        ws.agents_state_dir.mkdir(parents=True, exist_ok=True)
+        assert agent.log_path is not None
+        log = open(agent.log_path, "ab")
+        cmd = [self.python, "-m", "oodatcaa", "-C", str(ws.root), "agent", agent.role, "--owner", agent.owner]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        agent.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=ws.root, env=env)
+        log.close()
+        atomic_write_text(ws.agents_state_dir / f"{agent.owner}.pid", f"{agent.process.pid}\n")
+        self.sprint_event("agent", f"started {agent.owner} (pid {agent.process.pid})")
+
+    def check_agents(self) -> str | None:
+        """Restart dead agents with backoff; return a message when one died too often."""
+        cfg = self.ctx.config.negotiator
+        now = time.monotonic()
+        for agent in self.agents:
+            proc = agent.process
+            if proc is None:
+                if now >= agent.next_start:
+                    self.spawn(agent)
+                continue
+            code = proc.poll()
+            if code is None:
+                continue
+            agent.exit_codes.append(code)
+            agent.process = None
+            if code == 0 and sprint_finished(self.ctx.store.read()):
+                continue
+            if agent.restarts >= cfg.max_restarts:
+                tail = _tail(agent.log_path)
+                return (f"agent {agent.owner} died {agent.restarts + 1} times (exit codes {agent.exit_codes}); "
+                        f"giving up. Last lines of {agent.log_path}:\n{tail}")
+            agent.restarts += 1
+            delay = cfg.restart_backoff_seconds * (2 ** (agent.restarts - 1))
+            agent.next_start = now + delay
+            self.sprint_event("agent", f"{agent.owner} exited with {code}; restart {agent.restarts} in {delay:.0f} s")
+        return None
+
+    def stop_agents(self, grace: float = 20.0) -> None:
+        """SIGTERM every agent, wait up to ``grace`` seconds, then SIGKILL what is left."""
+        live = [a for a in self.agents if a.process and a.process.poll() is None]
+        for a in live:
+            a.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for a in live:
+            try:
+                a.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                a.process.kill()
+                a.process.wait()
+        for a in self.agents:
+            pid_file = self.ctx.ws.agents_state_dir / f"{a.owner}.pid"
+            pid_file.unlink(missing_ok=True)
+
+    # -- sprint -----------------------------------------------------------------------------
+    def sprint_event(self, event: str, what: str) -> None:
+        queue_sprint = None
+        try:
+            queue_sprint = self.ctx.store.read().sprint
+        except Exception:
+            pass
+        sid = queue_sprint.id if queue_sprint else "-"
+        self.ctx.sprint_log().append([LogEntry(self.ctx.clock.now(), "negotiator", sid, event, what)])
+
+    def tick(self) -> Queue:
+        """One supervision step: reclaim, promote. Returns the queue after it."""
+        store = self.ctx.store
+        reclaim_stale(store)
+        with store.transaction("negotiator") as tx:
+            promote(tx)
+        return store.read()
+
+    def finish_sprint(self, queue: Queue) -> None:
+        """Mark the sprint completed, archive queue and logs, commit and tag ``sprint-<N>-complete``."""
+        ws = self.ctx.ws
+        with self.ctx.store.transaction("negotiator") as tx:
+            sprint = tx.queue.sprint
+            assert sprint is not None
+            if sprint.status != SprintStatus.COMPLETED:
+                sprint.status = SprintStatus.COMPLETED
+                sprint.completed_at = tx.now
+                tx.log("-", "sprint completed", f"{sprint.id}: {len(tx.queue.tasks)} tasks closed")
+        queue = self.ctx.store.read()
+        sprint = queue.sprint
+        assert sprint is not None
+        done = [t.id for t in queue.tasks if t.status == S.DONE]
+        self.sprint_event("sprint completed", f"Sprint {sprint.number} completed: {len(done)} done ({', '.join(done)})")
+        archive = ws.sprint_archive_dir(sprint.number)
+        archive.mkdir(parents=True, exist_ok=True)
+        for src in (ws.queue_path, ws.agent_log_path, ws.sprint_log_path):
+            if src.exists():
+                atomic_write_text(archive / src.name, src.read_text(encoding="utf-8"))
+        git = GitRepo(ws.root, ws.lock_path("git"), owner="negotiator")
+        git.commit_paths([ws.relative(archive), ws.relative(ws.reports_index_path)],
+                         f"[docs] {sprint.id}: sprint {sprint.number} archive")
+        tag = f"sprint-{sprint.number}-complete"
+        if not git.tag_exists(tag):
+            git.tag(tag, f"{sprint.id} completed: {', '.join(done)}")
+
+    def run(self) -> tuple[int, str]:
+        """Supervise until the sprint completes, is stuck, an agent keeps dying, or time runs out."""
+        cfg = self.ctx.config.negotiator
+        start = time.monotonic()
+        queue = self.ctx.store.read()
+        if queue.sprint is None:
+            return EXIT_STUCK, "no sprint in the queue; run `oodatcaa sprint new --backlog FILE`"
+        if queue.sprint.status == SprintStatus.COMPLETED:
+            return EXIT_OK, f"{queue.sprint.id} is already completed"
+        self.sprint_event("run", f"negotiator started (pid {os.getpid()})")
+        self.agents = self.plan_agents()
+        code, message = EXIT_OK, ""
+        try:
+            while True:
+                if self.ctx.stop.is_set():
+                    code, message = EXIT_STOPPED, "stopped by signal"
+                    break
+                queue = self.tick()
+                if sprint_finished(queue):
+                    self.stop_agents()
+                    self.finish_sprint(queue)
+                    code, message = EXIT_OK, f"{queue.sprint.id} completed: every task done or cancelled"
+                    break
+                died = self.check_agents()
+                if died:
+                    code, message = EXIT_AGENT_DIED, died
+                    break
+                if queue.revision != self._last_revision:
+                    self._last_revision, self._last_change = queue.revision, time.monotonic()
+                reason = stuck_reason(queue)
+                if reason and time.monotonic() - self._last_change > 3 * cfg.tick_seconds:
+                    code, message = EXIT_STUCK, f"sprint stuck, a person is needed: {reason}"
+                    break
+                if time.monotonic() - self._last_change > cfg.idle_timeout_seconds and not any(
+                    i.lease for i in queue.items()):
+                    code, message = EXIT_STUCK, f"sprint stuck: no progress for {cfg.idle_timeout_seconds:.0f} s"
+                    break
+                if self.max_seconds is not None and time.monotonic() - start > self.max_seconds:
+                    code, message = EXIT_TIMEOUT, f"time limit of {self.max_seconds:.0f} s reached"
+                    break
+                if time.monotonic() - self._last_heartbeat > 60:
+                    self._last_heartbeat = time.monotonic()
+                    self.sprint_event("heartbeat", _counts(queue))
+                self.ctx.stop.wait(cfg.tick_seconds)
+        finally:
+            self.stop_agents()
+            if code != EXIT_OK:
+                self.sprint_event("run ended", f"exit {code}: {message}"[:500])
+        return code, message
+
+
+def _counts(queue: Queue) -> str:
+    stories = queue.counters["stories"]
+    return ", ".join(f"{k}={v}" for k, v in stories.items())
+
+
+def _tail(path: Path | None, lines: int = 15) -> str:
+    if path is None or not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
