@@ -94,7 +94,7 @@ def test_double_backtick_span_allows_backticks_in_command():
     assert c.text == "echo works"
 
 
-@pytest.mark.parametrize("marker", ["(critical)", "(CRITICAL)", "( Critical )"])
+@pytest.mark.parametrize("marker", ["(critical)", "(CRITICAL)", "( Critical )", "**(critical)**", "_(critical)_"])
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
 def test_critical_marker_anywhere(marker, where):
     line = {
@@ -198,6 +198,11 @@ def test_bad_file_paths(path, why):
     assert "relative" in str(err)
 
 
+@pytest.mark.parametrize("text", ["- [ ]", "- [x]   ", "- [ ] (critical)", ""])
+def test_empty_criterion(text):
+    assert "criterion is empty" in str(bad(text))
+
+
 def test_empty_file_and_command():
     assert "empty" in str(bad("- [ ] x `file: `"))
     assert "empty command" in str(bad("- [ ] x `command:`"))
@@ -297,10 +302,11 @@ _criterion = st.builds(
 @settings(max_examples=300, deadline=None)
 def test_roundtrip_markdown(criterion, checked):
     line = criterion.to_markdown(checked=checked)
-    back = parse_criterion_line(line, index=int(criterion.id[2:]), source="x", line=1)
     if criterion.check is None and not criterion.text:
-        assert back.text == "" and back.check is None
+        with pytest.raises(BacklogError, match="criterion is empty"):
+            parse_criterion_line(line, index=1, source="x", line=1)
         return
+    back = parse_criterion_line(line, index=int(criterion.id[2:]), source="x", line=1)
     assert back == criterion
 
 
@@ -521,6 +527,13 @@ def test_gray_zone_decision_is_recorded(gray):
     assert "gray zone" in v.reason and f"gray_zone_decision = {gray}" in v.reason
 
 
+def test_nothing_passing_is_never_accepted_even_by_a_lax_policy():
+    lax = CheckPolicy(accept_ratio=0.01, gray_zone_ratio=0.0, gray_zone_decision="accept")
+    assert decide(outcomes("uuu"), lax).decision == "needs_manual"
+    assert decide(outcomes("fu"), lax).decision == "adapt"
+    assert decide(outcomes("f"), lax).decision == "adapt"
+
+
 def test_policy_thresholds():
     assert decide(outcomes("pf"), CheckPolicy(accept_ratio=0.5, gray_zone_ratio=0.4)).decision == "accept"
     assert decide(outcomes("pff"), CheckPolicy(accept_ratio=0.9, gray_zone_ratio=0.3,
@@ -534,13 +547,15 @@ def test_policy_validation():
     with pytest.raises(ValidationError):
         CheckPolicy(accept_ratio=1.5)
     with pytest.raises(ValidationError):
+        CheckPolicy(accept_ratio=0, gray_zone_ratio=0)
+    with pytest.raises(ValidationError):
         CheckPolicy(gray_zone_decision="maybe")
     with pytest.raises(ValidationError):
         CheckPolicy(acept_ratio=0.8)
 
 
 @given(st.text(alphabet="pfuPFU", max_size=12),
-       st.floats(0, 1), st.floats(0, 1), st.sampled_from(["accept", "adapt", "needs_manual"]))
+       st.floats(0.01, 1), st.floats(0, 1), st.sampled_from(["accept", "adapt", "needs_manual"]))
 @settings(max_examples=400, deadline=None)
 def test_decide_invariants(spec, a, b, gray):
     policy = CheckPolicy(accept_ratio=max(a, b), gray_zone_ratio=min(a, b), gray_zone_decision=gray)
@@ -556,6 +571,7 @@ def test_decide_invariants(spec, a, b, gray):
     if any(r.critical and r.outcome == "FAIL" for r in results):
         assert v.decision == "adapt"
     if v.decision == "accept":
+        assert v.passed >= 1
         # Never accept with a critical criterion not passing, or below the accept ratio
         # (unless the policy itself sends the gray zone to accept).
         assert not crit_not_pass

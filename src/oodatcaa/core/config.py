@@ -144,9 +144,13 @@ def load_role_definitions(override_dir: Path | None = None) -> dict[str, RoleDef
         definition = load_role_definition(path)
         defs[definition.role] = definition
     if override_dir and override_dir.is_dir():
-        for path in sorted(override_dir.glob("*.md")):
-            definition = load_role_definition(path)
-            defs[definition.role] = definition
+        for role in (*AGENT_ROLES, "negotiator"):
+            path = override_dir / f"{role}.md"
+            if path.is_file():
+                definition = load_role_definition(path)
+                if definition.role != role:
+                    raise ConfigError(f"{path}: field role is {definition.role!r}; the file name says {role!r}")
+                defs[role] = definition
     missing = [r for r in AGENT_ROLES if r not in defs]
     if missing:
         raise ConfigError(f"role definitions missing for: {', '.join(missing)}")

@@ -213,7 +213,7 @@ def _code_span(content: str) -> str:
 _CHECKBOX_PREFIX = re.compile(r"^\s*[-*+]\s+\[[ xX]\]\s*")
 # CommonMark code span: a run of N backticks, content, a run of exactly N backticks.
 _CODE_SPAN = re.compile(r"(?<!`)(?P<ticks>`+)(?!`)(?P<body>.*?)(?<!`)(?P=ticks)(?!`)", re.S)
-_CRITICAL = re.compile(r"\(\s*critical\s*\)", re.I)
+_CRITICAL = re.compile(r"\*\*\(\s*critical\s*\)\*\*|([*_])\(\s*critical\s*\)\1|\(\s*critical\s*\)", re.I)
 _KIND_PREFIX = re.compile(r"^\s*(?P<word>[A-Za-z_][A-Za-z_ ]*?)\s*:\s*(?P<rest>.*)$", re.S)
 _KINDS = ("metric", "file", "command")
 _KIND_MISSPELLINGS = {"metrics", "files", "cmd", "commands", "shell", "exists", "run"}
@@ -231,7 +231,7 @@ def parse_criterion_line(text: str, *, index: int, source: str, line: int) -> Cr
     Raises :class:`BacklogError` (``source``, ``line``, the problem and the fix) for a check with
     bad syntax: an unknown operator, a value that is not a number or a metric name, a ``file:``
     path that is absolute or contains ``..``, an empty command, a misspelled check kind, or two
-    checks on one line. Raises :class:`ValueError` if ``index`` < 1.
+    checks on one line, or an empty criterion. Raises :class:`ValueError` if ``index`` < 1.
     """
     if index < 1:
         raise ValueError(f"criterion index must be >= 1, got {index}")
@@ -272,6 +272,8 @@ def parse_criterion_line(text: str, *, index: int, source: str, line: int) -> Cr
         pieces.append(prose[last:])
         prose = " ".join(pieces)
     prose = re.sub(r"\s+", " ", prose).strip()
+    if not prose and check is None:
+        raise fail("the criterion is empty; write what must hold (and a check), or remove the line")
     return Criterion(id=f"AC{index}", text=prose, check=check, critical=critical)
 
 
@@ -570,7 +572,7 @@ class CheckPolicy(_Strict):
     60 % and 80 % (``gray_zone_decision``), adapt below 60 %.
     """
 
-    accept_ratio: float = Field(default=0.8, ge=0.0, le=1.0)
+    accept_ratio: float = Field(default=0.8, gt=0.0, le=1.0)
     gray_zone_ratio: float = Field(default=0.6, ge=0.0, le=1.0)
     gray_zone_decision: Decision = "adapt"
 
@@ -609,6 +611,8 @@ def decide(results: list[CriterionResult], policy: CheckPolicy | None = None) ->
        critical one, or the pass ratio below ``accept_ratio``) → ``needs_manual``: only a person
        can settle them, adapting the work cannot;
     4. a critical criterion ``UNVERIFIED`` while other criteria fail → ``adapt``;
+       no criterion passing at all is never accepted, whatever the policy (``adapt`` when
+       something failed);
     5. pass ratio >= ``accept_ratio`` → ``accept``;
     6. ``gray_zone_ratio`` <= ratio < ``accept_ratio`` → ``policy.gray_zone_decision`` (recorded
        in the reason);
@@ -649,6 +653,10 @@ def decide(results: list[CriterionResult], policy: CheckPolicy | None = None) ->
         return verdict("adapt", f"critical criteria unverified: {', '.join(crit_unverified)} and failed: "
                                 f"{', '.join(failed)}; {counts}")
     failed_note = f"; failed: {', '.join(failed)}" if failed else ""
+    if passed == 0:  # whatever the policy says, nothing passing is never accepted
+        if failed:
+            return verdict("adapt", f"no criterion passed; failed: {', '.join(failed)}{unverified_note}")
+        return verdict("needs_manual", f"no criterion passed or failed; a person must check {', '.join(unverified)}")
     if ratio >= policy.accept_ratio:
         return verdict("accept", f"all critical criteria passed and {counts} >= accept ratio "
                                  f"{_pct(policy.accept_ratio)}{failed_note}{unverified_note}")

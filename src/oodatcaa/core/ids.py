@@ -56,7 +56,10 @@ def story_of(task_id: str) -> str:
 def slugify(text: str, max_len: int = 40) -> str:
     """Lower-case, ASCII, dash-separated slug safe for a branch name (may be ``"step"`` if empty)."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    slug = slug[:max_len].rstrip("-")
+    if len(slug) > max_len:
+        cut = slug[: max_len + 1]
+        slug = cut[: cut.rfind("-")] if "-" in cut else slug[:max_len]
+    slug = slug.rstrip("-")
     return slug or "step"
 
 

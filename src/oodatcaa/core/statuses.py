@@ -77,7 +77,7 @@ _STORY: dict[S, set[S]] = {
     # ready: a builder step re-runs; needs_plan: the Start-Over Gate; needs_adapt: lease reclaimed
     S.ADAPTING: {S.READY, S.NEEDS_PLAN, S.NEEDS_MANUAL, S.NEEDS_ADAPT, S.CANCELLED},
     S.READY_FOR_INTEGRATOR: {S.INTEGRATING, S.CANCELLED},
-    S.INTEGRATING: {S.DONE, S.NEEDS_ADAPT, S.READY_FOR_INTEGRATOR, S.CANCELLED},
+    S.INTEGRATING: {S.DONE, S.NEEDS_ADAPT, S.NEEDS_MANUAL, S.READY_FOR_INTEGRATOR, S.CANCELLED},
     # a person resolves needs_manual
     S.NEEDS_MANUAL: {S.NEEDS_PLAN, S.READY, S.CANCELLED},
     S.DONE: set(),

@@ -62,6 +62,15 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
 
     def on_term(signum: int, _frame: Any) -> None:  # job cancelled: take the command down with us
         _killpg(proc.pid, signal.SIGKILL)
+        # Reap it: an orphaned zombie may never be reaped where PID 1 does not reap (containers).
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(proc.pid, os.WNOHANG)[0] != 0:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.01)
         os._exit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, on_term)

@@ -146,6 +146,11 @@ def _child_env(default_model: str | None) -> dict[str, str]:
     return env
 
 
+def _worker_command(jobfile: Path) -> list[str]:
+    """argv of the job child process."""
+    return [sys.executable, "-m", "oodatcaa.jobs.worker", str(jobfile)]
+
+
 def _decode_status(status: int) -> int:
     if os.WIFSIGNALED(status):
         return -os.WTERMSIG(status)
@@ -262,7 +267,7 @@ def run_job(
     with open(log_path, "wb") as log:
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "oodatcaa.jobs.worker", str(jobfile)],
+                _worker_command(jobfile),
                 cwd=str(workdir),
                 env=_child_env(default_model),
                 stdin=subprocess.DEVNULL,

@@ -18,8 +18,10 @@ with :func:`oodatcaa.jobs.cpu_fastpath.fastpath_env` so that OpenBLAS is preload
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -30,6 +32,36 @@ from oodatcaa.jobs._common import JobContext, JobFailure, versions, write_json
 from oodatcaa.jobs.spec import JobSpecError, parse_job_spec
 
 MLX_KINDS = ("model_check", "inference_bench", "lora_train")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
+
+
+class _PlainText(io.TextIOBase):
+    """A text stream that drops ANSI escape sequences (mlx-lm's rich console forces truecolor even when
+    writing to a file), so that job.log, which is committed, stays readable."""
+
+    def __init__(self, inner: io.TextIOBase):
+        self._inner = inner
+
+    def write(self, s: str) -> int:
+        self._inner.write(_ANSI.sub("", s))
+        return len(s)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._inner.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._inner, "encoding", "utf-8")
+
+    @property
+    def buffer(self) -> object:
+        return self._inner.buffer  # type: ignore[attr-defined]
 
 
 def _maybe_reexec_with_fastpath(jobfile: Path, kind: str) -> None:
@@ -68,6 +100,9 @@ def run_jobfile(jobfile: Path) -> int:
         return 2
 
     _maybe_reexec_with_fastpath(jobfile, spec.kind)
+    if spec.kind in MLX_KINDS:
+        sys.stdout = _PlainText(sys.stdout)  # type: ignore[assignment]
+        sys.stderr = _PlainText(sys.stderr)  # type: ignore[assignment]
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
     started_wall = time.time()

@@ -181,6 +181,9 @@ class RoleAgent:
                     self.on_crash(claim, detail)
                 except LeaseError:
                     pass
+                except Exception:  # recording failed too: hand the item back rather than die
+                    log.exception("%s could not record the crash of %s", self.ctx.owner, claim.item_id)
+                    release(self.store, claim, f"agent error: {detail}"[:300])
             finally:
                 self.heartbeater = None
 

@@ -13,7 +13,7 @@ import yaml
 
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import tag_stamp
-from oodatcaa.core.criteria import Criterion
+from oodatcaa.core.criteria import Criterion, format_check
 from oodatcaa.core.ids import branch_name, slugify
 from oodatcaa.core.leases import Claim
 from oodatcaa.core.models import Item, Subtask, Task
@@ -36,7 +36,7 @@ def plan_steps(task: Task) -> list[Subtask]:
     steps: list[Subtask] = []
     for n, job in enumerate(task.jobs, start=1):
         sid = f"{task.id}-B{n:02d}"
-        slug = slugify(str(job.get("slug") or job.get("kind", "step")) + " " + task.title, max_len=32)
+        slug = slugify(str(job.get("slug") or task.title), max_len=24)
         steps.append(
             Subtask(
                 id=sid,
@@ -68,21 +68,13 @@ def _criteria_lines(criteria: list[Criterion]) -> str:
         return "_No acceptance criteria were given._\n"
     lines = []
     for c in criteria:
-        check = c.check.model_dump(exclude_none=True) if c.check else None
-        how = "needs a person (prose only)" if check is None else f"`{_check_text(c)}`"
+        how = "needs a person (prose only)" if c.check is None else f"`{_check_text(c)}`"
         lines.append(f"- **{c.id}**{' (critical)' if c.critical else ''}: {c.text} — {how}")
     return "\n".join(lines) + "\n"
 
 
 def _check_text(c: Criterion) -> str:
-    chk = c.check
-    if chk is None:
-        return ""
-    if chk.kind == "metric":
-        return f"metric: {chk.metric} {chk.op} {chk.value}"
-    if chk.kind == "file":
-        return f"file: {chk.path}"
-    return f"command: {chk.run}"
+    return format_check(c.check) if c.check is not None else ""
 
 
 def render_agent_plan(task: Task, steps: list[Subtask], baseline: str | None, version: int) -> str:
