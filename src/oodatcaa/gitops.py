@@ -198,10 +198,21 @@ class GitRepo:
                 pass
             self._git().worktree("prune")
 
-    def commit_worktree(self, path: Path, paths: list[str], message: str) -> str:
-        """Stage ``paths`` inside worktree ``path`` and commit on its branch; returns the commit."""
+    def commit_worktree(self, path: Path, message: str, *, max_file_bytes: int = 5 * 1024 * 1024) -> tuple[str, list[str]]:
+        """Commit every change in worktree ``path`` on its branch, except files over ``max_file_bytes``.
+
+        Returns ``(commit sha, paths left out because they are too large for git)``; large
+        artifacts belong in the state dir, hashed, not in history.
+        """
         wt = git.Repo(path)
         g = self._git(wt)
-        g.add("-A", "--", *paths)
+        g.add("-A", "--", ".")
+        too_big: list[str] = []
+        for rel in wt.git.diff("--cached", "--name-only", "--diff-filter=AM").splitlines():
+            file = Path(path) / rel
+            if file.is_file() and file.stat().st_size > max_file_bytes:
+                too_big.append(rel)
+        if too_big:
+            g.reset("-q", "--", *too_big)
         g.commit("--allow-empty", "-m", message)
-        return wt.git.rev_parse("HEAD")
+        return wt.git.rev_parse("HEAD"), too_big

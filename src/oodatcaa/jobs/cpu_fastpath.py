@@ -22,7 +22,9 @@ Where the OpenBLAS comes from, first match wins (:func:`find_openblas`):
 A candidate is used only if its file exports ``cblas_sgemm`` (checked by scanning the file's bytes).
 
 The fast path applies only on Linux with the mlx CPU backend (``mlx-cpu`` installed, no ``mlx-cuda``);
-``OODATCAA_FASTPATH=0`` turns it off. :func:`fastpath_env` returns the variables for the child process;
+``OODATCAA_FASTPATH=0`` turns it off. OpenBLAS gets half the cores (``OPENBLAS_NUM_THREADS``; its
+threads busy-wait, which hurts badly on a shared machine), unless ``OPENBLAS_NUM_THREADS`` or
+``OODATCAA_BLAS_THREADS`` say otherwise. :func:`fastpath_env` returns the variables for the child process;
 :func:`describe_blas` tells which BLAS the *current* process has loaded (read from ``/proc/self/maps``).
 
 ``python -m oodatcaa.jobs.cpu_fastpath`` prints the choice; ``--probe-matmul N`` (in a process started
@@ -45,6 +47,7 @@ from pathlib import Path
 
 __all__ = [
     "BlasLibrary",
+    "default_blas_threads",
     "describe_blas",
     "fastpath_enabled",
     "fastpath_env",
@@ -58,6 +61,7 @@ ENV_LIBRARY = "OODATCAA_OPENBLAS"
 #: Set in the child by :func:`fastpath_env`: the route ("cmeel-openblas", ...) and the library path.
 ENV_SOURCE = "OODATCAA_BLAS_SOURCE"
 ENV_APPLIED = "OODATCAA_FASTPATH_APPLIED"
+ENV_THREADS = "OODATCAA_BLAS_THREADS"
 
 _TRIPLETS = ("x86_64-linux-gnu", "aarch64-linux-gnu")
 _SYSTEM_LIB_DIRS = tuple(f"/usr/lib/{t}" for t in _TRIPLETS) + tuple(f"/lib/{t}" for t in _TRIPLETS) + (
@@ -243,6 +247,18 @@ def find_openblas(env: Mapping[str, str] | None = None) -> BlasLibrary | None:
     return None
 
 
+def default_blas_threads(cpu_count: int | None = None) -> int:
+    """OpenBLAS threads for a job when the user set none: half the cores, at least 1.
+
+    Why not all cores: OpenBLAS worker threads busy-wait, and a job shares the machine with the agents
+    and often with other jobs. Measured on a 2-core machine under load (benchmarks/bench_cpu_fastpath.py):
+    1 thread gave 230 GFLOP/s on a 512x512 matmul against 11 GFLOP/s with 2 threads, and LoRA on
+    SmolLM2-135M ran 12x faster.
+    """
+    n = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, n // 2)
+
+
 def _prepend(value: str, existing: str | None, sep: str) -> str:
     parts = [value] + [p for p in (existing or "").split(sep) if p and p != value]
     return sep.join(parts)
@@ -258,7 +274,9 @@ def fastpath_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     Returns:
         ``{}`` when off (``OODATCAA_FASTPATH=0``), not Linux + mlx CPU backend, or no usable OpenBLAS;
         otherwise ``LD_PRELOAD`` (the library first), ``LD_LIBRARY_PATH`` when libgfortran is needed,
-        ``OODATCAA_BLAS_SOURCE`` (the route, for :func:`describe_blas`) and ``OODATCAA_FASTPATH_APPLIED=1``.
+        ``OODATCAA_BLAS_SOURCE`` (the route, for :func:`describe_blas`), ``OODATCAA_FASTPATH_APPLIED=1``
+        and ``OPENBLAS_NUM_THREADS`` — from ``OODATCAA_BLAS_THREADS`` if set, else
+        :func:`default_blas_threads` — unless ``OPENBLAS_NUM_THREADS`` is already set (then it is kept).
     """
     env = os.environ if env is None else env
     if not fastpath_enabled(env) or not mlx_cpu_backend():
@@ -271,6 +289,9 @@ def fastpath_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
         ENV_SOURCE: lib.source,
         ENV_APPLIED: "1",
     }
+    if not env.get("OPENBLAS_NUM_THREADS"):
+        threads = env.get(ENV_THREADS, "").strip()
+        out["OPENBLAS_NUM_THREADS"] = threads if threads.isdigit() and int(threads) > 0 else str(default_blas_threads())
     if lib.library_path:
         ld = env.get("LD_LIBRARY_PATH")
         for d in reversed(lib.library_path):

@@ -132,11 +132,8 @@ class Builder(RoleAgent):
         atomic_write_text(run_dir / "result.json", json.dumps(manifest, indent=2) + "\n")
         verdict = "ok" if result.ok else "FAILED"
         kind = step.job.get("kind")
-        commit = git.commit_worktree(
-            worktree,
-            [rel_run.as_posix()],
-            f"[impl] {task.id}: {kind} step {step.step:02d} {verdict} (attempt {attempt})",
-        )
+        commit, left_out = git.commit_worktree(
+            worktree, f"[impl] {task.id}: {kind} step {step.step:02d} {verdict} (attempt {attempt})")
         git.remove_worktree(worktree)
         headline = key_metrics(result.summary)
 
@@ -155,6 +152,9 @@ class Builder(RoleAgent):
             body.append("\n## Artifacts (not in git)\n\n" + "\n".join(
                 f"- `{p}` sha256 `{h}`" for p, h in sorted(result.artifacts.items())) + f"\n\nUnder `{artifacts}`.\n")
         body.append(f"\nRun files on the branch: `{rel_run.as_posix()}/`.\n")
+        if left_out:
+            body.append("\nNot committed (over 5 MiB; keep large outputs in the artifacts dir): "
+                        + ", ".join(f"`{p}`" for p in left_out) + "\n")
         summary_line = f"{step.id} attempt {attempt}: {verdict}" + (
             "; " + ", ".join(f"{k}={v}" for k, v in headline.items()) if headline else f"; {result.error or ''}"[:200])
         write_report(ws, task.id, "builder", self.ctx.owner, f"Builder report — {step.id}", "".join(body),

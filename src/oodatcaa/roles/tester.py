@@ -76,10 +76,8 @@ class Tester(RoleAgent):
                 "tested_commit": git.head_sha(tester.branch),
             }
             atomic_write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
-            commit = git.commit_worktree(
-                worktree, [rel.as_posix()],
-                f"[test] {task.id}: {verdict.passed}/{verdict.total} criteria pass -> {verdict.decision}",
-            )
+            commit, _ = git.commit_worktree(
+                worktree, f"[test] {task.id}: {verdict.passed}/{verdict.total} criteria pass -> {verdict.decision}")
         finally:
             git.remove_worktree(worktree)
 

@@ -1,0 +1,66 @@
+"""Shared builders for the coordination tests: workspaces, queues and backlogs."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from oodatcaa.core.clock import FakeClock
+from oodatcaa.core.criteria import Criterion, MetricCheck
+from oodatcaa.core.models import Queue, Sprint, Subtask, Task
+from oodatcaa.core.statuses import TaskStatus
+from oodatcaa.core.store import QueueStore
+from oodatcaa.core.workspace import Workspace
+
+S = TaskStatus
+
+
+def git_repo(path: Path) -> Path:
+    """An empty git repository on ``main`` with a local identity."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    subprocess.run(["git", "-C", str(path), "config", "user.name", "test"], check=True)
+    subprocess.run(["git", "-C", str(path), "config", "user.email", "test@example.com"], check=True)
+    return path
+
+
+def workspace(tmp_path: Path) -> Workspace:
+    """A fresh repository with an initialised workspace."""
+    from oodatcaa.sprints import init_workspace
+
+    return init_workspace(git_repo(tmp_path / "repo"))
+
+
+def sample_queue(n_tasks: int = 3) -> Queue:
+    """A queue with ``n_tasks`` planned-looking stories (T001 .. T00n), no subtasks."""
+    sprint = Sprint(id="SPRINT-2026-001", number=1, title="test sprint",
+                    created_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    tasks = [
+        Task(id=f"T{i:03d}", title=f"task {i}", jobs=[{"kind": "command", "run": "true"}],
+             acceptance_criteria=[Criterion(id="AC1", text="rc", critical=True,
+                                            check=MetricCheck(kind="metric", metric="command.returncode", op="==", value=0))])
+        for i in range(1, n_tasks + 1)
+    ]
+    return Queue(sprint=sprint, tasks=tasks)
+
+
+def store_with(ws: Workspace, queue: Queue, clock: FakeClock | None = None) -> QueueStore:
+    """A store for ``ws`` seeded with ``queue``."""
+    store = QueueStore.for_workspace(ws, clock=clock)
+    with store.transaction("test", create=True) as tx:
+        tx.queue.sprint = queue.sprint
+        tx.queue.tasks = queue.tasks
+    return store
+
+
+def add_steps(task: Task, n_builds: int = 1, status: TaskStatus = S.READY) -> Task:
+    """Give ``task`` builder steps and a tester subtask, as the Planner would."""
+    subs = [Subtask(id=f"{task.id}-B{n:02d}", kind="build", status=status, title=f"step {n}", step=n,
+                    branch=f"feat/{task.id}-step-{n:02d}-x", job={"kind": "command", "run": "true"},
+                    dependencies=[f"{task.id}-B{n - 1:02d}"] if n > 1 else [])
+            for n in range(1, n_builds + 1)]
+    subs.append(Subtask(id=f"{task.id}-T01", kind="test", status=S.BLOCKED, title="tests", step=1,
+                        branch=subs[-1].branch, dependencies=[s.id for s in subs]))
+    task.subtasks = subs
+    return task
