@@ -247,7 +247,7 @@ def test_sprint_new_reports_a_malformed_job_with_its_line(tmp_path):
     bad.write_text(BACKLOG.replace('kind: command\nrun: "mkdir', 'kind: lora_train\nlearning_rate: -1\nrun: "mkdir'))
     with pytest.raises(BacklogError) as info:
         new_sprint(ws, bad)
-    assert ":10:" in str(info.value) and "learning_rate" in str(info.value)
+    assert "bad.md:9:" in str(info.value) and "learning_rate" in str(info.value)
     assert not ws.queue_path.exists()
 
 
