@@ -27,7 +27,8 @@ def _ws(args: argparse.Namespace) -> Workspace:
 def cmd_init(args: argparse.Namespace) -> int:
     from oodatcaa.sprints import init_workspace
 
-    ws = init_workspace(Path(args.path))
+    base = Path(args.workspace) if args.workspace else Path.cwd()
+    ws = init_workspace(base / args.path)
     console.print(f"workspace ready: {ws.dir}")
     console.print("next: write a backlog (docs/backlog-format.md), then `oodatcaa sprint new --backlog FILE`")
     return 0

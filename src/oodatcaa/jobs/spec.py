@@ -37,6 +37,7 @@ __all__ = [
     "JOB_KINDS",
     "JobSpec",
     "JobSpecError",
+    "JobSpecField",
     "JobSpecModel",
     "LoraParams",
     "LoraTrainJob",
@@ -221,10 +222,11 @@ class CommandJob(_Job):
         raise ValueError(f"run must be a command line (string) or an argv list of strings, got {_show(v)}")
 
 
-#: Any job spec model (for annotations).
-JobSpecModel = Union[ModelCheckJob, InferenceBenchJob, LoraTrainJob, CommandJob]
-#: The discriminated union validated by :func:`parse_job_spec` (``kind`` selects the model).
-JobSpec = Annotated[JobSpecModel, Field(discriminator="kind")]
+#: Any job spec model (usable with isinstance and in annotations).
+JobSpec = Union[ModelCheckJob, InferenceBenchJob, LoraTrainJob, CommandJob]
+JobSpecModel = JobSpec  # alias
+#: The discriminated union for pydantic fields (``kind`` selects the model), e.g. ``list[JobSpecField]``.
+JobSpecField = Annotated[JobSpec, Field(discriminator="kind")]
 
 _MODELS: dict[str, type[_Job]] = {
     "model_check": ModelCheckJob,
@@ -235,7 +237,7 @@ _MODELS: dict[str, type[_Job]] = {
 #: The known job kinds, in documentation order.
 JOB_KINDS: tuple[str, ...] = tuple(_MODELS)
 
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpecField)
 
 
 def job_spec_json_schema() -> dict[str, Any]:
@@ -331,7 +333,7 @@ def _known_fields(model: type[BaseModel], field: str) -> list[str]:
     return [name for name in current.model_fields if name != "kind"]
 
 
-def parse_job_spec(data: Any, *, source: str = "<job>") -> JobSpecModel:
+def parse_job_spec(data: Any, *, source: str = "<job>") -> JobSpec:
     """Validate ``data`` (a mapping, or an already-built job model) and return the job spec model.
 
     Args:
