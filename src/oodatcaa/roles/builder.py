@@ -10,6 +10,7 @@ recorded. A failed job is never reported as a success: the step and its story go
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -89,6 +90,9 @@ class Builder(RoleAgent):
         if artifacts.exists():
             shutil.rmtree(artifacts)
         default_model = None if cfg.jobs.default_model == "default" else cfg.jobs.default_model
+        # parallel builders share the cores: without a cap each job's OpenBLAS spawns a thread per
+        # core and oversubscription slows every job several-fold
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, cfg.wip_limit("builder")))))
 
         last_progress = [0.0]
 
