@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = AgentContext.open(_ws(args), "negotiator")
     install_signal_handlers(ctx)
     code, message = Negotiator(ctx, max_seconds=args.max_seconds).run()
-    (console if code == 0 else err_console).print(("" if code == 0 else "error: ") + message)
+    (console if code == 0 else err_console).print(("" if code == 0 else "error: ") + message, markup=False, soft_wrap=True)
     return code
 
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except OodatcaaError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130
