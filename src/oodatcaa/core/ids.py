@@ -53,9 +53,17 @@ def story_of(task_id: str) -> str:
     return validate_task_id(task_id)[:4]
 
 
+_STOPWORDS = frozenset({"a", "an", "the", "on", "of", "and", "to", "for", "with", "in", "at", "by"})
+
+
 def slugify(text: str, max_len: int = 40) -> str:
-    """Lower-case, ASCII, dash-separated slug safe for a branch name (may be ``"step"`` if empty)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    """Lower-case, ASCII, dash-separated slug safe for a branch name (may be ``"step"`` if empty).
+
+    Short filler words are dropped so the words that say what the step is fit in ``max_len``.
+    """
+    words = [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
+    kept = [w for w in words if w not in _STOPWORDS] or words
+    slug = "-".join(kept)
     if len(slug) > max_len:
         cut = slug[: max_len + 1]
         slug = cut[: cut.rfind("-")] if "-" in cut else slug[:max_len]

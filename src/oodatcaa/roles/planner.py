@@ -36,7 +36,7 @@ def plan_steps(task: Task) -> list[Subtask]:
     steps: list[Subtask] = []
     for n, job in enumerate(task.jobs, start=1):
         sid = f"{task.id}-B{n:02d}"
-        slug = slugify(str(job.get("slug") or task.title), max_len=24)
+        slug = slugify(str(job.get("slug") or task.title), max_len=32)
         steps.append(
             Subtask(
                 id=sid,
