@@ -1,0 +1,72 @@
+"""The Negotiator: promotion, stuck detection, agents that keep dying — real processes, no MLX."""
+
+import subprocess
+import sys
+
+from oodatcaa.core.statuses import TaskStatus
+from oodatcaa.core.store import QueueStore
+from oodatcaa.roles.base import AgentContext
+from oodatcaa.roles.negotiator import EXIT_AGENT_DIED, EXIT_STUCK, Negotiator, promote
+from oodatcaa.sprints import new_sprint
+
+from support import add_steps, sample_queue, store_with, workspace
+
+S = TaskStatus
+
+PROSE_ONLY = """\
+# Prose sprint
+
+### T001: Decide the roadmap
+**Type:** Story  **Complexity:** S  **Priority:** 1  **Dependencies:** None
+**Description:** Needs people, not machines.
+
+**Acceptance Criteria:**
+- [ ] the team agrees on a roadmap
+"""
+
+
+def fast_config(ws):
+    text = ws.config_path.read_text()
+    text = text.replace("tick_seconds = 1.0", "tick_seconds = 0.2").replace("poll_seconds = 1.0", "poll_seconds = 0.2")
+    text = text.replace("restart_backoff_seconds = 2.0", "restart_backoff_seconds = 0.0").replace("max_restarts = 3", "max_restarts = 1")
+    ws.config_path.write_text(text)
+
+
+def test_promote_respects_dependencies(tmp_path):
+    q = sample_queue(2)
+    q.tasks[1].dependencies = ["T001"]
+    for t in q.tasks:
+        add_steps(t)
+        t.status = S.PLANNING_COMPLETE
+    store = store_with(workspace(tmp_path), q)
+    with store.transaction("negotiator") as tx:
+        promote(tx)
+    q = store.read()
+    assert q.task("T001").status == S.READY and q.task("T002").status == S.BLOCKED
+
+
+def test_run_exits_non_zero_naming_what_a_person_must_do(tmp_path):
+    ws = workspace(tmp_path)
+    fast_config(ws)
+    backlog = tmp_path / "b.md"
+    backlog.write_text(PROSE_ONLY)
+    new_sprint(ws, backlog)
+    run = subprocess.run([sys.executable, "-m", "oodatcaa", "-C", str(ws.root), "run", "--max-seconds", "60"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == EXIT_STUCK, run.stdout + run.stderr
+    assert "T001 needs_manual: no job block" in run.stderr
+    assert QueueStore.for_workspace(ws).read().task("T001").status == S.NEEDS_MANUAL
+    assert "exit 3" in ws.sprint_log_path.read_text()
+    assert not list(ws.agents_state_dir.glob("*.pid"))
+
+
+def test_an_agent_that_keeps_dying_stops_the_run_with_its_log(tmp_path):
+    ws = workspace(tmp_path)
+    fast_config(ws)
+    backlog = tmp_path / "b.md"
+    backlog.write_text(PROSE_ONLY)
+    new_sprint(ws, backlog)
+    ctx = AgentContext.open(ws, "negotiator")
+    code, message = Negotiator(ctx, python="/bin/false", max_seconds=30).run()
+    assert code == EXIT_AGENT_DIED
+    assert "died 2 times" in message and "giving up" in message
