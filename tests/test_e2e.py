@@ -122,7 +122,8 @@ def test_a_three_task_sprint_runs_to_tagged_merges(tmp_path, tiny_model):
     names = {p.relative_to(reports).as_posix() for p in reports.rglob("*.md")}
     for role in ("planner", "integrator"):
         assert all(f"T00{i}/{role}.md" in names for i in (1, 2, 3))
-    assert {"T002/builder_T002-B01.md", "T002/tester_T002-T01.md", "T002/refiner_1.md"} <= names
+    assert {"T002/builder_T002-B01.md", "T002/tester_T002-T01.md", "T002/refiner_1.md",
+            "T002/builder_T002-B01_2.md", "T002/tester_T002-T01_2.md"} <= names
     refiner = (reports / "T002" / "refiner_1.md").read_text()
     assert "reduce_peak_memory" in refiner and "batch_size: 4" in refiner and "batch_size: 2" in refiner
     index = (repo / ".oodatcaa" / "work" / "AGENT_REPORTS.md").read_text()

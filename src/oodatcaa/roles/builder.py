@@ -162,7 +162,7 @@ class Builder(RoleAgent):
         summary_line = f"{step.id} attempt {attempt}: {verdict}" + (
             "; " + ", ".join(f"{k}={v}" for k, v in headline.items()) if headline else f"; {result.error or ''}"[:200])
         write_report(ws, task.id, "builder", self.ctx.owner, f"Builder report — {step.id}", "".join(body),
-                     summary_line, suffix=step.id, clock=self.ctx.clock)
+                     summary_line, suffix=step.id if attempt <= 1 else f"{step.id}_{attempt}", clock=self.ctx.clock)
 
         record = {
             "commit": commit,

@@ -90,8 +90,10 @@ class Tester(RoleAgent):
         )
         summary = f"{verdict.decision}: {verdict.passed}/{verdict.total} pass" + (
             f"; failed critical: {', '.join(verdict.failed_critical)}" if verdict.failed_critical else "")
+        # one report per attempt: a re-test after an adaptation never overwrites the earlier verdict
+        suffix = tester.id if tester.attempts <= 1 else f"{tester.id}_{tester.attempts}"
         write_report(ws, task.id, "tester", self.ctx.owner, f"Tester report — {tester.id}", body, summary,
-                     suffix=tester.id, clock=self.ctx.clock)
+                     suffix=suffix, clock=self.ctx.clock)
 
         failures = [r.model_dump(mode="json") for r in results if r.outcome != "PASS"]
         record = {"verdict": verdict.model_dump(mode="json"), "failures": failures, "commit": commit}
