@@ -65,9 +65,9 @@ def test_each_change_is_one_log_entry_and_revision_increments(ws):
     store = store_with(ws, sample_queue())
     rev = store.read().revision
     with store.transaction("agent-x") as tx:
-        tx.move("T001", S.PLANNING, "claimed")
+        tx.move("T001", S.NEEDS_MANUAL, "a person must look")
     entries = store.log.entries()
-    assert entries[-1].agent == "agent-x" and entries[-1].change == "needs_plan -> planning"
+    assert entries[-1].agent == "agent-x" and entries[-1].change == "needs_plan -> needs_manual"
     assert store.read().revision == rev + 1
 
 
@@ -94,7 +94,7 @@ def test_torn_write_before_replace_leaves_previous_file_intact(ws):
     with mock.patch("oodatcaa.core.atomic.os.replace", side_effect=OSError("killed before replace")):
         with pytest.raises(OSError):
             with store.transaction("t") as tx:
-                tx.move("T001", S.PLANNING, "x")
+                tx.move("T001", S.NEEDS_MANUAL, "x")
     assert ws.queue_path.read_bytes() == before
     assert not [p for p in ws.queue_path.parent.iterdir() if p.name.endswith(".tmp")]
     store.read()
@@ -105,7 +105,7 @@ def test_history_keeps_previous_versions(ws):
     store.history_keep = 3
     for task in ("T001", "T002", "T003"):
         with store.transaction("t") as tx:
-            tx.move(task, S.PLANNING, "x")
+            tx.move(task, S.NEEDS_MANUAL, "x")
         with store.transaction("t") as tx:
             tx.move(task, S.NEEDS_PLAN, "back")
     versions = store.history()
@@ -149,3 +149,12 @@ def test_log_entries_round_trip_and_escape_pipes():
     parsed = LogEntry.parse(e.render())
     assert parsed is not None and parsed.agent == "a|b" and parsed.what == "multi line | text"
     assert e.render().count("\n") == 1
+
+
+def test_a_write_that_breaks_an_invariant_is_refused(ws):
+    store = store_with(ws, sample_queue())
+    before = ws.queue_path.read_bytes()
+    with pytest.raises(QueueFileError, match="T001 is planning but has no lease"):
+        with store.transaction("t") as tx:
+            tx.move("T001", S.PLANNING, "claimed without a lease")
+    assert ws.queue_path.read_bytes() == before

@@ -16,7 +16,7 @@ from typing import Iterator
 import git
 from filelock import FileLock
 
-from oodatcaa.core.errors import GitOperationError, MergeConflictError, WorkspaceError
+from oodatcaa.core.errors import BranchMissingError, GitOperationError, MergeConflictError, WorkspaceError
 
 MAIN = "main"
 
@@ -87,6 +87,11 @@ class GitRepo:
     def branch_exists(self, name: str) -> bool:
         return name in {h.name for h in self.repo.heads}
 
+    def require_branch(self, name: str) -> None:
+        """Raise :class:`BranchMissingError` unless local branch ``name`` exists."""
+        if not self.branch_exists(name):
+            raise BranchMissingError(name)
+
     def tag_exists(self, name: str) -> bool:
         return name in {t.name for t in self.repo.tags}
 
@@ -153,6 +158,7 @@ class GitRepo:
                 raise GitOperationError(f"cannot merge {branch}: {self.root} is not on {MAIN}")
             if self.merge_in_progress():  # left behind by a killed integrator
                 self.repo.git.merge("--abort")
+            self.require_branch(branch)
             g = self._git()
             try:
                 g.merge("--no-ff", "-m", message, branch)

@@ -16,6 +16,7 @@ from oodatcaa.core.errors import OodatcaaError
 from oodatcaa.core.workspace import Workspace, find_workspace
 
 ROLE_CHOICES = ("planner", "builder", "tester", "refiner", "integrator")
+SUPERVISED_ROLES = (*ROLE_CHOICES, "negotiator")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -61,6 +62,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.owner} %(levelname)s %(message)s")
     ctx = AgentContext.open(_ws(args), args.owner)
     install_signal_handlers(ctx)
+    if args.role == "negotiator":
+        from oodatcaa.roles.negotiator import Negotiator
+
+        code, message = Negotiator(ctx, spawn_agents=False).run()
+        logging.getLogger("oodatcaa.agent").info("negotiator exit %s: %s", code, message)
+        return code
     agent = AGENT_CLASSES[args.role](ctx)
     return agent.run(once=args.once)
 
@@ -88,6 +95,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     from oodatcaa.core.ids import validate_task_id
 
     ws = _ws(args)
+    if args.action == "rotate":
+        return _rotate(ws, args.dry_run)
     entries = EventLog(ws.agent_log_path, ws.lock_path("agent_log")).entries()
     if args.task:
         validate_task_id(args.task)
@@ -101,6 +110,108 @@ def cmd_log(args: argparse.Namespace) -> int:
         table.add_column(col, overflow="fold")
     for e in entries:
         table.add_row(e.time.strftime("%H:%M:%S"), e.agent, e.task, e.change, e.what)
+    console.print(table)
+    return 0
+
+
+def _rotate(ws: Workspace, dry_run: bool) -> int:
+    from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog
+    from oodatcaa.core.rotation import rotate_log
+    from oodatcaa.core.store import QueueStore
+
+    sprint = QueueStore.for_workspace(ws).read().sprint
+    number = sprint.number if sprint else 0
+    for log in (EventLog(ws.agent_log_path, ws.lock_path("agent_log")),
+                EventLog(ws.sprint_log_path, ws.lock_path("sprint_log"), header=SPRINT_LOG_HEADER)):
+        console.print(rotate_log(log, ws.sprint_archive_dir(number), dry_run=dry_run).describe())
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from oodatcaa.core.invariants import validate_queue_file
+    from oodatcaa.core.store import QueueStore
+
+    if args.queue_cmd == "validate":
+        path = Path(args.file) if args.file else _ws(args).queue_path
+        violations = validate_queue_file(path)
+        for v in violations:
+            err_console.print(f"{path}: {v}", markup=False, soft_wrap=True)
+        if violations:
+            err_console.print(f"{len(violations)} problem(s) in {path}", markup=False)
+            return 1
+        console.print(f"{path}: valid (schema and invariants)")
+        return 0
+    store = QueueStore.for_workspace(_ws(args))
+    if args.queue_cmd == "history":
+        from rich.table import Table
+
+        table = Table(title="kept queue versions (oldest first)")
+        for col in ("revision", "saved", "file"):
+            table.add_column(col)
+        for path in store.history():
+            from datetime import datetime, timezone
+
+            saved = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            table.add_row(str(int(path.stem.split(".r")[1])), saved, str(path))
+        console.print(table)
+        return 0
+    restored = store.restore(args.revision, actor=os.environ.get("USER", "person"))
+    console.print(f"revision {args.revision} restored; the queue is now at revision {restored.revision}")
+    return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    from oodatcaa.core.config import load_config
+    from oodatcaa.processes import next_owner, read_agents, spawn_agent, stop_agent
+
+    ws = _ws(args)
+    roles = args.roles or list(SUPERVISED_ROLES)
+    for role in roles:
+        if role not in SUPERVISED_ROLES:
+            raise OodatcaaError(f"unknown role {role!r}; choose from {', '.join(SUPERVISED_ROLES)}")
+    records = read_agents(ws)
+    if args.agents_cmd == "status":
+        return _agents_status(ws, records, args.json)
+    if args.agents_cmd in ("stop", "restart"):
+        for rec in records:
+            if rec.role in roles:
+                console.print(f"{rec.owner} (pid {rec.pid}): {stop_agent(ws, rec, args.grace)}")
+    if args.agents_cmd in ("start", "restart"):
+        config = load_config(ws.config_path, ws.agents_dir)
+        for role in roles:
+            running = [r for r in read_agents(ws) if r.role == role and r.is_running()]
+            wanted = args.count or (1 if role == "negotiator" else config.wip_limit(role))
+            for _ in range(max(0, wanted - len(running))):
+                owner = next_owner(ws, role)
+                proc = spawn_agent(ws, role, owner, detach=True)
+                console.print(f"started {owner} (pid {proc.pid}); log {ws.agents_state_dir / (owner + '.log')}")
+    return 0
+
+
+def _agents_status(ws: Workspace, records: list, as_json: bool) -> int:
+    from rich.table import Table
+
+    from oodatcaa.core.store import QueueStore
+
+    held: dict[str, tuple[str, str]] = {}
+    try:
+        for item in QueueStore.for_workspace(ws).read().items():
+            if item.lease:
+                held[item.lease.owner] = (item.id, item.lease.heartbeat_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    except OodatcaaError:
+        pass
+    rows = [{"owner": r.owner, "role": r.role, "pid": r.pid, "alive": r.is_running(), "started_at": r.started_at,
+             "task": held.get(r.owner, (None, None))[0], "last_heartbeat": held.get(r.owner, (None, None))[1],
+             "log": r.log} for r in records]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="agents")
+    for col in ("owner", "role", "pid", "alive", "task held", "last heartbeat", "started"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["owner"], r["role"], str(r["pid"]), "[green]yes[/]" if r["alive"] else "[red]no[/]",
+                      r["task"] or "", r["last_heartbeat"] or "", r["started_at"])
     console.print(table)
     return 0
 
@@ -172,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("agent", help="run one role agent in the foreground")
-    p.add_argument("role", choices=ROLE_CHOICES)
+    p.add_argument("role", choices=SUPERVISED_ROLES,
+                   help="a role; `negotiator` supervises agents started by `agents start` without spawning any")
     p.add_argument("--owner", required=True, help="agent name, e.g. builder-A (letters, digits, . _ -)")
     p.add_argument("--once", action="store_true", help="handle at most one item, then exit")
     p.set_defaults(func=cmd_agent)
@@ -181,10 +293,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the same data as JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("log", help="show AGENT_LOG.md entries")
+    p = sub.add_parser("log", help="show AGENT_LOG.md entries, or rotate the logs")
+    p.add_argument("action", nargs="?", choices=("show", "rotate"), default="show",
+                   help="show (default) or rotate: move all but the newest ~450 entries of a log over 1000 lines "
+                        "into work/archive/sprint_<N>/")
     p.add_argument("--task", help="only this task (and its subtasks)")
     p.add_argument("--tail", type=int, default=None, help="only the last N entries")
+    p.add_argument("--dry-run", action="store_true", help="rotate: say what would move, change nothing")
     p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("queue", help="inspect, validate and restore SPRINT_QUEUE.json")
+    queue_sub = p.add_subparsers(dest="queue_cmd", required=True, metavar="SUBCOMMAND")
+    q = queue_sub.add_parser("validate", help="check schema and invariants; every problem with its location (exit 1)")
+    q.add_argument("file", nargs="?", help="a queue file (default: the workspace's)")
+    q.set_defaults(func=cmd_queue)
+    q = queue_sub.add_parser("history", help="list the kept previous versions")
+    q.set_defaults(func=cmd_queue)
+    q = queue_sub.add_parser("restore", help="make a kept version current again (works on a corrupt queue)")
+    q.add_argument("revision", type=int, help="revision number from `queue history`")
+    q.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("agents", help="run role agents in the background: start, stop, status, restart")
+    agents_sub = p.add_subparsers(dest="agents_cmd", required=True, metavar="SUBCOMMAND")
+    for name, text in (("start", "start agents (default: every role, up to its wip limit)"),
+                       ("stop", "SIGTERM (they hand work back), then SIGKILL after --grace seconds"),
+                       ("status", "alive or not, task held, last heartbeat"),
+                       ("restart", "stop, then start")):
+        q = agents_sub.add_parser(name, help=text)
+        q.add_argument("roles", nargs="*", metavar="ROLE",
+                       help="planner, builder, tester, refiner, integrator, negotiator (default: all)")
+        q.add_argument("--count", type=int, default=None, help="start: agents per role (default: its wip limit)")
+        q.add_argument("--grace", type=float, default=30.0, help="stop: seconds to wait before SIGKILL")
+        q.add_argument("--json", action="store_true", help="status: print JSON")
+        q.set_defaults(func=cmd_agents)
 
     p = sub.add_parser("report", help="render a task's reports in the terminal")
     p.add_argument("task", help="story ID, e.g. T001")

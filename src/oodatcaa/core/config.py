@@ -63,6 +63,19 @@ class NegotiatorSection(_Strict):
     )
 
 
+class EstimatesSection(_Strict):
+    """Expected minutes of work per backlog complexity; a lease held over twice this is warned about."""
+
+    S: float = Field(default=15.0, gt=0)
+    M: float = Field(default=45.0, gt=0)
+    L: float = Field(default=120.0, gt=0)
+    XL: float = Field(default=240.0, gt=0)
+
+    def minutes(self, complexity: str | None) -> float | None:
+        """Estimate for a complexity label (case-insensitive), ``None`` when there is none."""
+        return getattr(self, (complexity or "").strip().upper(), None) if complexity else None
+
+
 class JobsSection(_Strict):
     timeout_minutes: float = Field(default=120.0, gt=0)
     default_model: str = Field(default="default", description="'default' = the bundled offline SmolLM2.")
@@ -78,6 +91,7 @@ class Config(_Strict):
     check: CheckPolicy = CheckPolicy()
     negotiator: NegotiatorSection = NegotiatorSection()
     jobs: JobsSection = JobsSection()
+    estimates: EstimatesSection = EstimatesSection()
     roles: dict[str, RoleDefinition] = Field(default_factory=dict)
 
     def wip_limit(self, role: str) -> int:
@@ -222,6 +236,12 @@ tick_seconds = 1.0
 max_restarts = 3
 restart_backoff_seconds = 2.0
 idle_timeout_seconds = 600
+
+[estimates]           # minutes per complexity; a task held over twice its estimate is warned about
+S = 15
+M = 45
+L = 120
+XL = 240
 
 [jobs]
 timeout_minutes = 120

@@ -80,6 +80,17 @@ class GitOperationError(OodatcaaError):
     """A git operation failed; carries the command's output."""
 
 
+class BranchMissingError(GitOperationError):
+    """A feature branch recorded in the queue no longer exists (deleted by hand?)."""
+
+    def __init__(self, branch: str):
+        self.branch = branch
+        super().__init__(
+            f"branch {branch} does not exist (deleted by hand?); its steps must be rebuilt "
+            "(the Refiner sends them back to the Builder)"
+        )
+
+
 class MergeConflictError(GitOperationError):
     """``git merge`` stopped on conflicts; the merge was aborted and main is unchanged."""
 

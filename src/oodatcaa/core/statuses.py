@@ -59,8 +59,16 @@ S = TaskStatus
 #: Statuses from which nothing moves on.
 TERMINAL = frozenset({S.DONE, S.CANCELLED})
 
-#: Statuses in which an item is held by an agent and must carry a live lease.
+#: Statuses in which some item is held by an agent (see :func:`claimed_statuses` per kind).
 CLAIMED = frozenset({S.PLANNING, S.IN_PROGRESS, S.TESTING, S.ADAPTING, S.INTEGRATING})
+
+#: Per kind, the statuses in which the item itself carries the lease. A story that is
+#: ``in_progress`` or ``testing`` carries none: its builder step or tester subtask holds it.
+_CLAIMED_BY_KIND = {
+    "story": frozenset({S.PLANNING, S.ADAPTING, S.INTEGRATING}),
+    "build": frozenset({S.IN_PROGRESS}),
+    "test": frozenset({S.TESTING}),
+}
 
 _STORY: dict[S, set[S]] = {
     S.NEEDS_PLAN: {S.PLANNING, S.CANCELLED, S.NEEDS_MANUAL},
@@ -113,6 +121,11 @@ TRANSITIONS: dict[ItemKind, dict[S, frozenset[S]]] = {
     ItemKind.BUILD: {k: frozenset(v) for k, v in _BUILD.items()},
     ItemKind.TEST: {k: frozenset(v) for k, v in _TEST.items()},
 }
+
+
+def claimed_statuses(kind: "ItemKind | str") -> frozenset[TaskStatus]:
+    """Statuses in which an item of ``kind`` must hold exactly one live lease."""
+    return _CLAIMED_BY_KIND[ItemKind(kind).value]
 
 
 def allowed_next(kind: ItemKind, status: TaskStatus) -> frozenset[TaskStatus]:

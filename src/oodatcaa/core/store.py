@@ -24,6 +24,7 @@ from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import Clock
 from oodatcaa.core.errors import QueueFileError
 from oodatcaa.core.eventlog import EventLog, LogEntry
+from oodatcaa.core.invariants import check_invariants
 from oodatcaa.core.models import Item, Queue, Task
 from oodatcaa.core.statuses import TaskStatus, check_transition
 from oodatcaa.core.workspace import Workspace
@@ -152,6 +153,10 @@ class QueueStore:
             if after == before and not tx.entries:
                 return
             tx.queue.revision = queue.revision + 1
+            violations = check_invariants(tx.queue)
+            if violations:
+                raise QueueFileError(self.path, "refusing to write a queue that breaks its invariants: "
+                                     + "; ".join(str(v) for v in violations), field=violations[0].location)
             text = json.dumps(tx.queue.model_dump(mode="json"), indent=2) + "\n"
             parse_queue(text, self.path)  # never write what we could not read back
             if original_text is not None:
@@ -182,8 +187,41 @@ class QueueStore:
                 pass
 
     def history(self) -> list[Path]:
-        """Kept previous versions, oldest first."""
+        """Kept previous versions, oldest first (``SPRINT_QUEUE.r<revision>.json``)."""
         return sorted(self.history_dir.glob("SPRINT_QUEUE.r*.json"))
+
+    def history_path(self, revision: int) -> Path:
+        """Where revision ``revision`` is kept (it may have been pruned)."""
+        return self.history_dir / f"SPRINT_QUEUE.r{revision:06d}.json"
+
+    def restore(self, revision: int, actor: str = "person") -> Queue:
+        """Make kept revision ``revision`` the current queue (as a new revision) and log it.
+
+        Works when the current file is corrupt: its bytes are first kept as
+        ``SPRINT_QUEUE.unreadable-<n>.json`` in the history directory, so nothing is lost.
+        Raises :class:`QueueFileError` when the revision is not kept or does not parse.
+        """
+        source = self.history_path(revision)
+        if not source.exists():
+            kept = ", ".join(str(int(p.stem.split(".r")[1])) for p in self.history()) or "none"
+            raise QueueFileError(source, f"revision {revision} is not kept", fix=f"choose one of: {kept}")
+        restored = parse_queue(source.read_text(encoding="utf-8"), source)
+        with self.lock:
+            current_rev = restored.revision
+            if self.path.exists():
+                current_text = self.path.read_text(encoding="utf-8")
+                try:
+                    current = parse_queue(current_text, self.path)
+                    current_rev = max(current_rev, current.revision)
+                    self._keep_history(current_text, current.revision)
+                except QueueFileError:
+                    n = len(list(self.history_dir.glob("SPRINT_QUEUE.unreadable-*.json"))) + 1
+                    atomic_write_text(self.history_dir / f"SPRINT_QUEUE.unreadable-{n:03d}.json", current_text)
+            restored.revision = current_rev + 1
+            atomic_write_text(self.path, json.dumps(restored.model_dump(mode="json"), indent=2) + "\n")
+            self.log.append([LogEntry(self.clock.now(), actor, "-", "queue restored",
+                                      f"revision {revision} restored as revision {restored.revision}")])
+        return restored
 
     def backup_to(self, target: Path) -> None:
         """Copy the current file (as bytes, unparsed) to ``target``."""

@@ -79,6 +79,7 @@ class Builder(RoleAgent):
         if step.step > 1:
             previous = next(s for s in task.builds() if s.step == step.step - 1)
             base = previous.branch or "main"
+            git.require_branch(base)  # a deleted base is a failure to adapt, not a silent rebuild from main
         worktree = ws.worktree_dir(step.id)
         git.add_worktree(worktree, step.branch, base)
         rel_run = run_dir_in_branch(step.id)

@@ -14,7 +14,7 @@ import git as gitpython
 
 from oodatcaa.changelog import add_entry
 from oodatcaa.core.atomic import atomic_write_text
-from oodatcaa.core.errors import MergeConflictError
+from oodatcaa.core.errors import BranchMissingError, MergeConflictError
 from oodatcaa.core.leases import Claim
 from oodatcaa.core.models import Item, Queue, Task
 from oodatcaa.core.statuses import TaskStatus
@@ -65,8 +65,8 @@ class Integrator(RoleAgent):
                 merge_commit = task.merged_commit or git.head_sha()
             else:
                 merge_commit = git.merge_no_ff(branch, f"[impl] {task.id}: merge {branch} — {task.title}")
-        except MergeConflictError as exc:
-            error = f"merge conflict: {exc}"
+        except (MergeConflictError, BranchMissingError) as exc:
+            error = f"merge conflict: {exc}" if isinstance(exc, MergeConflictError) else str(exc)
             body = f"## Merge refused\n\n{error}\n\nThe merge was aborted; main is unchanged.\n"
             write_report(ws, task.id, "integrator", self.ctx.owner, f"Integrator report — {task.id}", body,
                          error[:200], clock=self.ctx.clock)

@@ -20,12 +20,15 @@ from pathlib import Path
 
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.config import AGENT_ROLES
+from oodatcaa.core.errors import WorkspaceError
 from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.leases import reclaim_stale
 from oodatcaa.core.models import Queue
+from oodatcaa.core.rotation import rotate_log
 from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.gitops import GitRepo
+from oodatcaa.processes import log_file, pid_file, spawn_agent
 from oodatcaa.roles.base import AgentContext
 
 S = TaskStatus
@@ -91,14 +94,19 @@ def stuck_reason(queue: Queue) -> str | None:
 class Negotiator:
     """Runs a sprint: ``oodatcaa run``."""
 
-    def __init__(self, ctx: AgentContext, *, max_seconds: float | None = None, python: str | None = None):
+    def __init__(self, ctx: AgentContext, *, max_seconds: float | None = None, python: str | None = None,
+                 spawn_agents: bool = True):
+        """``spawn_agents=False`` supervises agents started elsewhere (``oodatcaa agents start``)."""
         self.ctx = ctx
+        self.spawn_agents = spawn_agents
         self.max_seconds = max_seconds
         self.python = python or sys.executable
         self.agents: list[AgentProcess] = []
         self._last_heartbeat = 0.0
         self._last_revision = -1
         self._last_change = time.monotonic()
+        self._warned: set[str] = set()
+        self._ticks = 0
 
     # -- agents -----------------------------------------------------------------------------
     def plan_agents(self) -> list[AgentProcess]:
@@ -108,20 +116,11 @@ class Negotiator:
         for role in AGENT_ROLES:
             for n in range(1, cfg.wip_limit(role) + 1):
                 owner = f"{role}-{n}"
-                out.append(AgentProcess(role, owner, log_path=self.ctx.ws.agents_state_dir / f"{owner}.log"))
+                out.append(AgentProcess(role, owner, log_path=log_file(self.ctx.ws, owner)))
         return out
 
     def spawn(self, agent: AgentProcess) -> None:
-        ws = self.ctx.ws
-        ws.agents_state_dir.mkdir(parents=True, exist_ok=True)
-        assert agent.log_path is not None
-        log = open(agent.log_path, "ab")
-        cmd = [self.python, "-m", "oodatcaa", "-C", str(ws.root), "agent", agent.role, "--owner", agent.owner]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        agent.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=ws.root, env=env)
-        log.close()
-        atomic_write_text(ws.agents_state_dir / f"{agent.owner}.pid", f"{agent.process.pid}\n")
+        agent.process = spawn_agent(self.ctx.ws, agent.role, agent.owner, python=self.python, clock=self.ctx.clock)
         self.sprint_event("agent", f"started {agent.owner} (pid {agent.process.pid})")
 
     def check_agents(self) -> str | None:
@@ -164,8 +163,7 @@ class Negotiator:
                 a.process.kill()
                 a.process.wait()
         for a in self.agents:
-            pid_file = self.ctx.ws.agents_state_dir / f"{a.owner}.pid"
-            pid_file.unlink(missing_ok=True)
+            pid_file(self.ctx.ws, a.owner).unlink(missing_ok=True)
 
     # -- sprint -----------------------------------------------------------------------------
     def sprint_event(self, event: str, what: str) -> None:
@@ -178,12 +176,46 @@ class Negotiator:
         self.ctx.sprint_log().append([LogEntry(self.ctx.clock.now(), "negotiator", sid, event, what)])
 
     def tick(self) -> Queue:
-        """One supervision step: reclaim, promote. Returns the queue after it."""
+        """One supervision step: reclaim, promote, warn about long holds, rotate logs."""
         store = self.ctx.store
         reclaim_stale(store)
         with store.transaction("negotiator") as tx:
             promote(tx)
+            self.warn_long_held(tx)
+        self._ticks += 1
+        if self._ticks % 20 == 1:
+            self.rotate_logs()
         return store.read()
+
+    def warn_long_held(self, tx: Transaction) -> None:
+        """One warning entry per lease held longer than twice its story's estimate."""
+        estimates = self.ctx.config.estimates
+        for item in tx.queue.items():
+            lease = item.lease
+            if lease is None or lease.claim_id in self._warned:
+                continue
+            minutes = estimates.minutes(tx.queue.parent(item).complexity)
+            if minutes is None:
+                continue
+            held = (tx.now - lease.claimed_at).total_seconds() / 60
+            if held > 2 * minutes:
+                self._warned.add(lease.claim_id)
+                tx.log(item.id, "warning", f"held by {lease.owner} for {held:.0f} min, over twice its estimate "
+                                           f"({minutes:.0f} min for complexity {tx.queue.parent(item).complexity})")
+
+    def rotate_logs(self) -> list[str]:
+        """Rotate AGENT_LOG.md and SPRINT_LOG.md into the sprint's archive when over the limit."""
+        ws = self.ctx.ws
+        sprint = self.ctx.store.read().sprint
+        if sprint is None:
+            return []
+        done = []
+        for log in (self.ctx.store.log, self.ctx.sprint_log()):
+            result = rotate_log(log, ws.sprint_archive_dir(sprint.number))
+            if result.archive is not None:
+                done.append(result.describe())
+                self.sprint_event("log rotated", result.describe())
+        return done
 
     def finish_sprint(self, queue: Queue) -> None:
         """Mark the sprint completed, archive queue and logs, commit and tag ``sprint-<N>-complete``."""
@@ -212,6 +244,23 @@ class Negotiator:
         if not git.tag_exists(tag):
             git.tag(tag, f"{sprint.id} completed: {', '.join(done)}")
 
+    def preflight(self) -> None:
+        """Refuse to start on a checkout the Integrator could not merge into.
+
+        Raises :class:`WorkspaceError` naming the files when main has uncommitted changes to
+        tracked files (outside ``.oodatcaa/``, which oodatcaa itself maintains), or when another
+        branch is checked out.
+        """
+        git = GitRepo(self.ctx.ws.root, self.ctx.ws.lock_path("git"), owner="negotiator")
+        branch = git.current_branch()
+        if branch != "main":
+            raise WorkspaceError(f"{self.ctx.ws.root}: branch {branch!r} is checked out; the Integrator merges into "
+                                 "main (fix: `git checkout main`)")
+        dirty = [f for f in git.dirty_tracked_files() if not f.startswith(".oodatcaa/")]
+        if dirty:
+            raise WorkspaceError(f"{self.ctx.ws.root}: main has uncommitted changes in {', '.join(dirty[:10])}; "
+                                 "commit or stash them before `oodatcaa run` (nothing was changed)")
+
     def run(self) -> tuple[int, str]:
         """Supervise until the sprint completes, is stuck, an agent keeps dying, or time runs out."""
         cfg = self.ctx.config.negotiator
@@ -221,8 +270,9 @@ class Negotiator:
             return EXIT_STUCK, "no sprint in the queue; run `oodatcaa sprint new --backlog FILE`"
         if queue.sprint.status == SprintStatus.COMPLETED:
             return EXIT_OK, f"{queue.sprint.id} is already completed"
+        self.preflight()
         self.sprint_event("run", f"negotiator started (pid {os.getpid()})")
-        self.agents = self.plan_agents()
+        self.agents = self.plan_agents() if self.spawn_agents else []
         code, message = EXIT_OK, ""
         try:
             while True:

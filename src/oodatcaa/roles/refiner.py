@@ -9,6 +9,8 @@ Rules (each a real change to the job spec, recorded before and after in the repo
   and double the iterations.
 - ``rebase_on_main`` — the merge into main conflicted: the step's branch is reset to the current
   main and every step is rebuilt on top of it.
+- ``rebuild_missing_branch`` — a feature branch was deleted by hand: every step is rebuilt (the
+  Builder recreates the branch from its base).
 
 Loop policy (the original's): at most ``loop.max_adapt_loops`` (3) adaptation loops per task,
 a warning at ``loop.warn_at`` (2); past the limit, or when no rule applies, the task goes to
@@ -57,6 +59,7 @@ class Adaptation:
     after: dict[str, Any]
     rationale: str
     rebase: bool = False
+    rebuild: bool = False
 
 
 def failure_of(task: Task) -> Failure:
@@ -134,7 +137,19 @@ def rule_rebase_on_main(task: Task, failure: Failure) -> Adaptation | None:
                       "merge conflict with main: rebuild every step on the current main", rebase=True)
 
 
+def rule_rebuild_missing_branch(task: Task, failure: Failure) -> Adaptation | None:
+    if "does not exist (deleted by hand?)" not in failure.error:
+        return None
+    steps = task.builds()
+    if not steps:
+        return None
+    first = steps[0]
+    return Adaptation("rebuild_missing_branch", first.id, copy.deepcopy(first.job or {}), copy.deepcopy(first.job or {}),
+                      "a feature branch was deleted: rebuild every step from its base", rebuild=True)
+
+
 RULES: list[Callable[[Task, Failure], Adaptation | None]] = [
+    rule_rebuild_missing_branch,
     rule_rebase_on_main,
     rule_reduce_peak_memory,
     rule_stabilise_loss,
@@ -198,7 +213,7 @@ class Refiner(RoleAgent):
                 if step.id == adaptation.step_id:
                     step.job = adaptation.after
                     changed = True
-                if changed or adaptation.rebase:
+                if changed or adaptation.rebase or adaptation.rebuild:
                     # this step and every later one must be rebuilt
                     if step.status in (S.NEEDS_ADAPT, S.AWAITING_TEST):
                         tx.move(step, S.READY, f"adapted ({adaptation.rule}), loop {iteration}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core.errors import BranchMissingError
 from oodatcaa.core.criteria import CheckContext, decide, evaluate_criterion, format_results_table
 from oodatcaa.core.leases import Claim
 from oodatcaa.core.models import Item, Subtask
@@ -54,6 +55,11 @@ class Tester(RoleAgent):
         assert isinstance(tester, Subtask) and tester.branch
         steps = task.builds()
         git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
+        try:
+            git.require_branch(tester.branch)
+        except BranchMissingError as exc:
+            self._branch_missing(claim, str(exc))
+            return
         worktree = ws.worktree_dir(tester.id)
         git.add_worktree(worktree, tester.branch, "main")
         try:
@@ -113,3 +119,16 @@ class Tester(RoleAgent):
                 tx.move(story, to_item, summary)
 
         self.finish(claim, to_item, summary, apply)
+
+    def _branch_missing(self, claim: Claim, error: str) -> None:
+        write_report(self.ctx.ws, claim.task_id, "tester", self.ctx.owner, f"Tester report — {claim.item_id}",
+                     f"## Cannot test\n\n{error}\n", error[:200], suffix=f"{claim.item_id}_missing",
+                     clock=self.ctx.clock)
+
+        def apply(tx: Transaction, item: Item) -> None:
+            item.last_error = error
+            story = tx.queue.parent(item)
+            story.last_error = f"tester: {error}"
+            tx.move(story, S.NEEDS_ADAPT, error[:300])
+
+        self.finish(claim, S.NEEDS_ADAPT, error[:300], apply)

@@ -1,0 +1,97 @@
+"""`oodatcaa agents start|status|stop|restart`: background agents, clean hand-back on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from oodatcaa.core.statuses import TaskStatus
+from oodatcaa.core.store import QueueStore
+from oodatcaa.sprints import new_sprint
+
+from support import workspace
+
+S = TaskStatus
+
+BACKLOG = """\
+# Background sprint
+
+### T001: A slow command
+**Type:** Story  **Complexity:** S  **Priority:** 1  **Dependencies:** None
+
+```job
+kind: command
+run: "{command}"
+```
+
+**Acceptance Criteria:**
+- [ ] it succeeds `metric: command.returncode == 0` (critical)
+"""
+
+
+def cli(ws, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "oodatcaa", "-C", str(ws.root), *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def setup(tmp_path, command: str):
+    ws = workspace(tmp_path)
+    text = ws.config_path.read_text()
+    for a, b in (("poll_seconds = 1.0", "poll_seconds = 0.2"), ("tick_seconds = 1.0", "tick_seconds = 0.2"),
+                 ("heartbeat_seconds = 30", "heartbeat_seconds = 1")):
+        text = text.replace(a, b)
+    ws.config_path.write_text(text)
+    backlog = tmp_path / "b.md"
+    backlog.write_text(BACKLOG.format(command=command))
+    new_sprint(ws, backlog)
+    return ws
+
+
+def wait_for(predicate, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_background_agents_finish_a_sprint_and_exit(tmp_path):
+    ws = setup(tmp_path, "echo done")
+    started = cli(ws, "agents", "start")
+    assert started.returncode == 0, started.stderr
+    assert "started negotiator-1" in started.stdout and "started builder-1" in started.stdout
+    store = QueueStore.for_workspace(ws)
+    assert wait_for(lambda: store.read().sprint.status.value == "completed", 90), cli(ws, "status").stdout
+    assert store.read().task("T001").status == S.DONE
+
+    def all_exited() -> bool:
+        rows = json.loads(cli(ws, "agents", "status", "--json").stdout)
+        return all(not r["alive"] for r in rows)
+
+    assert wait_for(all_exited, 30)
+    stopped = cli(ws, "agents", "stop")
+    assert stopped.returncode == 0 and "not running" in stopped.stdout
+    assert not list(ws.agents_state_dir.glob("*.pid"))
+
+
+def test_sigterm_hands_the_task_back_cleanly(tmp_path):
+    ws = setup(tmp_path, "sleep 60")
+    assert cli(ws, "agents", "start", "planner", "negotiator", "builder", "--count", "1").returncode == 0
+    store = QueueStore.for_workspace(ws)
+    assert wait_for(lambda: store.read().item("T001-B01").status == S.IN_PROGRESS
+                    if any(s.id == "T001-B01" for s in store.read().task("T001").subtasks) else False, 60)
+    status = json.loads(cli(ws, "agents", "status", "--json").stdout)
+    builder = next(r for r in status if r["role"] == "builder")
+    assert builder["alive"] and builder["task"] == "T001-B01" and builder["last_heartbeat"]
+    out = cli(ws, "agents", "stop", "builder", "--grace", "20")
+    assert "builder-1" in out.stdout and "stopped" in out.stdout, out.stdout + out.stderr
+    q = store.read()
+    assert q.item("T001-B01").status == S.READY and q.item("T001-B01").lease is None
+    assert "released: agent stopping" in ws.agent_log_path.read_text()
+    # no orphaned job process: the sleep was in the job's process group and is gone
+    ps = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""
+    cli(ws, "agents", "stop", "--grace", "5")
