@@ -10,7 +10,12 @@ Kinds (see ``docs/jobs.md`` for every field, default, unit and the summary keys 
 
 - ``model_check``     load a model, count parameters, round-trip the tokenizer;
 - ``inference_bench`` generate from prompts and measure prompt/generation tokens per second;
-- ``lora_train``      LoRA fine-tuning with mlx-lm on a local chat/completions/text JSONL dataset;
+- ``lora_train``      LoRA / DoRA / full fine-tuning (QLoRA on a quantized base) with checkpoints and resume;
+- ``memory_profile``  peak memory (GB) of one generation and of a few training steps, against a target;
+- ``evaluate``        test loss and perplexity on a split, base vs adapted generations;
+- ``dataset``         validate (and optionally split) JSONL in mlx-lm's formats, with statistics;
+- ``quantize``        quantize a model to 2-8 bits (mlx-lm convert);
+- ``fuse``            fuse adapters into the base model, optionally export GGUF;
 - ``command``         run a shell command (or argv list) with a timeout.
 """
 
@@ -33,15 +38,24 @@ from pydantic import (
 
 __all__ = [
     "CommandJob",
+    "DatasetJob",
+    "EarlyStopping",
+    "EvaluateJob",
+    "FuseJob",
     "InferenceBenchJob",
     "JOB_KINDS",
     "JobSpec",
     "JobSpecError",
     "JobSpecField",
     "JobSpecModel",
+    "LORA_PROFILES",
     "LoraParams",
     "LoraTrainJob",
+    "LrSchedule",
+    "MemoryProfileJob",
     "ModelCheckJob",
+    "QuantizeJob",
+    "SplitRatios",
     "job_spec_json_schema",
     "parse_job_spec",
 ]
@@ -149,19 +163,84 @@ class LoraParams(_Job):
         return self.alpha / self.rank
 
 
-class LoraTrainJob(_ModelJob):
-    """LoRA fine-tuning with mlx-lm's trainer (Adam optimizer, constant learning rate)."""
+class _FieldError(ValueError):
+    """Raised inside an after-validator to blame a specific field (see parse_job_spec)."""
 
-    kind: Literal["lora_train"]
-    data: str = Field(
-        ...,
-        min_length=1,
-        description="directory with train.jsonl and valid.jsonl in an mlx-lm format "
-        '({"messages": [...]}, {"prompt", "completion"} or {"text"}); relative to the workdir',
-    )
-    iters: Int = Field(60, ge=1, le=1_000_000)
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+#: Named ``lora_train`` profiles: defaults that any field of the spec overrides (``lora`` key by key).
+#: ``epochs`` becomes ``iters`` at run time: ceil(epochs * (train records // batch_size)).
+LORA_PROFILES: dict[str, dict[str, Any]] = {
+    "fast_dev": {"lora": {"rank": 8, "alpha": 16.0}, "iters": 60, "learning_rate": 2e-4},
+    "balanced": {"lora": {"rank": 16, "alpha": 16.0}, "epochs": 1.0, "learning_rate": 2e-4},
+    "max_quality": {"lora": {"rank": 128, "alpha": 256.0}, "epochs": 3.0, "learning_rate": 1e-4},
+}
+#: ``iters`` when neither ``iters`` nor ``epochs`` is given (and no profile sets one).
+DEFAULT_ITERS = 60
+
+#: mlx.optimizers.schedulers supported in ``lr_schedule.name`` -> accepted counts of ``arguments``
+#: (mlx-lm's positional arguments; the first is the initial learning rate).
+LR_SCHEDULES: dict[str, tuple[int, ...]] = {
+    "cosine_decay": (2, 3),  # (init, decay_steps[, end])
+    "linear_schedule": (3,),  # (init, end, steps)
+    "exponential_decay": (2,),  # (init, decay_rate)
+    "step_decay": (3,),  # (init, decay_rate, step_size)
+}
+
+
+class LrSchedule(_Job):
+    """Learning-rate schedule, built with ``mlx_lm.tuner.utils.build_schedule``.
+
+    ``arguments`` are mlx-lm's positional arguments of ``mlx.optimizers.<name>`` (the first one is the
+    initial learning rate). Omitted, they are derived from the job: ``cosine_decay`` ->
+    ``[learning_rate, updates - warmup, end_lr]``, ``linear_schedule`` -> ``[learning_rate, end_lr,
+    updates - warmup]`` (updates = iters // grad_accumulation_steps); ``exponential_decay`` and
+    ``step_decay`` need explicit ``arguments``. ``warmup`` optimizer updates ramp linearly from
+    ``warmup_init`` to the initial learning rate first.
+    """
+
+    name: Literal["cosine_decay", "linear_schedule", "exponential_decay", "step_decay"]
+    warmup: Int = Field(0, ge=0, le=10_000_000, description="optimizer updates of linear warm-up")
+    warmup_init: Float = Field(0.0, ge=0.0, le=10.0, description="learning rate at the start of warm-up")
+    end_lr: Float = Field(0.0, ge=0.0, le=10.0, description="final learning rate when arguments are derived")
+    arguments: list[Float] | None = Field(None, description="mlx-lm positional arguments (first = initial lr)")
+
+    @model_validator(mode="after")
+    def _check_arguments(self) -> LrSchedule:
+        allowed = LR_SCHEDULES[self.name]
+        if self.arguments is None:
+            if self.name in ("exponential_decay", "step_decay"):
+                shape = "[init, decay_rate]" if self.name == "exponential_decay" else "[init, decay_rate, step_size]"
+                raise _FieldError("arguments", f"arguments is required for {self.name}: {shape}")
+        elif len(self.arguments) not in allowed:
+            counts = " or ".join(str(n) for n in allowed)
+            raise _FieldError("arguments", f"arguments of {self.name} takes {counts} values, got {len(self.arguments)}")
+        elif self.arguments[0] <= 0:
+            raise _FieldError("arguments", f"arguments[0] is the initial learning rate and must be > 0, got {_show(self.arguments[0])}")
+        return self
+
+
+class EarlyStopping(_Job):
+    """Stop when the validation loss has not improved by more than ``min_delta`` for ``patience`` validations."""
+
+    patience: Int = Field(..., ge=1, le=100_000, description="validations without improvement before stopping")
+    min_delta: Float = Field(0.0, ge=0.0, description="smallest decrease of the validation loss (nats/token) that counts")
+
+
+FineTuneType = Literal["lora", "dora", "full"]
+QuantBits = Literal[2, 3, 4, 5, 6, 8]
+GroupSize = Literal[32, 64, 128]
+
+
+class _TrainingFields(_ModelJob):
+    """Fields shared by ``lora_train`` and ``memory_profile`` (what shapes one training step)."""
+
     batch_size: Int = Field(4, ge=1, le=4096)
     lora: LoraParams = Field(default_factory=LoraParams)
+    fine_tune_type: FineTuneType = Field("lora", description="lora, dora (weight-decomposed LoRA) or full")
     num_layers: Int | None = Field(
         None, description="number of last layers to adapt; default all (capped at 16); -1 = all"
     )
@@ -169,10 +248,11 @@ class LoraTrainJob(_ModelJob):
     max_seq_length: Int = Field(512, ge=8, le=1_000_000)
     grad_checkpoint: bool = False
     grad_accumulation_steps: Int = Field(1, ge=1, le=4096)
-    steps_per_report: Int = Field(10, ge=1)
-    steps_per_eval: Int | None = Field(None, ge=1, description="default: iters (validate at start and end)")
-    val_batches: Int = Field(-1, description="-1 = the whole valid.jsonl, else a positive number of batches")
     mask_prompt: bool = Field(False, description="compute the loss on the completion / last assistant turn only")
+    quantize: QuantBits | None = Field(
+        None, description="quantize the base to this many bits before adding LoRA layers (QLoRA)"
+    )
+    quantize_group_size: GroupSize = Field(64, description="quantization group size (with quantize)")
     seed: Int = Field(0, ge=0)
 
     @field_validator("num_layers")
@@ -182,6 +262,43 @@ class LoraTrainJob(_ModelJob):
             raise ValueError(f"num_layers must be >= 1 or -1 (all layers), got {v}")
         return v
 
+    def _check_fine_tune(self, explicit_lora: bool) -> None:
+        if self.fine_tune_type == "full":
+            if self.quantize is not None:
+                raise _FieldError("quantize", "quantize (QLoRA) needs fine_tune_type lora or dora; full fine-tuning trains float weights")
+            if explicit_lora:
+                raise _FieldError("lora", "lora settings apply to fine_tune_type lora or dora, not full; remove lora")
+
+
+class LoraTrainJob(_TrainingFields):
+    """Fine-tuning (LoRA, DoRA or full; QLoRA on a quantized base) with our own mlx-lm-based training loop."""
+
+    kind: Literal["lora_train"]
+    profile: Literal["fast_dev", "balanced", "max_quality"] | None = Field(
+        None, description="named defaults (see LORA_PROFILES); every field of the spec overrides them"
+    )
+    data: str = Field(
+        ...,
+        min_length=1,
+        description="directory with train.jsonl and valid.jsonl in an mlx-lm format "
+        '({"messages": [...]}, {"prompt", "completion"} or {"text"}); relative to the workdir',
+    )
+    iters: Int | None = Field(None, ge=1, le=1_000_000, description="training steps (batches); default 60")
+    epochs: Float | None = Field(
+        None, gt=0.0, le=100_000, description="passes over train.jsonl; iters = ceil(epochs * (records // batch_size))"
+    )
+    lr_schedule: LrSchedule | None = None
+    steps_per_report: Int = Field(10, ge=1)
+    steps_per_eval: Int | None = Field(None, ge=1, description="default: iters (validate at start and end)")
+    val_batches: Int = Field(-1, description="-1 = the whole valid.jsonl, else a positive number of batches")
+    save_every: Int = Field(100, ge=1, description="steps between resumable checkpoints")
+    resume: bool | Literal["auto"] = Field(
+        "auto", description="auto: resume from a checkpoint in the artifacts dir if one fits; true: must resume; false: start over"
+    )
+    resume_from: str | None = Field(None, min_length=1, description="checkpoints directory of another run to resume from")
+    keep_best: bool = Field(False, description="adapters/ gets the weights with the lowest validation loss")
+    early_stopping: EarlyStopping | None = None
+
     @field_validator("val_batches")
     @classmethod
     def _check_val_batches(cls, v: int) -> int:
@@ -189,11 +306,161 @@ class LoraTrainJob(_ModelJob):
             raise ValueError(f"val_batches must be >= 1 or -1 (whole validation set), got {v}")
         return v
 
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _check_resume(cls, v: Any) -> Any:
+        if v is True or v is False or v == "auto":
+            return v
+        raise ValueError(f"resume must be true, false or 'auto', got {_show(v)}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        profile = data.get("profile")
+        if not isinstance(profile, str) or profile not in LORA_PROFILES:
+            return data
+        out = dict(data)
+        length_given = data.get("iters") is not None or data.get("epochs") is not None
+        for key, value in LORA_PROFILES[profile].items():
+            if key in ("iters", "epochs"):
+                if not length_given:
+                    out[key] = value
+            elif key == "lora":
+                user = data.get("lora")
+                if user is None:
+                    out["lora"] = dict(value)
+                elif isinstance(user, Mapping):
+                    out["lora"] = {**value, **user}
+            elif data.get(key) is None:
+                out[key] = value
+        return out
+
     @model_validator(mode="after")
     def _resolve_defaults(self) -> LoraTrainJob:
-        if self.steps_per_eval is None:
+        if self.iters is not None and self.epochs is not None:
+            raise _FieldError("epochs", "give either iters or epochs, not both")
+        if self.iters is None and self.epochs is None:
+            object.__setattr__(self, "iters", DEFAULT_ITERS)
+        if self.steps_per_eval is None and self.iters is not None:
             object.__setattr__(self, "steps_per_eval", self.iters)
+        self._check_fine_tune(explicit_lora=self.profile is None and "lora" in self.model_fields_set)
+        if self.resume is False and self.resume_from is not None:
+            raise _FieldError("resume_from", "resume_from needs resume true or auto, not false")
         return self
+
+
+class MemoryProfileJob(_TrainingFields):
+    """Peak memory (GB) of one generation and of ``steps`` training steps, against ``target_gb``."""
+
+    kind: Literal["memory_profile"]
+    data: str | None = Field(
+        None, min_length=1, description="directory with train.jsonl; default: synthetic batches of max_seq_length tokens"
+    )
+    steps: Int = Field(3, ge=1, le=10_000, description="training steps to measure")
+    target_gb: Float | None = Field(None, gt=0.0, description="memory budget in GB (1e9 bytes)")
+    prompt: str = Field("What is the capital of France?", min_length=1, description="prompt of the measured generation")
+    max_tokens: Int = Field(32, ge=1, le=32768, description="tokens generated in the measured generation")
+
+
+Split = Literal["train", "valid", "test"]
+
+
+class EvaluateJob(_ModelJob):
+    """Test loss and perplexity on one split; base vs adapted generations on fixed prompts."""
+
+    kind: Literal["evaluate"]
+    data: str = Field(..., min_length=1, description="directory with <split>.jsonl")
+    split: Split = "test"
+    adapter: str | None = Field(None, min_length=1, description="adapter directory (adapter_config.json)")
+    batch_size: Int = Field(4, ge=1, le=4096)
+    max_seq_length: Int = Field(2048, ge=8, le=1_000_000)
+    max_batches: Int = Field(-1, description="-1 = the whole split, else a positive number of batches")
+    mask_prompt: bool = Field(False, description="loss on the completion / last assistant turn only")
+    prompts: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="generation prompts; default: the first num_prompts prompts of the split"
+    )
+    num_prompts: Int = Field(3, ge=0, le=1000, description="prompts taken from the split when prompts is not given")
+    max_tokens: Int = Field(64, ge=1, le=32768)
+    temperature: Float = Field(0.0, ge=0.0, le=10.0)
+    compare_base: bool = Field(True, description="with an adapter, also evaluate and generate with the base model")
+    seed: Int = Field(0, ge=0)
+
+    @field_validator("max_batches")
+    @classmethod
+    def _check_max_batches(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError(f"max_batches must be >= 1 or -1 (whole split), got {v}")
+        return v
+
+
+class SplitRatios(_Job):
+    """train / valid / test fractions (each 0..1, summing to 1)."""
+
+    train: Float = Field(0.8, gt=0.0, le=1.0)
+    valid: Float = Field(0.1, ge=0.0, le=1.0)
+    test: Float = Field(0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check_sum(self) -> SplitRatios:
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must sum to 1, got {_show(round(total, 6))}")
+        return self
+
+
+class DatasetJob(_Job):
+    """Validate JSONL in mlx-lm's formats (and optionally split one file into train/valid/test)."""
+
+    kind: Literal["dataset"]
+    data: str | None = Field(None, min_length=1, description="directory with train/valid/test.jsonl to validate")
+    source: str | None = Field(None, min_length=1, description="one JSONL file to validate and split into output/")
+    output: str | None = Field(None, min_length=1, description="directory for train/valid/test.jsonl (with source)")
+    split: SplitRatios = Field(default_factory=SplitRatios)
+    model: str | None = Field(
+        None, min_length=1, description="tokenizer for token lengths ('default' or a model dir); none = whitespace words"
+    )
+    max_tokens: Int | None = Field(None, ge=1, description="rows longer than this (tokens) are reported as too long")
+    near_duplicate_threshold: Float = Field(0.9, gt=0.0, le=1.0, description="word 3-shingle Jaccard similarity")
+    dedupe: bool = Field(True, description="with source: leave exact duplicates (after the first) out of the splits")
+    strict: bool = Field(False, description="fail the job when any row is invalid, empty or too long")
+    seed: Int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> DatasetJob:
+        if (self.data is None) == (self.source is None):
+            raise _FieldError("data", "give either data (a directory to validate) or source (a JSONL file to split)")
+        if self.source is not None and self.output is None:
+            raise _FieldError("output", "output is required with source: the directory for train/valid/test.jsonl")
+        if self.data is not None and self.output is not None:
+            raise _FieldError("output", "output goes with source; with data the files are only validated")
+        return self
+
+
+class QuantizeJob(_ModelJob):
+    """Quantize a model with ``mlx_lm.convert`` into ``artifacts_dir/quantized``."""
+
+    kind: Literal["quantize"]
+    bits: QuantBits = 4
+    group_size: GroupSize = 64
+
+
+class FuseJob(_ModelJob):
+    """Fuse an adapter into the base (``artifacts_dir/fused``); optionally export GGUF (llama/mistral/mixtral)."""
+
+    kind: Literal["fuse"]
+    adapter: str = Field(..., min_length=1, description="adapter directory (adapter_config.json)")
+    dequantize: bool = Field(False, description="save the fused model dequantized (float)")
+    export_gguf: bool = Field(False, description="also write a GGUF file (float16; llama, mistral, mixtral only)")
+    gguf_name: str = Field("ggml-model-f16.gguf", min_length=1, description="file name of the GGUF in artifacts_dir/fused")
+
+    @field_validator("gguf_name")
+    @classmethod
+    def _check_gguf_name(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v.startswith(".") or not v.endswith(".gguf"):
+            raise ValueError(f"gguf_name must be a plain file name ending in .gguf, got {_show(v)}")
+        return v
 
 
 class CommandJob(_Job):
@@ -223,7 +490,10 @@ class CommandJob(_Job):
 
 
 #: Any job spec model (usable with isinstance and in annotations).
-JobSpec = Union[ModelCheckJob, InferenceBenchJob, LoraTrainJob, CommandJob]
+JobSpec = Union[
+    ModelCheckJob, InferenceBenchJob, LoraTrainJob, MemoryProfileJob, EvaluateJob, DatasetJob, QuantizeJob, FuseJob,
+    CommandJob,
+]
 JobSpecModel = JobSpec  # alias
 #: The discriminated union for pydantic fields (``kind`` selects the model), e.g. ``list[JobSpecField]``.
 JobSpecField = Annotated[JobSpec, Field(discriminator="kind")]
@@ -232,6 +502,11 @@ _MODELS: dict[str, type[_Job]] = {
     "model_check": ModelCheckJob,
     "inference_bench": InferenceBenchJob,
     "lora_train": LoraTrainJob,
+    "memory_profile": MemoryProfileJob,
+    "evaluate": EvaluateJob,
+    "dataset": DatasetJob,
+    "quantize": QuantizeJob,
+    "fuse": FuseJob,
     "command": CommandJob,
 }
 #: The known job kinds, in documentation order.
@@ -311,6 +586,12 @@ def _message(err: Mapping[str, Any], field: str, kind: str | None) -> str:
         return f"{name} must be a list, got {_show(value)}"
     if etype in ("model_type", "model_attributes_type", "dict_type"):
         return f"{name} must be a mapping, got {_show(value)}"
+    if etype == "literal_error":
+        expected = str(ctx.get("expected", ""))
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{name} must be one of {', '.join(choices)}, got {_show(value)}{hint}"
     if etype == "value_error":
         msg = str(ctx.get("error", err.get("msg", "")))
         if msg.startswith("expected a number"):
@@ -368,6 +649,12 @@ def parse_job_spec(data: Any, *, source: str = "<job>") -> JobSpec:
             loc = tuple(err.get("loc", ()))
             if loc and loc[0] == kind:
                 loc = loc[1:]
+            blamed = (err.get("ctx") or {}).get("error")
+            if isinstance(blamed, _FieldError):  # a cross-field check that names its field
+                loc = (*loc, *blamed.field.split("."))
+                field = _field_path(loc)
+                errors.append((field, str(blamed)))
+                continue
             field = _field_path(loc)
             errors.append((field, _message(err, field, kind)))
         # Several union branches for one field (command.run) produce duplicate fields: keep the first.
