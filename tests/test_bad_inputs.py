@@ -209,3 +209,32 @@ def test_invalid_ids_never_reach_paths(ws):
             ws.report_dir(bad)
         with pytest.raises(InvalidIdError):
             ws.worktree_dir(bad)
+
+
+def test_half_merge_left_by_a_killed_integrator_is_aborted_not_committed(tmp_path):
+    from test_roles import BACKLOG, git, negotiate, queue, run_agent
+
+    ws = workspace(tmp_path)
+    backlog = tmp_path / "b.md"
+    backlog.write_text(BACKLOG)
+    new_sprint(ws, backlog)
+    run_agent(ws, "planner")
+    negotiate(ws)
+    run_agent(ws, "builder")
+    run_agent(ws, "tester")
+    # leave a conflicted merge in the main checkout, as a SIGKILL mid-merge would
+    git(ws, "checkout", "-q", "-b", "side")
+    (ws.root / "f.txt").write_text("side\n")
+    git(ws, "add", "f.txt")
+    git(ws, "commit", "-qm", "[docs] x: side")
+    git(ws, "checkout", "-q", "main")
+    (ws.root / "f.txt").write_text("main\n")
+    git(ws, "add", "f.txt")
+    git(ws, "commit", "-qm", "[docs] x: main")
+    subprocess.run(["git", "-C", str(ws.root), "merge", "side"], capture_output=True)
+    assert (ws.root / ".git" / "MERGE_HEAD").exists()
+    run_agent(ws, "integrator")
+    assert queue(ws).task("T001").status.value == "done"
+    assert not (ws.root / ".git" / "MERGE_HEAD").exists()
+    assert "side" not in git(ws, "log", "--format=%s", "main").split("\n")[0]
+    assert git(ws, "log", "main", "--format=%s").count("[docs] x: side") == 0

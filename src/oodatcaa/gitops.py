@@ -63,8 +63,10 @@ class GitRepo:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the repository-wide git lock."""
+        """Hold the repository-wide git lock; a half-merge left by a killed holder is aborted first."""
         with self.lock:
+            if self.merge_in_progress():
+                self.repo.git.merge("--abort")
             yield
 
     # -- inspection -------------------------------------------------------------------------
@@ -156,8 +158,6 @@ class GitRepo:
         with self.locked():
             if self.current_branch() != MAIN:
                 raise GitOperationError(f"cannot merge {branch}: {self.root} is not on {MAIN}")
-            if self.merge_in_progress():  # left behind by a killed integrator
-                self.repo.git.merge("--abort")
             self.require_branch(branch)
             g = self._git()
             try:
