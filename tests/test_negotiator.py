@@ -70,3 +70,27 @@ def test_an_agent_that_keeps_dying_stops_the_run_with_its_log(tmp_path):
     code, message = Negotiator(ctx, python="/bin/false", max_seconds=30).run()
     assert code == EXIT_AGENT_DIED
     assert "died 2 times" in message and "giving up" in message
+
+
+def test_a_task_held_over_twice_its_estimate_gets_one_warning(tmp_path):
+    from oodatcaa.core.clock import FakeClock
+    from oodatcaa.core.config import load_config
+    from oodatcaa.core.leases import claim_next
+
+    ws = workspace(tmp_path)
+    q = sample_queue(1)
+    task = add_steps(q.tasks[0])
+    task.status, task.complexity = S.READY, "S"
+    clock = FakeClock()
+    store = store_with(ws, q, clock)
+    claim_next(store, "builder", "builder-1", ttl_seconds=90 * 60, wip_limit=3, pid=2**22 + 7, host="elsewhere")
+    ctx = AgentContext(ws, load_config(ws.config_path), store, "negotiator", clock)
+    negotiator = Negotiator(ctx)
+    clock.advance(29 * 60)
+    negotiator.tick()
+    assert not [e for e in store.log.entries() if e.change == "warning"]
+    clock.advance(2 * 60)
+    negotiator.tick()
+    negotiator.tick()
+    warnings = [e for e in store.log.entries() if e.change == "warning"]
+    assert len(warnings) == 1 and "over twice its estimate (15 min" in warnings[0].what
