@@ -162,8 +162,9 @@ def test_workspace_whose_main_has_uncommitted_changes(tmp_path):
     assert (ws.root / "train.py").read_text() == "print(2)\n"
 
 
-def test_feature_branch_deleted_by_hand_mid_sprint(tmp_path):
-    from test_roles import BACKLOG, git, negotiate, queue, run_agent
+def planned_and_built(tmp_path):
+    """A workspace whose T001 (from test_roles.BACKLOG) is planned and built, not yet tested."""
+    from test_roles import BACKLOG, negotiate, run_agent
 
     ws = workspace(tmp_path)
     backlog = tmp_path / "b.md"
@@ -172,6 +173,13 @@ def test_feature_branch_deleted_by_hand_mid_sprint(tmp_path):
     run_agent(ws, "planner")
     negotiate(ws)
     run_agent(ws, "builder")
+    return ws
+
+
+def test_feature_branch_deleted_by_hand_mid_sprint(tmp_path):
+    from test_roles import git, queue, run_agent
+
+    ws = planned_and_built(tmp_path)
     branch = queue(ws).item("T001-B01").branch
     git(ws, "branch", "-D", branch)
     run_agent(ws, "tester")
@@ -212,15 +220,9 @@ def test_invalid_ids_never_reach_paths(ws):
 
 
 def test_half_merge_left_by_a_killed_integrator_is_aborted_not_committed(tmp_path):
-    from test_roles import BACKLOG, git, negotiate, queue, run_agent
+    from test_roles import git, queue, run_agent
 
-    ws = workspace(tmp_path)
-    backlog = tmp_path / "b.md"
-    backlog.write_text(BACKLOG)
-    new_sprint(ws, backlog)
-    run_agent(ws, "planner")
-    negotiate(ws)
-    run_agent(ws, "builder")
+    ws = planned_and_built(tmp_path)
     run_agent(ws, "tester")
     # leave a conflicted merge in the main checkout, as a SIGKILL mid-merge would
     git(ws, "checkout", "-q", "-b", "side")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oodatcaa.core.models import Queue
+from oodatcaa.core.models import Item, Queue
 from oodatcaa.core.statuses import TaskStatus, claimed_statuses
 
 S = TaskStatus
@@ -58,6 +58,18 @@ def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+def _lease_violations(item: Item, where: str) -> list[Violation]:
+    """A lease exactly when the item's status is one its kind holds a lease in."""
+    claimed = claimed_statuses(item.item_kind)
+    if item.status in claimed and item.lease is None:
+        return [Violation(f"{where}.lease", f"{item.id} is {item.status.value} but has no lease",
+                          "set it back to its claimable status or let the Negotiator reclaim it")]
+    if item.status not in claimed and item.lease is not None:
+        return [Violation(f"{where}.lease", f"{item.id} is {item.status.value} but holds a lease of {item.lease.owner}",
+                          "remove the lease")]
+    return []
+
+
 def check_invariants(queue: Queue, stored_counters: Any = None) -> list[Violation]:
     """Every violated invariant of ``queue`` (empty list when it is sound)."""
     out: list[Violation] = []
@@ -68,13 +80,7 @@ def check_invariants(queue: Queue, stored_counters: Any = None) -> list[Violatio
             if dep not in ids:
                 out.append(Violation(f"{where}.dependencies", f"{task.id} depends on {dep}, which is not in the queue",
                                      f"remove {dep} from {task.id}'s dependencies or add the task"))
-        story_claimed = claimed_statuses("story")
-        if task.status in story_claimed and task.lease is None:
-            out.append(Violation(f"{where}.lease", f"{task.id} is {task.status.value} but has no lease",
-                                 "set the status back to its claimable status (e.g. needs_plan) or let the Negotiator reclaim it"))
-        if task.status not in story_claimed and task.lease is not None:
-            out.append(Violation(f"{where}.lease", f"{task.id} is {task.status.value} but holds a lease of {task.lease.owner}",
-                                 "remove the lease"))
+        out += _lease_violations(task, where)
         sub_ids = {s.id for s in task.subtasks}
         for si, sub in enumerate(task.subtasks):
             swhere = f"{where}.subtasks[{si}]"
@@ -82,12 +88,7 @@ def check_invariants(queue: Queue, stored_counters: Any = None) -> list[Violatio
                 if dep not in sub_ids:
                     out.append(Violation(f"{swhere}.dependencies", f"{sub.id} depends on {dep}, not a subtask of {task.id}",
                                          f"remove {dep}"))
-            sub_claimed = claimed_statuses(sub.kind)
-            if sub.status in sub_claimed and sub.lease is None:
-                out.append(Violation(f"{swhere}.lease", f"{sub.id} is {sub.status.value} but has no lease",
-                                     "set it back to ready or let the Negotiator reclaim it"))
-            if sub.status not in sub_claimed and sub.lease is not None:
-                out.append(Violation(f"{swhere}.lease", f"{sub.id} is {sub.status.value} but holds a lease", "remove the lease"))
+            out += _lease_violations(sub, swhere)
             if task.status == S.DONE and sub.status not in (S.DONE, S.CANCELLED):
                 out.append(Violation(f"{swhere}.status", f"{task.id} is done but {sub.id} is {sub.status.value}",
                                      f"set {sub.id} to done, or {task.id} back to ready_for_integrator"))
