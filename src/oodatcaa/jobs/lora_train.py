@@ -1,47 +1,47 @@
-"""Job kind ``lora_train``: LoRA fine-tuning through mlx-lm's Python API (job process only).
+"""Job kind ``lora_train``: LoRA / DoRA / full fine-tuning with resumable checkpoints (job process only).
 
-What it does, step by step (mirrors ``mlx_lm/lora.py``, which cannot take our callback through ``run``):
+Our own training loop from mlx-lm pieces (see :mod:`oodatcaa.jobs._training` for why not
+``mlx_lm.tuner.trainer.train``); per step it does exactly what ``trainer.train`` does.
 
-1. checks ``data`` (train.jsonl and valid.jsonl, one JSON object per line, all in the same mlx-lm
-   format: ``{"messages": [...]}``, ``{"prompt", "completion"}`` or ``{"text"}``) and records their sha256;
-2. seeds Python, numpy and ``mx.random`` with ``seed``; loads the model with ``mlx_lm.load``;
-3. ``model.freeze()``, then ``linear_to_lora_layers(model, num_layers, {"rank", "scale", "dropout"})``
-   with ``scale = alpha / rank`` (Hu et al. 2021); ``num_layers`` defaults to all layers capped at 16;
-4. writes ``artifacts_dir/adapters/adapter_config.json`` in mlx-lm's format, so that
-   ``mlx_lm.load(model, adapter_path=artifacts_dir/"adapters")`` works;
-5. ``mx.reset_peak_memory()``, then ``mlx_lm.tuner.trainer.train`` (Adam, constant learning rate) with
-   a callback that appends every report to ``metrics.jsonl``:
-   ``{"event": "train", iteration, train_loss, learning_rate, tokens_per_second, iterations_per_second,
-   trained_tokens, peak_memory_gb, window_seconds}`` and ``{"event": "val", iteration, val_loss,
-   val_seconds}``. mlx-lm validates before step 1 (reported as iteration 0), every ``steps_per_eval``
-   steps and before the last step; this job adds one validation after the last step (iteration = iters);
-6. saves ``adapters.safetensors`` (LoRA weights only) next to the config.
+1. checks ``data`` (train.jsonl and valid.jsonl; test.jsonl optional) and records their sha256;
+2. seeds Python, numpy and ``mx.random``; loads the model; with ``quantize: N`` quantizes the base
+   to N bits (``mlx_lm.utils.quantize_model``) before adding LoRA layers (QLoRA; a base that is
+   already quantized is QLoRA without it);
+3. ``iters`` = the spec's, or ``ceil(epochs * (train records // batch_size))`` for ``epochs``
+   (one epoch = every full batch once, as mlx-lm batches);
+4. LoRA/DoRA layers on the last ``num_layers`` blocks with ``scale = alpha / rank`` (Hu et al. 2021,
+   section 4.1), or those blocks unfrozen for ``full``; Adam with a constant learning rate or
+   ``lr_schedule`` (``mlx_lm.tuner.utils.build_schedule``, warm-up included);
+5. resumes from ``artifacts_dir/checkpoints`` (or ``resume_from``) when a checkpoint of the same
+   set-up exists: adapter weights, Adam state (moments and step, hence the schedule position), a
+   pending accumulated gradient, the batch stream's position, the report window, the validation
+   history, the best checkpoint and the early-stopping counter;
+6. trains ``iters`` batches: reports every ``steps_per_report``, validates at 0 (fresh start), every
+   ``steps_per_eval`` and at the end; checkpoints every ``save_every``; keeps the best weights by
+   validation loss (``keep_best``); stops early after ``early_stopping.patience`` validations without
+   an improvement of more than ``min_delta``;
+7. writes ``adapters/`` (mlx-lm format), ``metrics.jsonl`` and ``loss_curve.png``.
 
-Summary namespace ``train``: ``first_loss`` / ``final_loss`` (mean train loss over the first / last
-report window), ``first_val_loss`` (before training) / ``final_val_loss`` (after the last step),
-``tokens_per_second`` (trained tokens / train_seconds), ``iterations_per_second`` (iters /
-train_seconds), ``train_seconds`` (time in training steps, validation excluded), ``wall_seconds``
-(training including validation), ``peak_memory_gb`` (``mx.get_peak_memory()`` / 1e9 since after
-loading), ``iters``, ``trained_tokens``, ``rank``, ``alpha``, ``scale``, ``batch_size``,
-``grad_accumulation_steps``, ``grad_checkpoint`` (1/0), ``num_layers``, ``trainable_parameters``,
-``learning_rate``, ``train_examples``, ``valid_examples``, ``load_seconds``.
-
-The iterations/s that mlx-lm reports assumes every window has ``steps_per_report`` steps; the last
-window may be shorter, so this job recomputes it from the window's real step count.
+Summary namespace ``train`` (see docs/jobs.md for every key).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import signal
 import time
-import types
 from pathlib import Path
 from typing import Any
 
-from oodatcaa.jobs._common import JobContext, JobFailure, finite, seed_everything, sha256_file
-from oodatcaa.jobs.model_check import load_model
+from oodatcaa.jobs import _training as T
+from oodatcaa.jobs._common import JobContext, JobFailure, finite, seed_everything, sha256_file, write_json
 from oodatcaa.jobs.spec import MAX_DEFAULT_LORA_LAYERS
+
+_FORMATS = ("prompt/completion", "messages", "text")
+
 
 def _record_format(record: dict[str, Any]) -> str | None:
     # Same precedence as mlx_lm.tuner.datasets.create_dataset.
@@ -92,64 +92,143 @@ def check_jsonl(path: Path) -> int:
     return count
 
 
-def resolve_num_layers(requested: int | None, available: int) -> int:
-    """LoRA layer count: None -> min(available, 16); -1 -> available; else requested (must be <= available)."""
-    if requested is None:
-        return min(available, MAX_DEFAULT_LORA_LAYERS)
-    if requested == -1:
-        return available
-    if requested > available:
-        raise JobFailure(f"num_layers={requested} but the model has only {available} layers; use at most {available} or -1 for all")
-    return requested
+def resolve_iters(spec: Any, train_records: int) -> int:
+    """``spec.iters``, or for ``epochs``: ceil(epochs * (train_records // batch_size)) (at least 1).
+
+    Raises:
+        JobFailure: fewer train records than ``batch_size``.
+    """
+    per_epoch = train_records // spec.batch_size
+    if per_epoch < 1:
+        raise JobFailure(f"train.jsonl has {train_records} records, fewer than batch_size={spec.batch_size}")
+    if spec.iters is not None:
+        return int(spec.iters)
+    return max(1, math.ceil(spec.epochs * per_epoch - 1e-9))
 
 
-def _make_reporter(ctx: JobContext, steps_per_report: int) -> Any:
-    from mlx_lm.tuner.trainer import TrainingCallback
+def fingerprint(spec: Any, *, model_path: Path, dataset: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """What must be equal for a checkpoint to be resumed: everything that shapes the trajectory
+    (``iters``, reporting, validation and checkpoint cadence may change)."""
+    return {
+        "model": str(model_path),
+        "train_sha256": dataset["train.jsonl"]["sha256"],
+        "fine_tune_type": spec.fine_tune_type,
+        "rank": spec.lora.rank,
+        "alpha": spec.lora.alpha,
+        "dropout": spec.lora.dropout,
+        "num_layers": num_layers,
+        "batch_size": spec.batch_size,
+        "grad_accumulation_steps": spec.grad_accumulation_steps,
+        "max_seq_length": spec.max_seq_length,
+        "learning_rate": spec.learning_rate,
+        "lr_schedule": spec.lr_schedule.model_dump(mode="json") if spec.lr_schedule else None,
+        "quantize": spec.quantize,
+        "quantize_group_size": spec.quantize_group_size if spec.quantize else None,
+        "mask_prompt": spec.mask_prompt,
+        "seed": spec.seed,
+    }
 
-    class Reporter(TrainingCallback):
-        """Writes mlx-lm's train/val reports to metrics.jsonl and keeps them for the summary."""
 
-        def __init__(self) -> None:
-            self.train: list[dict[str, Any]] = []
-            self.val: list[dict[str, Any]] = []
-            self.last_iteration = 0
-            self.train_seconds = 0.0
+def _checkpoint_source(spec: Any, ctx: JobContext) -> Path:
+    if spec.resume_from is None:
+        return ctx.artifacts_dir / "checkpoints"
+    path = ctx.resolve(spec.resume_from)
+    if (path / "checkpoints").is_dir():  # an artifacts dir was given
+        path = path / "checkpoints"
+    if not path.is_dir():
+        raise JobFailure(f"resume_from directory does not exist: {path}")
+    return path
 
-        def on_train_loss_report(self, info: dict[str, Any]) -> None:
-            iteration = int(info["iteration"])
-            steps = iteration - self.last_iteration
-            self.last_iteration = iteration
-            reported_its = float(info["iterations_per_second"])
-            # mlx-lm: iterations_per_second = steps_per_report / window_time (even for a short last window)
-            window_s = steps_per_report / reported_its if reported_its > 0 else 0.0
-            self.train_seconds += window_s
-            record = {
-                "iteration": iteration,
-                "train_loss": float(info["train_loss"]),
-                "learning_rate": float(info["learning_rate"]),
-                "tokens_per_second": float(info["tokens_per_second"]),
-                "iterations_per_second": steps / window_s if window_s > 0 else float("nan"),
-                "trained_tokens": int(info["trained_tokens"]),
-                "peak_memory_gb": float(info["peak_memory"]),
-                "window_seconds": window_s,
-            }
-            self.train.append(record)
-            ctx.metric("train", **record)
 
-        def on_val_loss_report(self, info: dict[str, Any]) -> None:
-            record = {
-                "iteration": int(info["iteration"]),
-                "val_loss": float(info["val_loss"]),
-                "val_seconds": float(info.get("val_time", 0.0)),
-            }
-            self.val.append(record)
-            ctx.metric("val", **record)
+def _choose_resume(spec: Any, ctx: JobContext, fp: dict[str, Any]) -> T.Checkpoint | None:
+    """The checkpoint to resume from, or None for a fresh start (old own checkpoints then removed)."""
+    own = ctx.artifacts_dir / "checkpoints"
+    if spec.resume is False:
+        shutil.rmtree(own, ignore_errors=True)
+        return None
+    source = _checkpoint_source(spec, ctx)
+    explicit = spec.resume is True or spec.resume_from is not None
+    found = T.find_checkpoint(source)
+    completed = (source / "completed.json").is_file()
+    if found is None:
+        if explicit:
+            raise JobFailure(f"resume: no checkpoint in {source} (set resume: auto or false to start over)")
+        shutil.rmtree(own, ignore_errors=True)
+        return None
+    if completed:
+        if explicit:
+            raise JobFailure(f"resume: the run in {source} already completed (completed.json); use resume: false to train again")
+        ctx.log(f"checkpoints in {source} belong to a completed run: starting over")
+        shutil.rmtree(own, ignore_errors=True)
+        return None
+    ckpt = T.load_checkpoint(found)
+    diff = T.differences(ckpt.state.get("fingerprint", {}), fp)
+    if diff:
+        if explicit:
+            raise JobFailure(f"resume: checkpoint {found} was written with a different set-up ({', '.join(diff)} differ)")
+        ctx.log(f"checkpoint {found} does not fit this spec ({', '.join(diff)} differ): starting over")
+        shutil.rmtree(own, ignore_errors=True)
+        return None
+    if source != own and own.exists():
+        shutil.rmtree(own, ignore_errors=True)
+    if source != own and (source / "best").is_dir():
+        shutil.copytree(source / "best", own / "best")
+    return ckpt
 
-    return Reporter()
+
+def _save_adapter_dir(directory: Path, weights: dict[str, Any], config: dict[str, Any]) -> None:
+    import mlx.core as mx
+    from mlx_lm.utils import save_config
+
+    directory.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(directory / "adapters.safetensors"), weights)
+    save_config(dict(config, adapter_path=str(directory)), directory / "adapter_config.json")
+
+
+def plot_loss_curve(path: Path, train: list[dict[str, Any]], val: list[dict[str, Any]], title: str) -> bool:
+    """Write a small PNG (matplotlib, Agg) of train/validation loss and the learning rate; False if
+    matplotlib is missing or nothing to plot."""
+    if not train and not val:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(6, 4.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    if train:
+        ax.plot([r["iteration"] for r in train], [r["train_loss"] for r in train], label="train", color="tab:blue")
+        ax_lr.plot([r["iteration"] for r in train], [r["learning_rate"] for r in train], color="tab:green")
+    if val:
+        ax.plot([r["iteration"] for r in val], [r["val_loss"] for r in val], "o--", label="validation", color="tab:orange")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax_lr.set_ylabel("lr", fontsize=8)
+    ax_lr.set_xlabel("iteration")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def _kill_hook(iteration: int) -> None:
+    if os.environ.get(T.KILL_AFTER_CHECKPOINT_ENV) == str(iteration):
+        print(f"[oodatcaa job] test hook: killing the job after the checkpoint of iteration {iteration}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
-    """Run a ``lora_train`` job; returns ``{"train": {...}}`` (see module docstring)."""
+    """Run a ``lora_train`` job; returns ``{"train": {...}}`` (see the module docstring and docs/jobs.md).
+
+    Raises:
+        JobFailure: missing/invalid data, a model that does not load, too many layers, a resume that
+            cannot be honoured, or a non-finite final loss (the summary is kept).
+    """
     model_path = ctx.resolve_model(spec.model)
     data_dir = ctx.resolve(spec.data)
     if not data_dir.is_dir():
@@ -163,146 +242,268 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         counts[name] = check_jsonl(path)
         dataset_info[name] = {"sha256": sha256_file(path), "records": counts[name]}
     ctx.config_extra.update({"model_path": str(model_path), "dataset": dataset_info})
-    for name in ("train.jsonl", "valid.jsonl"):
-        if counts[name] < spec.batch_size:
-            raise JobFailure(f"{name} has {counts[name]} records, fewer than batch_size={spec.batch_size}")
+    if counts["train.jsonl"] < spec.batch_size:
+        raise JobFailure(f"train.jsonl has {counts['train.jsonl']} records, fewer than batch_size={spec.batch_size}")
+    iters = resolve_iters(spec, counts["train.jsonl"])
+    steps_per_eval = spec.steps_per_eval or iters
+    accum = spec.grad_accumulation_steps
 
     import mlx.core as mx
     import mlx.optimizers as optim
-    from mlx.utils import tree_flatten
-    from mlx_lm.tuner.datasets import CacheDataset, load_local_dataset
-    from mlx_lm.tuner.trainer import TrainingArgs, evaluate, train
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-    from mlx_lm.utils import save_config
 
     from oodatcaa.jobs.cpu_fastpath import describe_blas
 
     ctx.config_extra["blas"] = describe_blas()
     seed_everything(spec.seed)
-    model, tokenizer, _config, load_seconds = load_model(str(model_path))
-    ctx.log(f"loaded {model_path} in {load_seconds:.2f} s")
-
-    try:
-        train_set, valid_set, _test = load_local_dataset(
-            data_dir, tokenizer, types.SimpleNamespace(mask_prompt=spec.mask_prompt)
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise JobFailure(f"cannot load dataset {data_dir}: {type(exc).__name__}: {exc}") from exc
+    loaded = T.load_for_training(model_path, quantize=spec.quantize, group_size=spec.quantize_group_size)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    ctx.log(f"loaded {model_path} in {loaded.load_seconds:.2f} s" + (f" (quantized to {spec.quantize} bits)" if loaded.quantized_here else ""))
+    train_set, valid_set, _test = T.load_splits(data_dir, tokenizer, spec.mask_prompt)
 
     layers = len(model.layers)
-    num_layers = resolve_num_layers(spec.num_layers, layers)
+    num_layers = T.resolve_num_layers(spec.num_layers, layers, MAX_DEFAULT_LORA_LAYERS)
     rank, alpha, dropout = spec.lora.rank, spec.lora.alpha, spec.lora.dropout
     scale = alpha / rank  # Hu et al. 2021: the LoRA update is scaled by alpha / r
-    model.freeze()
-    linear_to_lora_layers(model, num_layers, {"rank": rank, "scale": scale, "dropout": dropout})
-    trainable = int(sum(v.size for _, v in tree_flatten(model.trainable_parameters())))
-    ctx.log(f"LoRA rank {rank} alpha {alpha:g} (scale {scale:g}) on the last {num_layers}/{layers} layers: {trainable} trainable parameters")
+    trainable = T.setup_fine_tune(model, spec.fine_tune_type, num_layers, rank, scale, dropout)
+    what = spec.fine_tune_type if spec.fine_tune_type == "full" else f"{spec.fine_tune_type} rank {rank} alpha {alpha:g} (scale {scale:g})"
+    ctx.log(f"{what} on the last {num_layers}/{layers} layers: {trainable} trainable parameters")
 
     adapters_dir = ctx.artifacts_dir / "adapters"
-    adapters_dir.mkdir(parents=True, exist_ok=True)
-    adapter_file = adapters_dir / "adapters.safetensors"
-    adapter_config = {
-        "fine_tune_type": "lora",
-        "num_layers": num_layers,
-        "lora_parameters": {"rank": rank, "scale": scale, "dropout": dropout},
-        "lora_alpha": alpha,
-        "model": str(model_path),
-        "data": str(data_dir),
-        "adapter_path": str(adapters_dir),
-        "optimizer": "adam",
-        "iters": spec.iters,
-        "batch_size": spec.batch_size,
-        "learning_rate": spec.learning_rate,
-        "max_seq_length": spec.max_seq_length,
-        "grad_checkpoint": spec.grad_checkpoint,
-        "grad_accumulation_steps": spec.grad_accumulation_steps,
-        "steps_per_report": spec.steps_per_report,
-        "steps_per_eval": spec.steps_per_eval,
-        "val_batches": spec.val_batches,
-        "mask_prompt": spec.mask_prompt,
-        "seed": spec.seed,
-    }
-    save_config(dict(adapter_config), adapters_dir / "adapter_config.json")
-    ctx.config_extra["lora"] = {"num_layers": num_layers, "scale": scale, "trainable_parameters": trainable}
-
-    args = TrainingArgs(
-        batch_size=spec.batch_size,
-        iters=spec.iters,
-        val_batches=spec.val_batches,
-        steps_per_report=spec.steps_per_report,
-        steps_per_eval=spec.steps_per_eval,
-        steps_per_save=spec.iters + 1,  # only the final save: no intermediate checkpoint files
-        max_seq_length=spec.max_seq_length,
-        adapter_file=str(adapter_file),
-        grad_checkpoint=spec.grad_checkpoint,
-        grad_accumulation_steps=spec.grad_accumulation_steps,
+    adapter_cfg = T.adapter_config(
+        spec, model_path=model_path, data_dir=data_dir, adapters_dir=adapters_dir, num_layers=num_layers,
+        quantization=loaded.quantization, quantized_here=loaded.quantized_here, iters=iters,
     )
-    optimizer = optim.Adam(learning_rate=spec.learning_rate)
-    reporter = _make_reporter(ctx, spec.steps_per_report)
-    train_data, valid_data = CacheDataset(train_set), CacheDataset(valid_set)
+    from mlx_lm.utils import save_config
+
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    save_config(dict(adapter_cfg), adapters_dir / "adapter_config.json")
+
+    fp = fingerprint(spec, model_path=model_path, dataset=dataset_info, num_layers=num_layers)
+    ckpt = _choose_resume(spec, ctx, fp)
+    total_updates = iters // accum
+    lr = T.build_learning_rate(spec, total_updates)
+    optimizer = optim.Adam(learning_rate=lr)
+    st: dict[str, Any] = {
+        "window": {"loss": 0.0, "tokens": 0, "steps": 0, "seconds": 0.0},
+        "trained_tokens": 0, "train_seconds": 0.0, "val_seconds": 0.0,
+        "history": {"train": [], "val": []},
+        "best": {"val_loss": None, "iteration": None},
+        "early_stopping": {"reference": None, "bad_evals": 0},
+        "data_position": {"epoch": 0, "index": 0}, "truncated": 0, "checkpoints_saved": 0,
+    }
+    grad_accum = None
+    start_it = 0
+    if ckpt is not None:
+        from mlx.utils import tree_flatten
+
+        T.restore_tree(model.trainable_parameters(), ckpt.adapters, "adapter weights")
+        model.load_weights(list(ckpt.adapters.items()), strict=False)
+        optimizer.init(model.trainable_parameters())
+        optimizer.state = T.restore_tree(optimizer.state, ckpt.optimizer, "optimizer state")
+        if ckpt.grad_accum is not None:
+            grad_accum = T.restore_tree(model.trainable_parameters(), ckpt.grad_accum, "accumulated gradient")
+        start_it = int(ckpt.state["iteration"])
+        for key in st:
+            if key in ckpt.state:
+                st[key] = ckpt.state[key]
+        mx.eval(dict(tree_flatten(optimizer.state)))
+        ctx.log(f"resumed from {ckpt.path} at iteration {start_it} (optimizer step {int(optimizer.state['step'].item())})")
+    ctx.config_extra["resolved"] = {
+        "iters": iters, "epochs": spec.epochs, "steps_per_eval": steps_per_eval, "optimizer_updates": total_updates,
+        "num_layers": num_layers, "scale": scale, "trainable_parameters": trainable, "profile": spec.profile,
+        "base_quantization": loaded.quantization, "resumed_from": str(ckpt.path) if ckpt else None,
+        "resumed_at_iteration": start_it,
+    }
+
+    runner = T.StepRunner(model, optimizer, accum, spec.grad_checkpoint)
+    stream = T.BatchStream(train_set, spec.batch_size, spec.max_seq_length, spec.seed, start=st["data_position"])
+    stream.truncated = int(st["truncated"])
+    ckpt_root = ctx.artifacts_dir / "checkpoints"
+    best_dir = ckpt_root / "best"
+    history = st["history"]
+
+    ctx.metric("start", total_iterations=iters, start_iteration=start_it, batches_per_epoch=stream.batches_per_epoch,
+               resumed=int(ckpt is not None))
+    for record in history["train"]:
+        ctx.metric("train", **record, restored=True)
+    for record in history["val"]:
+        ctx.metric("val", **record, restored=True)
+
+    def validate(iteration: int) -> bool:
+        """Validate, record, update best / early stopping; True when training should stop."""
+        tic = time.perf_counter()
+        val_loss, _tokens = T.evaluate_loss(model, valid_set, spec.batch_size, spec.max_seq_length, spec.val_batches)
+        model.train()
+        seconds = time.perf_counter() - tic
+        st["val_seconds"] += seconds
+        best = st["best"]
+        improved = T.finite(val_loss) and (best["val_loss"] is None or val_loss < best["val_loss"])
+        if improved:
+            best.update(val_loss=val_loss, iteration=iteration)
+            if spec.keep_best:
+                from mlx.utils import tree_flatten
+
+                best_dir.mkdir(parents=True, exist_ok=True)
+                mx.save_safetensors(str(best_dir / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+                write_json(best_dir / "best.json", {"iteration": iteration, "val_loss": val_loss})
+        record = {"iteration": iteration, "val_loss": val_loss, "val_seconds": round(seconds, 4), "best": int(improved)}
+        history["val"].append(record)
+        ctx.metric("val", **record)
+        es = spec.early_stopping
+        if es is None:
+            return False
+        ref = st["early_stopping"]
+        if ref["reference"] is None or (T.finite(val_loss) and val_loss < ref["reference"] - es.min_delta):
+            ref.update(reference=val_loss, bad_evals=0)
+            return False
+        ref["bad_evals"] += 1
+        return ref["bad_evals"] >= es.patience
 
     mx.reset_peak_memory()
-    start = time.perf_counter()
-    train(
-        model=model,
-        optimizer=optimizer,
-        train_dataset=train_data,
-        val_dataset=valid_data,
-        args=args,
-        training_callback=reporter,
-    )
-    # mlx-lm's last validation runs before the last step; validate the final weights too.
-    val_start = time.perf_counter()
-    final_val = evaluate(
-        model=model,
-        dataset=valid_data,
-        batch_size=spec.batch_size,
-        num_batches=spec.val_batches,
-        max_seq_length=spec.max_seq_length,
-    )
-    reporter.on_val_loss_report(
-        {"iteration": spec.iters, "val_loss": final_val, "val_time": time.perf_counter() - val_start}
-    )
-    wall = time.perf_counter() - start
-    peak_gb = mx.get_peak_memory() / 1e9
-    if not adapter_file.is_file():
-        raise JobFailure(f"training finished but wrote no adapter file at {adapter_file}")
+    start_wall = time.perf_counter()
+    model.train()
+    stopped_early = False
+    if start_it == 0:
+        stopped_early = validate(0)
+    window = st["window"]
+    losses: Any = mx.array(window["loss"], dtype=mx.float32) if window["steps"] else 0
+    n_tokens: Any = mx.array(window["tokens"], dtype=mx.int32) if window["steps"] else 0
+    steps, window_seconds = int(window["steps"]), float(window["seconds"])
+    it = start_it
+    for it in range(start_it + 1, iters + 1):
+        if stopped_early:
+            it -= 1
+            break
+        tic = time.perf_counter()
+        batch = stream.next()
+        mx.random.seed(T.step_seed(spec.seed, it))
+        lvalue, toks, grad_accum = runner.step(batch, grad_accum, it % accum == 0)
+        losses += lvalue
+        n_tokens += toks
+        steps += 1
+        mx.eval(runner.state, losses, n_tokens, grad_accum)
+        window_seconds += time.perf_counter() - tic
 
-    if not reporter.train:
+        if it % spec.steps_per_report == 0 or it == iters:
+            train_loss = losses.item() / steps
+            window_tokens = int(n_tokens.item())
+            st["trained_tokens"] += window_tokens
+            st["train_seconds"] += window_seconds
+            record = {
+                "iteration": it,
+                "train_loss": train_loss,
+                "learning_rate": float(optimizer.learning_rate.item()),
+                "tokens_per_second": window_tokens / window_seconds if window_seconds > 0 else None,
+                "iterations_per_second": steps / window_seconds if window_seconds > 0 else None,
+                "trained_tokens": st["trained_tokens"],
+                "peak_memory_gb": mx.get_peak_memory() / 1e9,
+                "window_seconds": round(window_seconds, 6),
+            }
+            history["train"].append(record)
+            ctx.metric("train", **record)
+            losses, n_tokens, steps, window_seconds = 0, 0, 0, 0.0
+
+        if it % steps_per_eval == 0 or it == iters:
+            stopped_early = validate(it)
+
+        if it % spec.save_every == 0 and it < iters and not stopped_early:
+            st["window"] = {
+                "loss": float(losses.item()) if steps else 0.0,
+                "tokens": int(n_tokens.item()) if steps else 0,
+                "steps": steps,
+                "seconds": window_seconds,
+            }
+            st["data_position"] = stream.position()
+            st["truncated"] = stream.truncated
+            st["checkpoints_saved"] += 1
+            path = T.save_checkpoint(ckpt_root, it, model=model, optimizer=optimizer, grad_accum=grad_accum,
+                                     state={**st, "fingerprint": fp})
+            ctx.metric("checkpoint", iteration=it, path=str(path.relative_to(ctx.artifacts_dir)))
+            _kill_hook(it)
+    iterations_done = it
+    if steps:  # stopped early inside a report window: report what was trained
+        st["trained_tokens"] += int(n_tokens.item())
+        st["train_seconds"] += window_seconds
+    if stopped_early:
+        ctx.metric("early_stop", iteration=iterations_done, best_iteration=st["best"]["iteration"],
+                   best_val_loss=st["best"]["val_loss"])
+        ctx.log(f"early stopping at iteration {iterations_done}: no improvement for {spec.early_stopping.patience} validations")
+    wall = time.perf_counter() - start_wall
+    peak_gb = mx.get_peak_memory() / 1e9
+
+    from mlx.utils import tree_flatten
+
+    last_weights = dict(tree_flatten(model.trainable_parameters()))
+    selected = "last"
+    if spec.keep_best and (best_dir / "adapters.safetensors").is_file():
+        _save_adapter_dir(ctx.artifacts_dir / "adapters_last", last_weights, adapter_cfg)
+        shutil.copyfile(best_dir / "adapters.safetensors", adapters_dir / "adapters.safetensors")
+        selected = "best"
+    else:
+        mx.save_safetensors(str(adapters_dir / "adapters.safetensors"), last_weights)
+    write_json(ckpt_root / "completed.json", {"iteration": iterations_done, "iters": iters})
+
+    if not history["train"]:
         raise JobFailure("training produced no loss report")
-    trained_tokens = reporter.train[-1]["trained_tokens"]
-    train_seconds = reporter.train_seconds
+    train_seconds = st["train_seconds"]
+    trained_tokens = st["trained_tokens"]
+    val = history["val"]
+    png = plot_loss_curve(
+        ctx.run_dir / "loss_curve.png", history["train"], val,
+        f"{spec.fine_tune_type} r={rank} alpha={alpha:g} lr={spec.learning_rate:g} bs={spec.batch_size}",
+    )
     summary = {
-        "first_loss": reporter.train[0]["train_loss"],
-        "final_loss": reporter.train[-1]["train_loss"],
-        "first_val_loss": reporter.val[0]["val_loss"] if reporter.val else None,
-        "final_val_loss": reporter.val[-1]["val_loss"] if reporter.val else None,
+        "first_loss": history["train"][0]["train_loss"],
+        "final_loss": history["train"][-1]["train_loss"],
+        "first_val_loss": val[0]["val_loss"] if val else None,
+        "final_val_loss": val[-1]["val_loss"] if val else None,
+        "best_val_loss": st["best"]["val_loss"],
+        "best_iteration": st["best"]["iteration"],
+        "adapters_selected": selected,
         "tokens_per_second": trained_tokens / train_seconds if train_seconds > 0 else None,
-        "iterations_per_second": spec.iters / train_seconds if train_seconds > 0 else None,
+        "iterations_per_second": (iterations_done - start_it) / (train_seconds - _restored_seconds(ckpt)) if train_seconds - _restored_seconds(ckpt) > 0 else None,
         "peak_memory_gb": round(peak_gb, 6),
-        "iters": spec.iters,
+        "iters": iters,
+        "iterations_done": iterations_done,
+        "epochs": spec.epochs,
+        "stopped_early": int(stopped_early),
+        "resumed_at_iteration": start_it,
+        "checkpoints_saved": st["checkpoints_saved"],
         "trained_tokens": trained_tokens,
+        "truncated_sequences": stream.truncated,
         "train_seconds": round(train_seconds, 4),
+        "val_seconds": round(st["val_seconds"], 4),
         "wall_seconds": round(wall, 4),
-        "load_seconds": round(load_seconds, 4),
+        "load_seconds": round(loaded.load_seconds, 4),
+        "profile": spec.profile,
+        "fine_tune_type": spec.fine_tune_type,
+        "quantize_bits": loaded.quantization["bits"] if loaded.quantization else None,
         "rank": rank,
         "alpha": alpha,
         "scale": scale,
         "dropout": dropout,
         "batch_size": spec.batch_size,
-        "grad_accumulation_steps": spec.grad_accumulation_steps,
+        "grad_accumulation_steps": accum,
         "grad_checkpoint": int(spec.grad_checkpoint),
         "num_layers": num_layers,
         "trainable_parameters": trainable,
         "learning_rate": spec.learning_rate,
+        "lr_schedule": spec.lr_schedule.name if spec.lr_schedule else "constant",
+        "final_learning_rate": history["train"][-1]["learning_rate"],
         "train_examples": counts["train.jsonl"],
         "valid_examples": counts["valid.jsonl"],
+        "loss_curve_png": int(png),
     }
     result = {"train": summary}
     for key in ("final_loss", "final_val_loss"):
         value = summary[key]
         if value is not None and not finite(value):
             raise JobFailure(f"training diverged: {key} is {value} (try a lower learning_rate)", summary=result)
-    if summary["final_val_loss"] is not None and math.isfinite(summary["final_val_loss"]):
+    if summary["final_val_loss"] is not None:
         ctx.log(f"final train loss {summary['final_loss']:.4f}, val loss {summary['final_val_loss']:.4f}")
     return result
+
+
+def _restored_seconds(ckpt: T.Checkpoint | None) -> float:
+    """Training seconds already counted in a resumed checkpoint (0 for a fresh start)."""
+    return float(ckpt.state.get("train_seconds", 0.0)) if ckpt is not None else 0.0

@@ -21,7 +21,7 @@ from oodatcaa.core.errors import LeaseError, QueueFileError
 from oodatcaa.core.eventlog import EventLog, SPRINT_LOG_HEADER
 from oodatcaa.core.leases import Claim, claim_next, complete, heartbeat, release
 from oodatcaa.core.models import Item, Queue, Task
-from oodatcaa.core.statuses import SprintStatus, TaskStatus
+from oodatcaa.core.statuses import SprintStatus, TaskStatus, allowed_next
 from oodatcaa.core.store import QueueStore, Transaction
 from oodatcaa.core.workspace import Workspace
 
@@ -188,27 +188,19 @@ class RoleAgent:
                 self.heartbeater = None
 
     def on_crash(self, claim: Claim, detail: str) -> None:
-        """Move the item to :attr:`crash_status` with the error recorded."""
+        """Move the item (and its story, where the table allows) to :attr:`crash_status`, error recorded."""
 
         def record(tx: Transaction, item: Item) -> None:
             item.last_error = f"{self.role} crashed: {detail}"
             task = tx.queue.parent(item)
-            if task is not item and task.status not in (TaskStatus.DONE, TaskStatus.CANCELLED):
-                story_to = {TaskStatus.NEEDS_ADAPT: TaskStatus.NEEDS_ADAPT}.get(self.crash_status, TaskStatus.NEEDS_MANUAL)
-                if story_to.value in {s.value for s in _allowed(task)}:
-                    task.last_error = item.last_error
-                    tx.move(task, story_to, f"{item.id}: {item.last_error}")
+            if task is not item and self.crash_status in allowed_next(task.item_kind, task.status):
+                task.last_error = item.last_error
+                tx.move(task, self.crash_status, f"{item.id}: {item.last_error}"[:300])
 
         self.finish(claim, self.crash_status, f"{self.role} crashed: {detail}"[:300], record)
 
     def work(self, claim: Claim) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def _allowed(item: Item):
-    from oodatcaa.core.statuses import allowed_next
-
-    return allowed_next(item.item_kind, item.status)
 
 
 def _sprint_over(queue: Queue) -> bool:
