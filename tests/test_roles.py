@@ -265,3 +265,58 @@ def test_refiner_memory_rule_runs_out_of_moves_and_says_so():
     task.subtasks[0].job["grad_checkpoint"] = True
     task.subtasks[-1].result = {"failures": [{"criterion_id": "AC1", "outcome": "FAIL"}]}
     assert choose_adaptation(task) is None
+
+
+CHAINED = """\
+# Chained steps
+
+### T001: Train then use the adapter
+**Type:** Story  **Complexity:** M  **Priority:** 1  **Dependencies:** None
+
+```job
+kind: lora_train
+model: {model}
+data: data/tiny
+iters: 4
+batch_size: 2
+steps_per_report: 2
+```
+
+```job
+kind: inference_bench
+model: {model}
+adapter: adapters
+prompts: ["What color is the sky?"]
+max_tokens: 4
+```
+
+**Acceptance Criteria:**
+- [ ] adapter saved `file: adapters/adapter_config.json` (critical)
+- [ ] generation runs `metric: inference.generated_tokens >= 1` (critical)
+"""
+
+
+@pytest.mark.slow
+def test_a_later_step_uses_an_earlier_steps_adapter(tmp_path, tiny_model):
+    from conftest import write_tiny_dataset
+
+    ws = workspace(tmp_path)
+    write_tiny_dataset(ws.root / "data" / "tiny")
+    git(ws, "add", "-A")
+    git(ws, "commit", "-qm", "[docs] test: data")
+    backlog = tmp_path / "b.md"
+    backlog.write_text(CHAINED.format(model=tiny_model))
+    new_sprint(ws, backlog)
+    run_agent(ws, "planner")
+    negotiate(ws)
+    run_agent(ws, "builder")
+    run_agent(ws, "builder")
+    q = queue(ws)
+    step2 = q.item("T001-B02")
+    assert step2.status == S.AWAITING_TEST, step2.last_error
+    first_artifacts = q.item("T001-B01").result["artifacts_dir"]
+    config = json.loads(git(ws, "show", f"{step2.branch}:.oodatcaa/runs/T001-B02/config.json"))
+    assert json.dumps(config).count(first_artifacts + "/adapters") >= 1
+    assert git(ws, "merge-base", "--is-ancestor", q.item("T001-B01").branch, step2.branch) == ""
+    run_agent(ws, "tester")
+    assert queue(ws).task("T001").status == S.READY_FOR_INTEGRATOR

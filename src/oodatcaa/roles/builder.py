@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from pathlib import Path
 from typing import Any
 
 from oodatcaa.core.atomic import atomic_write_text
@@ -57,6 +58,31 @@ def _metrics_table(summary: dict[str, dict[str, Any]]) -> str:
             text = str(value).replace("\n", " ")
             rows.append(f"| {ns}.{key} | {text[:120]} |")
     return "\n".join(rows)
+
+
+#: Job fields that may name the output of an earlier step (an adapter, a fused model, a dataset).
+PATH_FIELDS = ("adapter", "model", "data")
+
+
+def resolve_earlier_outputs(job: dict[str, Any], worktree: Path, earlier: list[Path]) -> dict[str, Any]:
+    """Point relative paths that exist only in an earlier step's artifacts dir at that dir.
+
+    A later step may say ``adapter: adapters`` for the adapter trained by step 01; adapters live in
+    the git-ignored artifacts dir, not on the branch. The newest earlier step wins. Paths that
+    exist in the worktree, absolute paths and ``default`` are left alone.
+    """
+    resolved = dict(job)
+    for key in PATH_FIELDS:
+        value = job.get(key)
+        if not isinstance(value, str) or value == "default" or Path(value).is_absolute():
+            continue
+        if (worktree / value).exists():
+            continue
+        for directory in reversed(earlier):
+            if (directory / value).exists():
+                resolved[key] = str(directory / value)
+                break
+    return resolved
 
 
 class Builder(RoleAgent):
@@ -112,8 +138,11 @@ class Builder(RoleAgent):
             except Exception:
                 pass
 
+        earlier = [Path(s.result["artifacts_dir"]) for s in task.builds()
+                    if s.step < step.step and s.result and s.result.get("artifacts_dir")]
+        job = resolve_earlier_outputs(step.job, worktree, earlier)
         result = run_job(
-            step.job,
+            job,
             workdir=worktree,
             run_dir=run_dir,
             artifacts_dir=artifacts,
@@ -147,7 +176,7 @@ class Builder(RoleAgent):
             f"- **Attempt:** {attempt}\n- **Commit:** `{commit}`\n- **Outcome:** {verdict}\n"
             f"- **Wall time:** {result.wall_seconds:.1f} s; job process max RSS: "
             f"{'%.3f GB' % result.max_rss_gb if result.max_rss_gb is not None else 'n/a'}\n",
-            "\n```json\n" + json.dumps(step.job, indent=2) + "\n```\n",
+            "\n```json\n" + json.dumps(job, indent=2) + "\n```\n",
         ]
         if result.error:
             body.append(f"\n## Error\n\n```\n{result.error}\n```\n")
