@@ -320,3 +320,39 @@ def test_a_later_step_uses_an_earlier_steps_adapter(tmp_path, tiny_model):
     assert git(ws, "merge-base", "--is-ancestor", q.item("T001-B01").branch, step2.branch) == ""
     run_agent(ws, "tester")
     assert queue(ws).task("T001").status == S.READY_FOR_INTEGRATOR
+
+
+def test_start_over_gate_resets_branches_and_replans(tmp_path):
+    from support import store_with
+
+    ws = workspace(tmp_path)
+    ws.config_path.write_text(ws.config_path.read_text().replace('on_limit = "needs_manual"', 'on_limit = "start_over"'))
+    git(ws, "tag", "-a", "pre/T001-20260101T000000Z", "-m", "baseline")
+    task = _lora_task(batch_size=16)
+    branch = task.subtasks[0].branch
+    git(ws, "branch", branch)
+    git(ws, "commit", "--allow-empty", "-qm", "[impl] T001: main moves on")
+    git(ws, "branch", "-f", branch, "main")
+    task.status, task.adapt_loops, task.plan_version = S.NEEDS_ADAPT, 3, 1
+    task.baseline_tag = "pre/T001-20260101T000000Z"
+    task.subtasks[-1].status = S.NEEDS_ADAPT
+    q = sample_queue(1)
+    q.tasks = [task]
+    store = store_with(ws, q)
+    run_agent(ws, "refiner")
+    t = store.read().task("T001")
+    assert t.status == S.NEEDS_PLAN and t.adapt_loops == 0
+    assert all(s.status == S.CANCELLED for s in t.subtasks)
+    assert git(ws, "rev-parse", branch) == git(ws, "rev-parse", "pre/T001-20260101T000000Z^{commit}")
+    report = (ws.report_dir("T001") / "refiner_start_over_1.md").read_text()
+    assert "Start-Over Gate (plan v1 -> v2)" in report and "Post-mortem" in report
+    run_agent(ws, "planner")
+    t = store.read().task("T001")
+    assert t.plan_version == 2 and t.status == S.PLANNING_COMPLETE
+    assert [s.status for s in t.subtasks] == [S.READY, S.BLOCKED]
+    # a second exhaustion goes to a person (max_start_overs = 1)
+    with store.transaction("test") as tx:
+        tx.queue.task("T001").status = S.NEEDS_ADAPT
+        tx.queue.task("T001").adapt_loops = 3
+    run_agent(ws, "refiner")
+    assert store.read().task("T001").status == S.NEEDS_MANUAL

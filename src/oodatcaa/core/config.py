@@ -50,8 +50,14 @@ class AgentsSection(_Strict):
 
 
 class LoopSection(_Strict):
+    """Loop policy of the original process: adaptation loops per plan, then a person or a fresh plan."""
+
     max_adapt_loops: int = Field(default=3, ge=1)
     warn_at: int = Field(default=2, ge=1)
+    on_limit: Literal["needs_manual", "start_over"] = Field(
+        default="needs_manual",
+        description="start_over: the Start-Over Gate — branches reset to the baseline tag, plan version +1, needs_plan")
+    max_start_overs: int = Field(default=1, ge=0, description="Start-overs per task before a person is asked.")
 
 
 class NegotiatorSection(_Strict):
@@ -225,6 +231,8 @@ poll_seconds = 1.0
 [loop]                # adaptation loops per task before a person is asked
 max_adapt_loops = 3
 warn_at = 2
+on_limit = "needs_manual"      # or "start_over": the Start-Over Gate (reset to the baseline tag, re-plan)
+max_start_overs = 1
 
 [check]               # Tester verdict (Check): ratios of passing acceptance criteria
 accept_ratio = 0.8

@@ -13,8 +13,10 @@ Rules (each a real change to the job spec, recorded before and after in the repo
   Builder recreates the branch from its base).
 
 Loop policy (the original's): at most ``loop.max_adapt_loops`` (3) adaptation loops per task,
-a warning at ``loop.warn_at`` (2); past the limit, or when no rule applies, the task goes to
-``needs_manual`` with the reason.
+a warning at ``loop.warn_at`` (2); past the limit the task goes to ``needs_manual`` with the reason
+— or, with ``loop.on_limit = "start_over"``, through the Start-Over Gate (branches reset to the
+baseline tag, subtasks cancelled, post-mortem in the report, back to ``needs_plan`` for plan
+version +1), at most ``loop.max_start_overs`` times. When no rule applies: ``needs_manual``.
 """
 
 from __future__ import annotations
@@ -180,7 +182,10 @@ class Refiner(RoleAgent):
         if task.adapt_loops >= loop.max_adapt_loops:
             reason = (f"adaptation limit reached ({task.adapt_loops} of {loop.max_adapt_loops} loops used); "
                       f"last failure: {task.last_error or 'unknown'}")
-            self._manual(claim, task, reason, title, iteration)
+            if loop.on_limit == "start_over" and task.plan_version <= loop.max_start_overs and task.baseline_tag:
+                self._start_over(claim, task, reason)
+            else:
+                self._manual(claim, task, reason, title, iteration)
             return
         adaptation = choose_adaptation(task)
         if adaptation is None:
@@ -224,6 +229,37 @@ class Refiner(RoleAgent):
                 tx.log(item.id, "warning", f"adaptation loop {iteration} of {loop.max_adapt_loops}")
 
         self.finish(claim, S.READY, f"loop {iteration}: {adaptation.rationale}"[:300], apply)
+
+    def _start_over(self, claim: Claim, task: Task, reason: str) -> None:
+        """The Start-Over Gate: branches back to the baseline tag, subtasks cancelled, re-plan."""
+        ws = self.ctx.ws
+        git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
+        reset = []
+        with git.locked():
+            for step in task.builds():
+                if step.branch and git.branch_exists(step.branch):
+                    git.repo.git.branch("-f", step.branch, task.baseline_tag)
+                    reset.append(step.branch)
+        loops = "\n".join(f"- [{p.name}]({p.name})" for p in sorted(ws.report_dir(task.id).glob("refiner_*.md")))
+        body = (
+            f"## Start-Over Gate (plan v{task.plan_version} -> v{task.plan_version + 1})\n\n{reason}.\n\n"
+            f"### Post-mortem\n\n- Loops used: {task.adapt_loops}\n- Last failure: {task.last_error or 'unknown'}\n"
+            f"- Earlier adaptations:\n{loops or '- none'}\n\n### What happens now\n\n"
+            f"Branches reset to `{task.baseline_tag}`: {', '.join(f'`{b}`' for b in reset) or 'none'}. The subtasks "
+            "are cancelled and the task goes back to `needs_plan` with the backlog's original jobs.\n"
+        )
+        write_report(ws, task.id, "refiner", self.ctx.owner, f"Refiner report — {task.id} start over", body,
+                     f"start over: plan v{task.plan_version + 1}", suffix=f"start_over_{task.plan_version}",
+                     clock=self.ctx.clock)
+
+        def apply(tx: Transaction, item: Item) -> None:
+            assert isinstance(item, Task)
+            item.adapt_loops = 0
+            for sub in item.subtasks:
+                if sub.status not in (S.DONE, S.CANCELLED):
+                    tx.move(sub, S.CANCELLED, f"Start-Over Gate of {item.id}")
+
+        self.finish(claim, S.NEEDS_PLAN, f"Start-Over Gate: {reason}"[:300], apply)
 
     def _manual(self, claim: Claim, task: Task, reason: str, title: str, iteration: int) -> None:
         body = f"## Escalated to a person\n\n{reason}\n"
