@@ -79,11 +79,15 @@ def failure_of(task: Task) -> Failure:
     return Failure(metrics, task.last_error or "", failed_step)
 
 
-def _pick_step(task: Task, failure: Failure, kind: str | None) -> Subtask | None:
+#: Job kinds that train and so take the memory rule's batch / checkpointing fields.
+TRAINING_KINDS = ("lora_train", "memory_profile")
+
+
+def _pick_step(task: Task, failure: Failure, kinds: tuple[str, ...]) -> Subtask | None:
     steps = task.builds()
     if failure.failed_step:
         return next(s for s in steps if s.id == failure.failed_step)
-    candidates = [s for s in steps if kind is None or (s.job or {}).get("kind") == kind]
+    candidates = [s for s in steps if (s.job or {}).get("kind") in kinds]
     return candidates[-1] if candidates else None
 
 
@@ -91,8 +95,8 @@ def rule_reduce_peak_memory(task: Task, failure: Failure) -> Adaptation | None:
     memory_failed = any(m.endswith("peak_memory_gb") for m in failure.failed_metrics)
     if not (memory_failed or failure.mentions("out of memory", "memoryerror", "std::bad_alloc")):
         return None
-    step = _pick_step(task, failure, "lora_train")
-    if step is None or step.job is None:
+    step = _pick_step(task, failure, TRAINING_KINDS)
+    if step is None or step.job is None or step.job.get("kind") not in TRAINING_KINDS:
         return None
     job = step.job
     batch = int(job.get("batch_size", 4))
@@ -115,8 +119,8 @@ def rule_reduce_peak_memory(task: Task, failure: Failure) -> Adaptation | None:
 def rule_stabilise_loss(task: Task, failure: Failure) -> Adaptation | None:
     if not any("loss" in m for m in failure.failed_metrics):
         return None
-    step = _pick_step(task, failure, "lora_train")
-    if step is None or step.job is None:
+    step = _pick_step(task, failure, ("lora_train",))
+    if step is None or step.job is None or step.job.get("kind") != "lora_train":
         return None
     job = step.job
     lr = float(job.get("learning_rate", 2e-4))
