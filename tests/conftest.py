@@ -60,3 +60,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_dataset(tmp_path: Path) -> Path:
     """A directory with train.jsonl (32 chat records) and valid.jsonl (8) of a learnable Q/A task."""
     return write_tiny_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter directory trained on the tiny Q/A task (40 steps, ~2 s); built once per session.
+
+    Its ``train.jsonl`` / ``valid.jsonl`` / ``test.jsonl`` data lives in ``<adapter>/../../data``.
+    """
+    from oodatcaa.jobs.runner import run_job
+
+    base = tmp_path_factory.mktemp("tiny-adapter")
+    data = write_tiny_dataset(base / "data")
+    (data / "test.jsonl").write_text((data / "valid.jsonl").read_text())
+    spec = {"kind": "lora_train", "model": str(tiny_model), "data": "data", "iters": 40, "learning_rate": 1e-3,
+            "steps_per_report": 10}
+    result = run_job(spec, workdir=base, run_dir=base / "run", artifacts_dir=base / "artifacts")
+    assert result.ok, result.error
+    return base / "artifacts" / "adapters"

@@ -1,5 +1,5 @@
 """Builder jobs: specs, the child-process runner and the job kinds (model_check, inference_bench,
-lora_train, command). See ``docs/jobs.md``.
+lora_train, memory_profile, evaluate, dataset, quantize, fuse, command). See ``docs/jobs.md``.
 
 Light on purpose: importing :mod:`oodatcaa.jobs` imports nothing; the names below load on first use.
 mlx is only ever imported inside job child processes (:mod:`oodatcaa.jobs.worker`).

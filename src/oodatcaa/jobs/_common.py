@@ -65,7 +65,8 @@ def _jsonable(value: Any) -> Any:
 def versions() -> dict[str, str | None]:
     """Versions of the interpreter and the libraries a job result depends on (no imports of them)."""
     out: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("oodatcaa", "mlx", "mlx-cpu", "mlx-lm", "numpy", "transformers", "tokenizers", "cmeel-openblas"):
+    for dist in ("oodatcaa", "mlx", "mlx-cpu", "mlx-lm", "numpy", "transformers", "tokenizers", "cmeel-openblas",
+                 "matplotlib", "jsonschema"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -177,15 +177,18 @@ def build_learning_rate(spec: Any, total_updates: int) -> Any:
     """A float (constant) or an mlx schedule from ``spec.lr_schedule`` via ``mlx_lm.tuner.utils.build_schedule``.
 
     Schedules count optimizer updates (``iters // grad_accumulation_steps``), not batches. Derived
-    arguments: cosine_decay ``[lr, max(1, updates - warmup), end_lr]``; linear_schedule
-    ``[lr, end_lr, max(1, updates - warmup)]``.
+    arguments: cosine_decay ``[lr, D, end_lr]``; linear_schedule ``[lr, end_lr, D]`` with
+    D = max(1, updates - 1 - (warmup + 1 if warmup else 0)), so that the last update uses ``end_lr``
+    (mlx-lm's warm-up holds the peak rate for one extra update: ``join_schedules`` at warmup + 1).
     """
     sched = getattr(spec, "lr_schedule", None)
     if sched is None:
         return spec.learning_rate
     from mlx_lm.tuner.utils import build_schedule
 
-    steps = max(1, total_updates - sched.warmup)
+    # Update k (0-based) uses schedule(k); with warm-up, mlx-lm's join_schedules starts the main
+    # schedule at k = warmup + 1. Derived decay steps make the last update use end_lr.
+    steps = max(1, total_updates - 1 - (sched.warmup + 1 if sched.warmup else 0))
     if sched.arguments is not None:
         arguments = list(sched.arguments)
     elif sched.name == "cosine_decay":
@@ -391,9 +394,10 @@ def _save_safetensors(path: Path, arrays: dict[str, Any]) -> None:
     mx.save_safetensors(str(path), arrays)
 
 
-def save_checkpoint(root: Path, iteration: int, *, model: Any, optimizer: Any, grad_accum: Any, state: dict[str, Any]) -> Path:
+def save_checkpoint(root: Path, iteration: int, *, model: Any, optimizer: Any, grad_accum: Any, state: dict[str, Any],
+                    extra_files: dict[str, Path] | None = None) -> Path:
     """Write ``root/step-<iteration>/`` (adapters, optimizer state, pending accumulated gradient,
-    state.json) atomically (a temp dir renamed into place), point ``root/latest.json`` at it and delete
+    state.json, and copies of ``extra_files`` that exist, under their given names) atomically (a temp dir renamed into place), point ``root/latest.json`` at it and delete
     all but the newest :data:`KEEP_CHECKPOINTS` step dirs. Returns the checkpoint dir."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -411,6 +415,9 @@ def save_checkpoint(root: Path, iteration: int, *, model: Any, optimizer: Any, g
     _save_safetensors(tmp / "optimizer.safetensors", opt)
     if grad_accum is not None:
         _save_safetensors(tmp / "grad_accum.safetensors", dict(tree_flatten(grad_accum)))
+    for name, source in (extra_files or {}).items():
+        if source.is_file():
+            shutil.copyfile(source, tmp / name)
     write_json(tmp / "state.json", {"format": CHECKPOINT_FORMAT, "iteration": iteration, **state})
     if final.exists():
         shutil.rmtree(final)
@@ -453,6 +460,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         optimizer = mx.load(str(path / "optimizer.safetensors"))
         grad_file = path / "grad_accum.safetensors"
         grad = mx.load(str(grad_file)) if grad_file.is_file() else None
+        mx.eval(adapters, optimizer, grad or {})  # read now: older step dirs may be pruned later
     except JobFailure:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file

@@ -38,6 +38,7 @@ from typing import Any
 
 from oodatcaa.jobs import _training as T
 from oodatcaa.jobs._common import JobContext, JobFailure, finite, seed_everything, sha256_file, write_json
+from oodatcaa.jobs._plot import Plotter, plot_loss_curve  # noqa: F401 - plot_loss_curve re-exported
 from oodatcaa.jobs.spec import MAX_DEFAULT_LORA_LAYERS
 
 _FORMATS = ("prompt/completion", "messages", "text")
@@ -147,7 +148,7 @@ def _choose_resume(spec: Any, ctx: JobContext, fp: dict[str, Any]) -> T.Checkpoi
         shutil.rmtree(own, ignore_errors=True)
         return None
     source = _checkpoint_source(spec, ctx)
-    explicit = spec.resume is True or spec.resume_from is not None
+    explicit = spec.resume is True  # auto (also with resume_from) falls back to a fresh start
     found = T.find_checkpoint(source)
     completed = (source / "completed.json").is_file()
     if found is None:
@@ -171,8 +172,11 @@ def _choose_resume(spec: Any, ctx: JobContext, fp: dict[str, Any]) -> T.Checkpoi
         return None
     if source != own and own.exists():
         shutil.rmtree(own, ignore_errors=True)
-    if source != own and (source / "best").is_dir():
-        shutil.copytree(source / "best", own / "best")
+    best = own / "best"
+    shutil.rmtree(best, ignore_errors=True)
+    if (ckpt.path / "best_adapters.safetensors").is_file():  # the best weights as of the checkpoint
+        best.mkdir(parents=True)
+        shutil.copyfile(ckpt.path / "best_adapters.safetensors", best / "adapters.safetensors")
     return ckpt
 
 
@@ -183,37 +187,6 @@ def _save_adapter_dir(directory: Path, weights: dict[str, Any], config: dict[str
     directory.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(directory / "adapters.safetensors"), weights)
     save_config(dict(config, adapter_path=str(directory)), directory / "adapter_config.json")
-
-
-def plot_loss_curve(path: Path, train: list[dict[str, Any]], val: list[dict[str, Any]], title: str) -> bool:
-    """Write a small PNG (matplotlib, Agg) of train/validation loss and the learning rate; False if
-    matplotlib is missing or nothing to plot."""
-    if not train and not val:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(6, 4.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    if train:
-        ax.plot([r["iteration"] for r in train], [r["train_loss"] for r in train], label="train", color="tab:blue")
-        ax_lr.plot([r["iteration"] for r in train], [r["learning_rate"] for r in train], color="tab:green")
-    if val:
-        ax.plot([r["iteration"] for r in val], [r["val_loss"] for r in val], "o--", label="validation", color="tab:orange")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax_lr.set_ylabel("lr", fontsize=8)
-    ax_lr.set_xlabel("iteration")
-    ax_lr.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return True
 
 
 def _kill_hook(iteration: int) -> None:
@@ -246,14 +219,24 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         raise JobFailure(f"train.jsonl has {counts['train.jsonl']} records, fewer than batch_size={spec.batch_size}")
     iters = resolve_iters(spec, counts["train.jsonl"])
     steps_per_eval = spec.steps_per_eval or iters
-    accum = spec.grad_accumulation_steps
-
-    import mlx.core as mx
-    import mlx.optimizers as optim
 
     from oodatcaa.jobs.cpu_fastpath import describe_blas
 
     ctx.config_extra["blas"] = describe_blas()
+    plotter = Plotter()  # imports matplotlib in a helper process while we load and train
+    try:
+        return _train(spec, ctx, model_path=model_path, data_dir=data_dir, counts=counts, dataset_info=dataset_info,
+                      iters=iters, steps_per_eval=steps_per_eval, plotter=plotter)
+    finally:
+        plotter.close()
+
+
+def _train(spec: Any, ctx: JobContext, *, model_path: Path, data_dir: Path, counts: dict[str, int],
+           dataset_info: dict[str, Any], iters: int, steps_per_eval: int, plotter: Plotter) -> dict[str, dict[str, Any]]:
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    accum = spec.grad_accumulation_steps
     seed_everything(spec.seed)
     loaded = T.load_for_training(model_path, quantize=spec.quantize, group_size=spec.quantize_group_size)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -369,11 +352,28 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
     losses: Any = mx.array(window["loss"], dtype=mx.float32) if window["steps"] else 0
     n_tokens: Any = mx.array(window["tokens"], dtype=mx.int32) if window["steps"] else 0
     steps, window_seconds = int(window["steps"]), float(window["seconds"])
+
+    def report(iteration: int) -> None:
+        """One train report over the current window (losses / n_tokens / steps / window_seconds)."""
+        window_tokens = int(n_tokens.item())
+        st["trained_tokens"] += window_tokens
+        st["train_seconds"] += window_seconds
+        record = {
+            "iteration": iteration,
+            "train_loss": losses.item() / steps,
+            "learning_rate": float(optimizer.learning_rate.item()),
+            "tokens_per_second": window_tokens / window_seconds if window_seconds > 0 else None,
+            "iterations_per_second": steps / window_seconds if window_seconds > 0 else None,
+            "trained_tokens": st["trained_tokens"],
+            "peak_memory_gb": mx.get_peak_memory() / 1e9,
+            "window_seconds": round(window_seconds, 6),
+        }
+        history["train"].append(record)
+        ctx.metric("train", **record)
+
     it = start_it
-    for it in range(start_it + 1, iters + 1):
-        if stopped_early:
-            it -= 1
-            break
+    while it < iters and not stopped_early:
+        it += 1
         tic = time.perf_counter()
         batch = stream.next()
         mx.random.seed(T.step_seed(spec.seed, it))
@@ -385,22 +385,7 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         window_seconds += time.perf_counter() - tic
 
         if it % spec.steps_per_report == 0 or it == iters:
-            train_loss = losses.item() / steps
-            window_tokens = int(n_tokens.item())
-            st["trained_tokens"] += window_tokens
-            st["train_seconds"] += window_seconds
-            record = {
-                "iteration": it,
-                "train_loss": train_loss,
-                "learning_rate": float(optimizer.learning_rate.item()),
-                "tokens_per_second": window_tokens / window_seconds if window_seconds > 0 else None,
-                "iterations_per_second": steps / window_seconds if window_seconds > 0 else None,
-                "trained_tokens": st["trained_tokens"],
-                "peak_memory_gb": mx.get_peak_memory() / 1e9,
-                "window_seconds": round(window_seconds, 6),
-            }
-            history["train"].append(record)
-            ctx.metric("train", **record)
+            report(it)
             losses, n_tokens, steps, window_seconds = 0, 0, 0, 0.0
 
         if it % steps_per_eval == 0 or it == iters:
@@ -416,14 +401,15 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
             st["data_position"] = stream.position()
             st["truncated"] = stream.truncated
             st["checkpoints_saved"] += 1
+            extra = {"best_adapters.safetensors": best_dir / "adapters.safetensors"}
             path = T.save_checkpoint(ckpt_root, it, model=model, optimizer=optimizer, grad_accum=grad_accum,
-                                     state={**st, "fingerprint": fp})
+                                     state={**st, "fingerprint": fp}, extra_files=extra)
             ctx.metric("checkpoint", iteration=it, path=str(path.relative_to(ctx.artifacts_dir)))
             _kill_hook(it)
     iterations_done = it
+    stopped_early = stopped_early and iterations_done < iters
     if steps:  # stopped early inside a report window: report what was trained
-        st["trained_tokens"] += int(n_tokens.item())
-        st["train_seconds"] += window_seconds
+        report(iterations_done)
     if stopped_early:
         ctx.metric("early_stop", iteration=iterations_done, best_iteration=st["best"]["iteration"],
                    best_val_loss=st["best"]["val_loss"])
@@ -448,7 +434,7 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
     train_seconds = st["train_seconds"]
     trained_tokens = st["trained_tokens"]
     val = history["val"]
-    png = plot_loss_curve(
+    png = plotter.plot(
         ctx.run_dir / "loss_curve.png", history["train"], val,
         f"{spec.fine_tune_type} r={rank} alpha={alpha:g} lr={spec.learning_rate:g} bs={spec.batch_size}",
     )
@@ -461,7 +447,7 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         "best_iteration": st["best"]["iteration"],
         "adapters_selected": selected,
         "tokens_per_second": trained_tokens / train_seconds if train_seconds > 0 else None,
-        "iterations_per_second": (iterations_done - start_it) / (train_seconds - _restored_seconds(ckpt)) if train_seconds - _restored_seconds(ckpt) > 0 else None,
+        "iterations_per_second": iterations_done / train_seconds if train_seconds > 0 else None,
         "peak_memory_gb": round(peak_gb, 6),
         "iters": iters,
         "iterations_done": iterations_done,
@@ -503,7 +489,3 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         ctx.log(f"final train loss {summary['final_loss']:.4f}, val loss {summary['final_val_loss']:.4f}")
     return result
 
-
-def _restored_seconds(ckpt: T.Checkpoint | None) -> float:
-    """Training seconds already counted in a resumed checkpoint (0 for a fresh start)."""
-    return float(ckpt.state.get("train_seconds", 0.0)) if ckpt is not None else 0.0

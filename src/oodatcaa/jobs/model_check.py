@@ -45,16 +45,49 @@ def main_dtype(model: Any) -> str:
 
 
 def load_model(path: str, adapter_path: str | None = None) -> tuple[Any, Any, dict[str, Any], float]:
-    """``mlx_lm.load`` with timing: (model, tokenizer, config, load_seconds). Raises JobFailure on errors."""
+    """``mlx_lm.load`` with timing: (model, tokenizer, config, load_seconds).
+
+    An adapter whose ``adapter_config.json`` has ``base_quantization`` (QLoRA trained by ``lora_train``
+    with ``quantize:``) is applied to the base quantized the same way first (``mlx_lm.utils.quantize_model``),
+    so the adapted model is the one that was trained; the returned config then carries the quantization.
+
+    Raises:
+        JobFailure: the model or the adapter does not load.
+    """
     from mlx_lm.utils import load
 
     start = time.perf_counter()
     try:
-        model, tokenizer, config = load(path, adapter_path=adapter_path, return_config=True)
+        quant = _adapter_base_quantization(adapter_path)
+        if quant is None:
+            model, tokenizer, config = load(path, adapter_path=adapter_path, return_config=True)
+        else:
+            from mlx_lm.tuner.utils import load_adapters
+            from mlx_lm.utils import quantize_model
+
+            model, tokenizer, config = load(path, return_config=True)
+            if not (config.get("quantization") or config.get("quantization_config")):
+                model, config = quantize_model(model, config, quant["group_size"], quant["bits"])
+            load_adapters(model, adapter_path)
+            model.eval()
     except Exception as exc:  # noqa: BLE001 - surface any loader error as a job failure
         what = f"with adapter {adapter_path}" if adapter_path else ""
         raise JobFailure(f"could not load model {path} {what}: {type(exc).__name__}: {exc}".replace("  ", " ")) from exc
     return model, tokenizer, config, time.perf_counter() - start
+
+
+def _adapter_base_quantization(adapter_path: str | None) -> dict[str, Any] | None:
+    if not adapter_path:
+        return None
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(adapter_path) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # mlx-lm's loader reports the problem
+    quant = config.get("base_quantization") if isinstance(config, dict) else None
+    return quant if isinstance(quant, dict) and "bits" in quant else None
 
 
 def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:

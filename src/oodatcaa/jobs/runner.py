@@ -197,6 +197,13 @@ def _hash_artifacts(artifacts_dir: Path) -> dict[str, str]:
     return out
 
 
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _killpg(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -214,6 +221,7 @@ def run_job(
     timeout_s: float | None = None,
     cancel: threading.Event | None = None,
     on_progress: Callable[[dict], None] | None = None,
+    progress: bool | None = None,
 ) -> JobResult:
     """Run one job in a child process and wait for it.
 
@@ -229,6 +237,8 @@ def run_job(
             job is also stopped shortly after its own ``timeout_s``).
         cancel: when set, the job is stopped (SIGTERM to its process group, SIGKILL after 5 s).
         on_progress: called in this thread with each new metrics.jsonl record (a dict with ``event``).
+        progress: show a rich progress bar (step, loss, tokens/s, ETA) on stderr; None (default) = only
+            when stderr is a terminal. See :mod:`oodatcaa.jobs.progress`.
 
     Returns:
         A :class:`JobResult`; failures of the job itself are reported there, never raised.
@@ -279,6 +289,13 @@ def run_job(
             return JobResult(False, {}, f"could not start the job process: {exc}", None, 0.0, None, run_dir)
 
     pgid = proc.pid
+    bar = None
+    if progress if progress is not None else _stderr_is_tty():
+        from oodatcaa.jobs.progress import JobProgress
+
+        bar = JobProgress(spec.kind)
+        observers = [cb for cb in (on_progress, bar) if cb is not None]
+        on_progress = lambda record: [cb(record) for cb in observers]  # noqa: E731
     tail = _MetricsTail(run_dir / "metrics.jsonl", on_progress)
     stop_reason: str | None = None
     term_sent_at: float | None = None
@@ -312,12 +329,16 @@ def run_job(
         except ChildProcessError:
             pass
         proc.returncode = -signal.SIGKILL
+        if bar is not None:
+            bar.close()
         raise
     proc.returncode = status  # we reaped it ourselves; keep Popen consistent
     # Leftovers of the job's process group (background processes of a command): stop them too.
     _killpg(pgid, signal.SIGKILL)
     wall = time.monotonic() - start
     tail.poll()
+    if bar is not None:
+        bar.close()
 
     max_rss_gb = None
     if rusage is not None and rusage.ru_maxrss > 0:

@@ -295,7 +295,11 @@ class LoraTrainJob(_TrainingFields):
     resume: bool | Literal["auto"] = Field(
         "auto", description="auto: resume from a checkpoint in the artifacts dir if one fits; true: must resume; false: start over"
     )
-    resume_from: str | None = Field(None, min_length=1, description="checkpoints directory of another run to resume from")
+    resume_from: str | None = Field(
+        None, min_length=1,
+        description="checkpoints directory (or artifacts dir) of another run to resume from; with resume auto a "
+        "checkpoint that does not fit is ignored, with resume true it is an error",
+    )
     keep_best: bool = Field(False, description="adapters/ gets the weights with the lowest validation loss")
     early_stopping: EarlyStopping | None = None
 
@@ -345,7 +349,7 @@ class LoraTrainJob(_TrainingFields):
             object.__setattr__(self, "iters", DEFAULT_ITERS)
         if self.steps_per_eval is None and self.iters is not None:
             object.__setattr__(self, "steps_per_eval", self.iters)
-        self._check_fine_tune(explicit_lora=self.profile is None and "lora" in self.model_fields_set)
+        self._check_fine_tune(explicit_lora=self.profile is None and self.lora != LoraParams())
         if self.resume is False and self.resume_from is not None:
             raise _FieldError("resume_from", "resume_from needs resume true or auto, not false")
         return self
@@ -362,6 +366,11 @@ class MemoryProfileJob(_TrainingFields):
     target_gb: Float | None = Field(None, gt=0.0, description="memory budget in GB (1e9 bytes)")
     prompt: str = Field("What is the capital of France?", min_length=1, description="prompt of the measured generation")
     max_tokens: Int = Field(32, ge=1, le=32768, description="tokens generated in the measured generation")
+
+    @model_validator(mode="after")
+    def _check(self) -> MemoryProfileJob:
+        self._check_fine_tune(explicit_lora=self.lora != LoraParams())
+        return self
 
 
 Split = Literal["train", "valid", "test"]

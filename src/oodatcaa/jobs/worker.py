@@ -31,7 +31,7 @@ from typing import Any
 from oodatcaa.jobs._common import JobContext, JobFailure, versions, write_json
 from oodatcaa.jobs.spec import JobSpecError, parse_job_spec
 
-MLX_KINDS = ("model_check", "inference_bench", "lora_train")
+MLX_KINDS = ("model_check", "inference_bench", "lora_train", "memory_profile", "evaluate", "dataset", "quantize", "fuse")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
 

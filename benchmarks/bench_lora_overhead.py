@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Our ``lora_train`` job against ``python -m mlx_lm lora`` (mlx-lm's ``trainer.train``), same config,
+same data, same machine, same environment (CPU fast path, ``MLX_DISABLE_COMPILE=1``), alternating runs.
+
+Measured per run:
+
+- wall time: the whole process, start to exit (ours through :func:`oodatcaa.jobs.runner.run_job`,
+  which adds the job files, the loss-curve PNG and the artifact hashes; the baseline through
+  ``subprocess.run``);
+- CPU time: user + system seconds of the child processes (``getrusage(RUSAGE_CHILDREN)`` before and
+  after), less sensitive than wall time to other load on a shared machine;
+- training tokens/s: trained tokens / seconds in training steps (validation excluded). Both runs see
+  exactly the same batches: ``iters`` is a whole number of epochs, both form the same length-sorted
+  batches and only their order differs, so the trained-token totals are equal. mlx-lm reports
+  tokens/s per report window; with ``steps_per_report = iters`` there is one window, whose tokens/s
+  is the run's.
+
+Variants: ``mlx_lm lora`` (the baseline), ``oodatcaa lora_train`` (no intermediate checkpoint, as the
+baseline with ``save_every > iters``), and ``oodatcaa + checkpoints`` (a resumable checkpoint every
+quarter of the run: adapter + Adam state + position). The table gives medians over ``--repeat`` runs
+and ratios to the baseline measured in the same run (wall-time ratio < 1 and tokens/s ratio > 1 are
+better than the baseline). No assertions: numbers depend on the machine and its load.
+
+Usage::
+
+    python benchmarks/bench_lora_overhead.py [--repeat 3] [--epochs 10] [--default-model [PATH]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from oodatcaa.jobs import cpu_fastpath  # noqa: E402
+from oodatcaa.jobs.runner import _child_env, run_job  # noqa: E402
+
+QA = [
+    ("What color is the sky?", "The sky is blue."),
+    ("What is the capital of France?", "Paris is the capital of France."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("Say hello.", "Hello! How can I help you today?"),
+    ("What is two plus two?", "Two plus two is four."),
+    ("Name a primary color.", "Red is a primary color."),
+    ("What do cows drink?", "Cows drink water."),
+    ("What boils at 100 degrees?", "Water boils at one hundred degrees Celsius."),
+]
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_TRAIN_LINE = re.compile(r"^\s*(\d+)\s+([0-9.]+)\s*[▼▲]\s+([0-9,]+)\s+([0-9.]+)k\s*$")
+
+
+def write_dataset(directory: Path, repeats: int = 8) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.jsonl", repeats), ("valid.jsonl", 1)):
+        with open(directory / name, "w", encoding="utf-8") as fh:
+            for _ in range(n):
+                for q, a in QA:
+                    fh.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+    return directory
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_baseline(model: Path, data: Path, work: Path, cfg: dict) -> dict:
+    """``python -m mlx_lm lora -c config.yaml``; returns wall seconds and the one window's tokens/s."""
+    import yaml
+
+    work.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model": str(model), "data": str(data), "train": True, "fine_tune_type": "lora", "optimizer": "adam",
+        "seed": cfg["seed"], "num_layers": cfg["num_layers"], "batch_size": cfg["batch_size"], "iters": cfg["iters"],
+        "val_batches": cfg["val_batches"], "learning_rate": cfg["learning_rate"], "steps_per_report": cfg["iters"],
+        "steps_per_eval": cfg["iters"], "save_every": cfg["iters"] + 1, "max_seq_length": cfg["max_seq_length"],
+        "adapter_path": str(work / "adapters"), "grad_checkpoint": False, "mask_prompt": False,
+        "lora_parameters": {"rank": cfg["rank"], "scale": cfg["alpha"] / cfg["rank"], "dropout": 0.0},
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    env = _child_env(None)
+    cpu, start = _children_cpu(), time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "mlx_lm", "lora", "-c", str(work / "config.yaml")],
+                         env=env, capture_output=True, text=True, cwd=work)
+    wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
+    if out.returncode != 0:
+        raise SystemExit(f"mlx_lm lora failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    reports = [m for line in _ANSI.sub("", out.stdout).splitlines() if (m := _TRAIN_LINE.match(line))]
+    if len(reports) != 1:
+        raise SystemExit(f"expected one train report from mlx_lm lora, got {len(reports)}:\n{out.stdout[-2000:]}")
+    _it, _loss, tps, ktokens = reports[0].groups()
+    return {"wall": wall, "cpu": cpu, "tokens_per_second": float(tps.replace(",", "")), "trained_tokens": float(ktokens) * 1000}
+
+
+def run_ours(model: Path, data: Path, work: Path, cfg: dict, save_every: int) -> dict:
+    spec = {
+        "kind": "lora_train", "model": str(model), "data": str(data), "iters": cfg["iters"], "batch_size": cfg["batch_size"],
+        "num_layers": cfg["num_layers"], "learning_rate": cfg["learning_rate"], "lora": {"rank": cfg["rank"], "alpha": cfg["alpha"]},
+        "steps_per_report": cfg["iters"], "steps_per_eval": cfg["iters"], "val_batches": cfg["val_batches"],
+        "max_seq_length": cfg["max_seq_length"], "seed": cfg["seed"], "save_every": save_every, "resume": False,
+    }
+    cpu, start = _children_cpu(), time.perf_counter()
+    result = run_job(spec, workdir=work, run_dir=work / "run", artifacts_dir=work / "artifacts", progress=False)
+    wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
+    if not result.ok:
+        raise SystemExit(f"lora_train failed: {result.error}")
+    train = result.summary["train"]
+    return {"wall": wall, "cpu": cpu, "tokens_per_second": train["tokens_per_second"], "trained_tokens": train["trained_tokens"]}
+
+
+def bench(label: str, model: Path, data: Path, tmp: Path, cfg: dict, repeat: int) -> list[tuple]:
+    variants = [
+        ("mlx_lm lora (baseline)", lambda w: run_baseline(model, data, w, cfg)),
+        ("oodatcaa lora_train", lambda w: run_ours(model, data, w, cfg, cfg["iters"] + 1)),
+        ("oodatcaa + checkpoints", lambda w: run_ours(model, data, w, cfg, max(1, cfg["iters"] // 4))),
+    ]
+    results: dict[str, list[dict]] = {name: [] for name, _ in variants}
+    for r in range(repeat):
+        for name, fn in variants:  # alternate, so that load changes hit every variant alike
+            results[name].append(fn(tmp / f"{label}-{len(results[name])}-{abs(hash(name)) % 10**6}"))
+    rows = []
+    base = results[variants[0][0]]
+    base_wall = statistics.median(x["wall"] for x in base)
+    base_tps = statistics.median(x["tokens_per_second"] for x in base)
+    base_cpu = statistics.median(x["cpu"] for x in base)
+    for name, _ in variants:
+        wall = statistics.median(x["wall"] for x in results[name])
+        cpu = statistics.median(x["cpu"] for x in results[name])
+        tps = statistics.median(x["tokens_per_second"] for x in results[name])
+        tokens = results[name][0]["trained_tokens"]
+        rows.append((label, name, wall, wall / base_wall, cpu, cpu / base_cpu, tps, tps / base_tps, tokens))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per variant (median)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs on the tiny model (16 batches each)")
+    parser.add_argument("--default-model", nargs="?", const="default", default=None, metavar="PATH",
+                        help="also compare on the default model (SmolLM2-135M float32, or PATH), batch 2, 8 layers")
+    parser.add_argument("--default-epochs", type=int, default=1, help="epochs on the default model (20 batches each)")
+    args = parser.parse_args()
+
+    lib = cpu_fastpath.find_openblas()
+    print(f"OpenBLAS: {lib.path} via {lib.source}" if lib else "OpenBLAS: none found")
+    print(f"cores: {os.cpu_count()}  load average (1 min) at start: {os.getloadavg()[0]:.2f}  repeats: {args.repeat}\n")
+    rows: list[tuple] = []
+    with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
+        tmpdir = Path(tmp)
+        from oodatcaa.mlmodels.tiny import make_tiny_model
+
+        tiny = make_tiny_model(tmpdir / "tiny")
+        data = write_dataset(tmpdir / "data")  # 64 records, batch 4: 16 batches per epoch
+        cfg = {"iters": 16 * args.epochs, "batch_size": 4, "num_layers": 2, "learning_rate": 1e-3, "rank": 8, "alpha": 16,
+               "val_batches": 1, "max_seq_length": 512, "seed": 0}
+        rows += bench(f"tiny 0.4M b4 {cfg['iters']} it", tiny, data, tmpdir, cfg, args.repeat)
+        if args.default_model:
+            if args.default_model == "default":
+                from oodatcaa.mlmodels.default_model import ensure_default_model
+
+                model = Path(ensure_default_model())
+            else:
+                model = Path(args.default_model).resolve()
+            procedures = ROOT / ".oodatcaa" / "data" / "procedures"  # 41 records, batch 2: 20 batches per epoch
+            cfg = {"iters": 20 * args.default_epochs, "batch_size": 2, "num_layers": 8, "learning_rate": 2e-4, "rank": 8,
+                   "alpha": 16, "val_batches": 1, "max_seq_length": 256, "seed": 0}
+            rows += bench(f"default b2 L8 {cfg['iters']} it", model, procedures, tmpdir, cfg, args.repeat)
+
+    print(f"{'benchmark':<24} {'variant':<24} {'wall s':>7} {'vs base':>8} {'cpu s':>7} {'vs base':>8} "
+          f"{'train tok/s':>11} {'vs base':>8} {'tokens':>7}")
+    print("-" * 113)
+    for label, name, wall, wall_ratio, cpu, cpu_ratio, tps, tps_ratio, tokens in rows:
+        print(f"{label:<24} {name:<24} {wall:7.2f} {wall_ratio:7.3f}x {cpu:7.2f} {cpu_ratio:7.3f}x "
+              f"{tps:11.1f} {tps_ratio:7.3f}x {tokens:7.0f}")
+    print("\ntime ratios < 1 and tokens/s ratios > 1 are better than the baseline (medians of the runs).")
+    print(f"load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
