@@ -356,3 +356,27 @@ def test_start_over_gate_resets_branches_and_replans(tmp_path):
         tx.queue.task("T001").adapt_loops = 3
     run_agent(ws, "refiner")
     assert store.read().task("T001").status == S.NEEDS_MANUAL
+
+
+def test_a_rerun_training_step_resumes_from_the_killed_attempts_checkpoints(tmp_path):
+    from oodatcaa.roles.builder import resume_from_earlier_attempt
+
+    job = {"kind": "lora_train", "data": "d"}
+    step_dir = tmp_path / "T001-B01"
+    assert resume_from_earlier_attempt(job, step_dir, 1) == job
+    (step_dir / "attempt-01" / "checkpoints" / "step-000010").mkdir(parents=True)
+    assert resume_from_earlier_attempt(job, step_dir, 3)["resume_from"] == str(step_dir / "attempt-01")
+    assert "resume_from" not in resume_from_earlier_attempt({**job, "resume": False}, step_dir, 2)
+    assert "resume_from" not in resume_from_earlier_attempt({"kind": "command", "run": "x"}, step_dir, 2)
+
+
+def test_loss_rule_halves_what_the_profile_really_used():
+    task = _lora_task()
+    task.subtasks[0].job = {"kind": "lora_train", "data": "d", "profile": "max_quality"}
+    task.subtasks[-1].result = {"failures": [{"criterion_id": "AC2", "outcome": "FAIL"}]}
+    adaptation = choose_adaptation(task)
+    assert adaptation.after["learning_rate"] == pytest.approx(5e-5) and adaptation.after["epochs"] == 6
+    assert "iters" not in adaptation.after
+    from oodatcaa.jobs.spec import parse_job_spec
+
+    parse_job_spec(adaptation.after)  # the adapted spec is valid

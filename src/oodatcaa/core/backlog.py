@@ -191,7 +191,10 @@ _LIST_PREFIX = re.compile(r"^\s*(?:[-*+][ \t]+)?")
 _LABEL = re.compile(r"\*\*[ \t]*(?P<name>[^*\n]+?)[ \t]*(?::[ \t]*\*\*|\*\*[ \t]*:)")
 _ITEM_HEADING = re.compile(r"^(?P<id>.+?):(?:[ \t]+(?P<title>.*))?$")
 _ID_LIKE = re.compile(r"^[A-Za-z]{1,3}[-_]?[0-9]+(?![A-Za-z])")
-_JOB_LIKE = re.compile(r"^kind:[ \t]*(model_check|inference_bench|lora_train|command)\b", re.M)
+_JOB_KINDS_TEXT = "model_check, inference_bench, memory_profile, lora_train, evaluate, dataset, quantize, fuse, command"
+_JOB_LIKE = re.compile(
+    r"^kind:[ \t]*(model_check|inference_bench|memory_profile|lora_train|evaluate|dataset|quantize|fuse|command)\b",
+    re.M)
 
 
 def _heading(line: str) -> tuple[int, str] | None:
@@ -273,13 +276,13 @@ def _parse_job(lines: list[str], fence_line: int, item_id: str, source: str) -> 
         raise BacklogError(
             source, fence_line,
             f"job block of {item_id} must be a YAML mapping with a `kind`, got {got}; "
-            "write `kind: lora_train` (or model_check, inference_bench, command) and its fields",
+            f"write `kind: lora_train` (or one of: {_JOB_KINDS_TEXT}) and its fields",
         )
     if "kind" not in data:
         raise BacklogError(
             source, fence_line,
             f"job block of {item_id} has no `kind`; add a line like `kind: lora_train` "
-            "(kinds: model_check, inference_bench, lora_train, command)",
+            f"(kinds: {_JOB_KINDS_TEXT})",
         )
     if not isinstance(data["kind"], str) or not data["kind"]:
         raise BacklogError(

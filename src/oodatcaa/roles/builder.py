@@ -34,6 +34,11 @@ KEY_METRICS = {
     "model": ("parameters_millions", "load_seconds"),
     "inference": ("generation_tps", "prompt_tps", "peak_memory_gb"),
     "train": ("first_loss", "final_loss", "tokens_per_second", "peak_memory_gb"),
+    "memory": ("peak_memory_gb", "headroom_gb"),
+    "eval": ("loss", "perplexity"),
+    "dataset": ("rows_ok", "problems"),
+    "quantize": ("bits_per_weight", "compression_ratio"),
+    "fuse": ("max_abs_logit_diff",),
     "command": ("returncode",),
 }
 
@@ -83,6 +88,23 @@ def resolve_earlier_outputs(job: dict[str, Any], worktree: Path, earlier: list[P
                 resolved[key] = str(directory / value)
                 break
     return resolved
+
+
+def resume_from_earlier_attempt(job: dict[str, Any], step_artifacts: Path, attempt: int) -> dict[str, Any]:
+    """For a re-run ``lora_train`` step, resume from the newest earlier attempt's checkpoints.
+
+    A crash, a timeout or a takeover gives the step a new attempt (and a new artifacts dir); with
+    ``resume_from`` the job continues where the killed run stopped. The job ignores a checkpoint
+    whose set-up differs (after a Refiner change), so this is always safe. A spec that says
+    ``resume: false`` or names its own ``resume_from`` is left alone.
+    """
+    if job.get("kind") != "lora_train" or job.get("resume") is False or job.get("resume_from"):
+        return job
+    for earlier in range(attempt - 1, 0, -1):
+        checkpoints = step_artifacts / f"attempt-{earlier:02d}" / "checkpoints"
+        if checkpoints.is_dir() and any(checkpoints.iterdir()):
+            return {**job, "resume_from": str(checkpoints.parent)}
+    return job
 
 
 class Builder(RoleAgent):
@@ -141,6 +163,7 @@ class Builder(RoleAgent):
         earlier = [Path(s.result["artifacts_dir"]) for s in task.builds()
                     if s.step < step.step and s.result and s.result.get("artifacts_dir")]
         job = resolve_earlier_outputs(step.job, worktree, earlier)
+        job = resume_from_earlier_attempt(job, ws.artifacts_dir(step.id, 0).parent, attempt)
         result = run_job(
             job,
             workdir=worktree,

@@ -122,13 +122,21 @@ def rule_stabilise_loss(task: Task, failure: Failure) -> Adaptation | None:
     step = _pick_step(task, failure, ("lora_train",))
     if step is None or step.job is None or step.job.get("kind") != "lora_train":
         return None
+    from oodatcaa.jobs.spec import parse_job_spec  # light: pydantic only
+
     job = step.job
-    lr = float(job.get("learning_rate", 2e-4))
-    iters = int(job.get("iters", 60))
+    effective = parse_job_spec(job)  # profile defaults included, so we halve what really ran
+    lr = float(effective.learning_rate)
     after = copy.deepcopy(job)
     after["learning_rate"] = lr / 2
-    after["iters"] = iters * 2
-    rationale = f"loss criterion failed: learning rate {lr:g} -> {lr / 2:g}, iterations {iters} -> {iters * 2}"
+    if effective.epochs is not None and "iters" not in job:
+        length = f"epochs {effective.epochs:g} -> {effective.epochs * 2:g}"
+        after["epochs"] = effective.epochs * 2
+    else:
+        iters = int(effective.iters)
+        length = f"iterations {iters} -> {iters * 2}"
+        after["iters"] = iters * 2
+    rationale = f"loss criterion failed: learning rate {lr:g} -> {lr / 2:g}, {length}"
     return Adaptation("stabilise_loss", step.id, copy.deepcopy(job), after, rationale)
 
 
