@@ -30,7 +30,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
-	$(BIN)/python benchmarks/bench_cpu_fastpath.py --default-model
+	$(BIN)/python benchmarks/run_all.py --default-model
 
 schema: install
 	$(BIN)/oodatcaa schema > src/oodatcaa/schemas/sprint_queue.schema.json

@@ -49,8 +49,10 @@ def key_metrics(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for ns, keys in KEY_METRICS.items():
         for key in keys:
             value = summary.get(ns, {}).get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"{ns}.{key}"] = round(float(value), 4)
+            if isinstance(value, float):
+                out[f"{ns}.{key}"] = round(value, 4)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                out[f"{ns}.{key}"] = value
     return out
 
 
