@@ -137,6 +137,8 @@ def _child_env(default_model: str | None) -> dict[str, str]:
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if default_model:
         env["OODATCAA_DEFAULT_MODEL"] = str(default_model)
+    # the worker stops itself if this process dies (a SIGKILLed Builder must not leave a job running)
+    env["OODATCAA_JOB_PARENT_PID"] = str(os.getpid())
     # The worker must import this very package, also when it is not installed (src checkout).
     root = _package_root()
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]

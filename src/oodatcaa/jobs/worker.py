@@ -22,7 +22,9 @@ import io
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -151,9 +153,33 @@ def run_jobfile(jobfile: Path) -> int:
     return status
 
 
+def watch_parent(expected_parent: int, interval_s: float = 0.5, grace_s: float = 5.0) -> threading.Thread:
+    """Stop this job when the process that started it dies (its pid is no longer our parent).
+
+    A SIGKILLed Builder cannot cancel its job; without this the job would run on, unowned, while the
+    task is reclaimed and run again. SIGTERM first (a command job takes its own process group down
+    with it), SIGKILL to our process group ``grace_s`` seconds later.
+    """
+
+    def watch() -> None:
+        while os.getppid() == expected_parent:
+            time.sleep(interval_s)
+        print(f"oodatcaa job: parent {expected_parent} is gone; stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="parent-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m oodatcaa.jobs.worker JOBFILE``."""
     argv = sys.argv[1:] if argv is None else argv
+    parent = os.environ.get("OODATCAA_JOB_PARENT_PID")
+    if parent and parent.isdigit():
+        watch_parent(int(parent))
     if len(argv) != 1:
         print("usage: python -m oodatcaa.jobs.worker RUN_DIR/job.json", file=sys.stderr)
         return 2
