@@ -102,6 +102,15 @@ class GitRepo:
         out = self.repo.git.status("--porcelain", "--untracked-files=no")
         return [line[3:] for line in out.splitlines() if line.strip()]
 
+    def foreign_changes(self) -> list[str]:
+        """Uncommitted changes to tracked files that oodatcaa did not make.
+
+        ``.oodatcaa/`` (the reports index) and ``CHANGELOG.md`` (an Integrator killed between
+        writing its entry and committing it) are oodatcaa's own and are finished by the next
+        Integrator; anything else is a person's work in progress and blocks merging.
+        """
+        return [f for f in self.dirty_tracked_files() if not f.startswith(".oodatcaa/") and f != "CHANGELOG.md"]
+
     def merge_in_progress(self) -> bool:
         return (Path(self.repo.git_dir) / "MERGE_HEAD").exists()
 
@@ -179,15 +188,7 @@ class GitRepo:
         """
         with self.locked():
             g = self._git()
-            g.worktree("prune")
-            if path.exists():
-                try:
-                    g.worktree("remove", "--force", str(path))
-                except git.GitCommandError:
-                    import shutil
-
-                    shutil.rmtree(path, ignore_errors=True)
-                    g.worktree("prune")
+            self._drop_worktree(g, path)
             path.parent.mkdir(parents=True, exist_ok=True)
             if self.branch_exists(branch):
                 g.worktree("add", "--force", str(path), branch)
@@ -198,11 +199,30 @@ class GitRepo:
     def remove_worktree(self, path: Path) -> None:
         """Remove a worktree (its branch stays)."""
         with self.locked():
+            self._drop_worktree(self._git(), path)
+
+    @staticmethod
+    def _drop_worktree(g: git.cmd.Git, path: Path) -> None:
+        """Forget a worktree at ``path`` whatever state a killed process left it in.
+
+        ``git worktree add`` killed midway leaves it registered and locked ("initializing"), which
+        ``prune`` skips and a plain ``remove`` refuses; unlock it and remove it with ``-f -f``.
+        """
+        registered = str(path) in g.worktree("list", "--porcelain")
+        if registered:
             try:
-                self._git().worktree("remove", "--force", str(path))
+                g.worktree("unlock", str(path))
+            except git.GitCommandError:
+                pass  # not locked
+            try:
+                g.worktree("remove", "--force", "--force", str(path))
             except git.GitCommandError:
                 pass
-            self._git().worktree("prune")
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        g.worktree("prune")
 
     def commit_worktree(self, path: Path, message: str, *, max_file_bytes: int = 5 * 1024 * 1024) -> tuple[str, list[str]]:
         """Commit every change in worktree ``path`` on its branch, except files over ``max_file_bytes``.

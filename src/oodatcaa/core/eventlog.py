@@ -88,9 +88,24 @@ class EventLog:
 
     def append(self, entries: list[LogEntry]) -> None:
         """Append whole entries atomically with respect to other writers (one write call)."""
-        if not entries:
+        self.append_rendered([e.render() for e in entries])
+
+    def tail_text(self, max_bytes: int) -> str:
+        """The last ``max_bytes`` bytes of the log as text ("" when there is no log)."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - max_bytes))
+                return handle.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def append_rendered(self, rows: list[str]) -> None:
+        """Append rows already rendered by :meth:`LogEntry.render` (one write call, fsynced)."""
+        if not rows:
             return
-        data = "".join(e.render() for e in entries).encode("utf-8")
+        data = "".join(rows).encode("utf-8")
         with self.lock:
             self._ensure_header()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -182,6 +182,9 @@ class Queue(_Model):
     sprint: Sprint | None = None
     tasks: list[Task] = Field(default_factory=list)
     revision: int = Field(default=0, ge=0, description="Incremented on every write.")
+    outbox: list[str] = Field(
+        default_factory=list,
+        description="AGENT_LOG.md rows of the latest write; re-appended by the next write if a crash lost them.")
 
     @model_validator(mode="before")
     @classmethod

@@ -146,6 +146,7 @@ class QueueStore:
             else:
                 original_text = self.read_text_or_raise()
                 queue = parse_queue(original_text, self.path)
+            self._deliver_outbox(queue)
             before = queue.model_dump(mode="json")
             tx = Transaction(queue.model_copy(deep=True), actor, self.clock.now())
             yield tx
@@ -153,6 +154,7 @@ class QueueStore:
             if after == before and not tx.entries:
                 return
             tx.queue.revision = queue.revision + 1
+            tx.queue.outbox = [e.render() for e in tx.entries]
             violations = check_invariants(tx.queue)
             if violations:
                 raise QueueFileError(self.path, "refusing to write a queue that breaks its invariants: "
@@ -162,7 +164,22 @@ class QueueStore:
             if original_text is not None:
                 self._keep_history(original_text, queue.revision)
             atomic_write_text(self.path, text)
-            self.log.append(tx.entries)
+            self.log.append_rendered(tx.queue.outbox)
+
+    def _deliver_outbox(self, queue: Queue) -> None:
+        """Append the latest write's log rows if a crash after ``os.replace`` lost them.
+
+        The queue file carries the rows of its last write (``outbox``); they are appended right
+        after the replace. A process killed in between leaves them only in the queue, so every
+        transaction first checks the log's tail and appends what is missing — each change gets its
+        row exactly once.
+        """
+        if not queue.outbox:
+            return
+        tail = self.log.tail_text(max(65536, 4 * sum(len(r) for r in queue.outbox)))
+        missing = [row for row in queue.outbox if row not in tail]
+        if missing:
+            self.log.append_rendered(missing)
 
     def read_text_or_raise(self) -> str:
         try:

@@ -53,8 +53,7 @@ class Integrator(RoleAgent):
         assert branch
         git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
         git.ensure_main()
-        # the workspace's own tracked files (the reports index) change all the time and no branch touches them
-        dirty = [f for f in git.dirty_tracked_files() if not f.startswith(".oodatcaa/")]
+        dirty = git.foreign_changes()
         if dirty:
             reason = f"main has uncommitted changes in: {', '.join(dirty[:10])}; commit or stash them, then set the task back to ready_for_integrator"
             self.finish(claim, S.NEEDS_MANUAL, reason[:300], lambda tx, item: setattr(item, "manual_reason", reason))

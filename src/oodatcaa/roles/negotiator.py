@@ -248,7 +248,7 @@ class Negotiator:
         """Refuse to start on a checkout the Integrator could not merge into.
 
         Raises :class:`WorkspaceError` naming the files when main has uncommitted changes to
-        tracked files (outside ``.oodatcaa/``, which oodatcaa itself maintains), or when another
+        tracked files that oodatcaa did not make (:meth:`GitRepo.foreign_changes`), or when another
         branch is checked out.
         """
         git = GitRepo(self.ctx.ws.root, self.ctx.ws.lock_path("git"), owner="negotiator")
@@ -256,7 +256,7 @@ class Negotiator:
         if branch != "main":
             raise WorkspaceError(f"{self.ctx.ws.root}: branch {branch!r} is checked out; the Integrator merges into "
                                  "main (fix: `git checkout main`)")
-        dirty = [f for f in git.dirty_tracked_files() if not f.startswith(".oodatcaa/")]
+        dirty = git.foreign_changes()
         if dirty:
             raise WorkspaceError(f"{self.ctx.ws.root}: main has uncommitted changes in {', '.join(dirty[:10])}; "
                                  "commit or stash them before `oodatcaa run` (nothing was changed)")

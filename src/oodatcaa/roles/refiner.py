@@ -11,6 +11,9 @@ Rules (each a real change to the job spec, recorded before and after in the repo
   main and every step is rebuilt on top of it.
 - ``rebuild_missing_branch`` — a feature branch was deleted by hand: every step is rebuilt (the
   Builder recreates the branch from its base).
+- ``retry_killed_job`` — the job process was killed from outside (SIGKILL: the OOM killer, an
+  operator): the step runs again unchanged; a training job resumes from its checkpoint. The loop
+  limit bounds the retries.
 
 Loop policy (the original's): at most ``loop.max_adapt_loops`` (3) adaptation loops per task,
 a warning at ``loop.warn_at`` (2); past the limit the task goes to ``needs_manual`` with the reason
@@ -162,7 +165,17 @@ def rule_rebuild_missing_branch(task: Task, failure: Failure) -> Adaptation | No
                       "a feature branch was deleted: rebuild every step from its base", rebuild=True)
 
 
+def rule_retry_killed_job(task: Task, failure: Failure) -> Adaptation | None:
+    if failure.failed_step is None or not failure.mentions("killed by sigkill", "killed by signal"):
+        return None
+    step = next(s for s in task.builds() if s.id == failure.failed_step)
+    return Adaptation("retry_killed_job", step.id, copy.deepcopy(step.job or {}), copy.deepcopy(step.job or {}),
+                      "the job process was killed from outside (OOM killer, an operator): run the step again "
+                      "unchanged; a training job resumes from its last checkpoint")
+
+
 RULES: list[Callable[[Task, Failure], Adaptation | None]] = [
+    rule_retry_killed_job,
     rule_rebuild_missing_branch,
     rule_rebase_on_main,
     rule_reduce_peak_memory,
