@@ -233,10 +233,31 @@ def test_half_merge_left_by_a_killed_integrator_is_aborted_not_committed(tmp_pat
     (ws.root / "f.txt").write_text("main\n")
     git(ws, "add", "f.txt")
     git(ws, "commit", "-qm", "[docs] x: main")
-    subprocess.run(["git", "-C", str(ws.root), "merge", "side"], capture_output=True)
+    subprocess.run(["git", "-C", str(ws.root), "merge", "-m", "[impl] T009: merge feat/T009-step-01-x", "side"],
+                   capture_output=True)
     assert (ws.root / ".git" / "MERGE_HEAD").exists()
     run_agent(ws, "integrator")
     assert queue(ws).task("T001").status.value == "done"
     assert not (ws.root / ".git" / "MERGE_HEAD").exists()
     assert "side" not in git(ws, "log", "--format=%s", "main").split("\n")[0]
     assert git(ws, "log", "main", "--format=%s").count("[docs] x: side") == 0
+
+
+def test_a_persons_merge_in_progress_is_never_aborted(tmp_path):
+    from test_roles import git, queue, run_agent
+
+    ws = planned_and_built(tmp_path)
+    run_agent(ws, "tester")
+    git(ws, "checkout", "-q", "-b", "side")
+    (ws.root / "f.txt").write_text("side\n")
+    git(ws, "add", "f.txt")
+    git(ws, "commit", "-qm", "[docs] x: side")
+    git(ws, "checkout", "-q", "main")
+    (ws.root / "f.txt").write_text("main\n")
+    git(ws, "add", "f.txt")
+    git(ws, "commit", "-qm", "[docs] x: main")
+    subprocess.run(["git", "-C", str(ws.root), "merge", "side"], capture_output=True)
+    run_agent(ws, "integrator")
+    task = queue(ws).task("T001")
+    assert task.status.value == "needs_manual" and "f.txt" in task.manual_reason
+    assert (ws.root / ".git" / "MERGE_HEAD").exists()

@@ -63,11 +63,35 @@ class GitRepo:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the repository-wide git lock; a half-merge left by a killed holder is aborted first."""
+        """Hold the repository-wide git lock, first cleaning up after a holder that was killed:
+        an oodatcaa merge left half-done is aborted (a person's merge is left alone), and git's own
+        lock files older than a minute — which a killed git leaves behind — are removed."""
         with self.lock:
-            if self.merge_in_progress():
+            self._clear_stale_git_locks()
+            if self.merge_in_progress() and self._merge_is_ours():
                 self.repo.git.merge("--abort")
             yield
+
+    def _merge_is_ours(self) -> bool:
+        message = Path(self.repo.git_dir) / "MERGE_MSG"
+        try:
+            return message.read_text(encoding="utf-8").startswith("[impl] ") and ": merge feat/" in message.read_text(encoding="utf-8")
+        except OSError:
+            return False
+
+    def _clear_stale_git_locks(self, older_than_s: float = 60.0) -> None:
+        # we hold the repository-wide lock, so no oodatcaa git command is running; a lock file
+        # this old was left by a git that was killed
+        import time
+
+        git_dir = Path(self.repo.git_dir)
+        for name in ("index.lock", "HEAD.lock", "MERGE_HEAD.lock", "refs/heads/main.lock"):
+            lock = git_dir / name
+            try:
+                if time.time() - lock.stat().st_mtime > older_than_s:
+                    lock.unlink()
+            except FileNotFoundError:
+                pass
 
     # -- inspection -------------------------------------------------------------------------
     def head_sha(self, ref: str = "HEAD") -> str:
@@ -110,6 +134,19 @@ class GitRepo:
         Integrator; anything else is a person's work in progress and blocks merging.
         """
         return [f for f in self.dirty_tracked_files() if not f.startswith(".oodatcaa/") and f != "CHANGELOG.md"]
+
+    def unstage(self, paths: list[str]) -> None:
+        """Reset the index entries of ``paths`` to HEAD (the working tree is untouched)."""
+        with self.locked():
+            self._git().reset("-q", "--", *paths)
+
+    def merge_commit_of(self, branch: str) -> str | None:
+        """The first-parent merge commit on main whose second parent is ``branch``'s tip, if any."""
+        tip = self.head_sha(branch)
+        for sha in self.repo.git.rev_list("--first-parent", "--merges", MAIN).split():
+            if self.repo.git.rev_parse(f"{sha}^2") == tip:
+                return sha
+        return None
 
     def merge_in_progress(self) -> bool:
         return (Path(self.repo.git_dir) / "MERGE_HEAD").exists()

@@ -58,10 +58,13 @@ class Integrator(RoleAgent):
             reason = f"main has uncommitted changes in: {', '.join(dirty[:10])}; commit or stash them, then set the task back to ready_for_integrator"
             self.finish(claim, S.NEEDS_MANUAL, reason[:300], lambda tx, item: setattr(item, "manual_reason", reason))
             return
+        # docs a killed integrator staged but did not commit would make git refuse the merge; they stay
+        # in the working tree and are committed with their own task's integration
+        git.unstage([".oodatcaa", "CHANGELOG.md"])
         try:
             merged_already = self._is_merged(git, branch)
-            if merged_already:
-                merge_commit = task.merged_commit or git.head_sha()
+            if merged_already:  # by a predecessor killed before it recorded the merge: find that commit
+                merge_commit = task.merged_commit or git.merge_commit_of(branch) or git.head_sha()
             else:
                 merge_commit = git.merge_no_ff(branch, f"[impl] {task.id}: merge {branch} — {task.title}")
         except (MergeConflictError, BranchMissingError) as exc:
@@ -93,10 +96,11 @@ class Integrator(RoleAgent):
                      f"merged {branch}, tagged {tag}", clock=self.ctx.clock)
         paths = ["CHANGELOG.md", ws.relative(ws.plan_dir(task.id)), ws.relative(ws.report_dir(task.id)),
                  ws.relative(ws.reports_index_path)]
-        git.commit_paths(paths, f"[docs] {task.id}: changelog, plan and reports")
+        docs_commit = git.commit_paths(paths, f"[docs] {task.id}: changelog, plan and reports")
         if not git.tag_exists(tag):
+            # on this task's own commit: after a crash, HEAD may already be another task's
             git.tag(tag, f"{task.id}: {task.title}\n\nSprint: {sprint.id}\nBranch: {branch}\n"
-                         f"Merge: {merge_commit}\nMetrics: {metrics or 'none'}\n")
+                         f"Merge: {merge_commit}\nMetrics: {metrics or 'none'}\n", docs_commit or merge_commit)
         tag_commit = git.head_sha(tag + "^{commit}")
 
         def apply(tx: Transaction, item: Item) -> None:

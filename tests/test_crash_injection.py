@@ -1,0 +1,430 @@
+"""Crash injection: real sprints (``oodatcaa run``) while agents and jobs are SIGKILLed at random moments.
+
+Victims are found through /proc (see ``tests/crash_harness.py``): agents at random moments, agents
+caught holding the queue lock (read from /proc/locks, so the kill lands inside a queue write), and
+integrators caught inside ``git merge`` (a ``git`` shim on the PATH pauses between the merge and its
+commit). The Negotiator restarts what dies (``max_restarts`` raised, no backoff).
+
+After each run: the sprint completed (exit 0); every story is done exactly once (one tag, one merge commit
+on main, one CHANGELOG entry, one ``-> done`` row); no corrupt file (the queue parses and satisfies its
+invariants, every AGENT_LOG row parses, and the rows replay to the final statuses); main has no
+half-merge (no MERGE_HEAD, clean tracked files, ``git fsck`` passes); and every item a killed agent held
+was taken over (a ``takeover`` row naming its pid), while no live agent's item ever was.
+
+Deterministic companions reproduce each crash window a random run can only hit by chance; those that
+fail because of a known bug are ``xfail(strict=True)`` with the bug in the reason. A switch keeps the
+random runs green meanwhile: ``KILL_INTEGRATORS`` (here); flip it when the fix lands
+(``LOST_ROWS_KNOWN_BUG`` in crash_harness.py did the same for the log rows until the queue's outbox).
+
+The seed of each run is printed; rerun one with ``OODATCAA_CRASH_SEED=<seed>`` (OS timing still varies).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import time
+
+import pytest
+
+from crash_harness import Sprint, check_sprint, git, lock_holders, make_sprint, merging
+
+KILLS: dict[str, int] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kill_count():
+    """Prints how many kills the tests of this file injected (shown with ``-s``)."""
+    yield
+    print(f"\ncrash injection: {sum(KILLS.values())} kills {KILLS}")
+
+
+def story(n: int, title: str, job: str, criteria: str, deps: str = "None", priority: int | None = None) -> str:
+    return (f"### T{n:03d}: {title}\n**Type:** Story  **Complexity:** S  **Priority:** {priority or n}  "
+            f"**Dependencies:** {deps}\n**Description:** crash-injection workload.\n\n```job\n{job}\n```\n\n"
+            f"**Acceptance Criteria:**\n{criteria}\n")
+
+
+RC_OK = "- [ ] the command succeeds `metric: command.returncode == 0` (critical)"
+
+
+def command_story(n: int, seconds: float = 1.0, deps: str = "None") -> str:
+    # the job writes outside .oodatcaa/ too, so a half-merge leaves changes a person could have made
+    run = f'run: "sleep {seconds} && mkdir -p out && echo T{n:03d} > out/T{n:03d}.txt"'
+    return story(n, f"Command {n}", f"kind: command\n{run}", RC_OK, deps)
+
+
+MODEL_CHECK = story(2, "Check the tiny model", "kind: model_check\nmodel: default",
+                    "- [ ] it has parameters `metric: model.parameters_total > 0` (critical)")
+LORA = story(4, "Tiny LoRA", "kind: lora_train\nmodel: default\ndata: data/tiny\niters: 6\nbatch_size: 2\nsteps_per_report: 2",
+             "- [ ] it trained `metric: train.iters >= 6` (critical)", deps="T001")
+
+
+def backlog(*items: str) -> str:
+    return "# Crash sprint\n\n**Sprint Goal:** survive the kills.\n\n" + "\n".join(items)
+
+
+def seed_for(name: str) -> int:
+    seed = int(os.environ.get("OODATCAA_CRASH_SEED") or random.randrange(2**31))
+    print(f"\n{name}: crash seed {seed} (rerun with OODATCAA_CRASH_SEED={seed})")
+    return seed
+
+
+def chaos(sprint: Sprint, *, targets: dict[str, int], roles: tuple[str, ...], kills_per_story: int = 2,
+          pause: tuple[float, float] = (0.1, 0.6), deadline: float = 150.0) -> None:
+    """Kill until every mode reached its target or the run ended.
+
+    Modes: ``agent`` (a random agent at a random moment), ``lock`` (an agent caught holding the queue
+    lock, i.e. inside a queue write), ``merge`` / ``changelog`` (the integrator paused by the git shim
+    inside ``git merge`` / before committing its CHANGELOG entry; at most ``kills_per_story`` per story),
+    ``job`` (a builder's job process alone).
+    """
+    rng = sprint.rng
+    lock = sprint.ws.lock_path("queue")
+    done: dict[str, int] = {m: 0 for m in targets}
+    per_story: dict[str, int] = {}
+
+    def open_modes() -> list[str]:
+        return [m for m, n in targets.items() if done[m] < n]
+
+    def record(mode: str) -> None:
+        done[mode] += 1
+
+    time.sleep(rng.uniform(0.5, 1.5))  # let the agents start
+    while sprint.running() and open_modes() and time.monotonic() - sprint.start < deadline:
+        for mode, marker in (("merge", "merging"), ("changelog", "adding")):
+            if mode not in open_modes():
+                continue
+            for _shim_pid, integrator_pid in merging(sprint, marker):
+                victim = next((a for a in sprint.agents() if a.pid == integrator_pid), None)
+                story_id = _held_story(sprint, integrator_pid)
+                if victim and story_id and per_story.get(story_id, 0) < kills_per_story:
+                    per_story[story_id] = per_story.get(story_id, 0) + 1
+                    sprint.kill(victim, mode)
+                    record(mode)
+        modes = [m for m in open_modes() if m not in ("merge", "changelog")]
+        if not modes:
+            time.sleep(0.02)
+            continue
+        mode = rng.choice(modes)
+        if mode == "lock":
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until and sprint.running():
+                holders = lock_holders(lock)
+                victim = next((a for a in sprint.agents() if a.pid in holders and a.role in roles), None)
+                if victim is not None:
+                    sprint.kill(victim, "lock")
+                    record(mode)
+                    break
+                time.sleep(0.001)
+        elif mode == "agent":
+            time.sleep(rng.uniform(*pause))
+            live = [a for a in sprint.agents() if a.role in roles]
+            if live:
+                sprint.kill(rng.choice(live), "agent")
+                record(mode)
+        elif mode == "job":
+            until = time.monotonic() + 3.0
+            while time.monotonic() < until and sprint.running():
+                live = [j for j in sprint.jobs() if per_story.get(_job_story(j), 0) < kills_per_story]
+                if live:
+                    time.sleep(rng.uniform(0.05, 0.4))
+                    live = [j for j in live if j in sprint.jobs()]
+                    if live:
+                        victim = rng.choice(live)
+                        per_story[_job_story(victim)] = per_story.get(_job_story(victim), 0) + 1
+                        sprint.kill(victim, "job")
+                        record(mode)
+                        break
+                time.sleep(0.01)
+        time.sleep(rng.uniform(*pause) / 3)
+
+
+def _job_story(job) -> str:
+    """The story of a job process, from its job file path (``.../worktrees/T001-B01/...``)."""
+    found = re.search(r"/worktrees/(T\d{3})-", job.owner)
+    return found.group(1) if found else "?"
+
+
+def _held_story(sprint: Sprint, pid: int) -> str | None:
+    try:
+        queue = sprint.store.read()
+    except Exception:  # noqa: BLE001
+        return None
+    return next((t.id for t in queue.tasks if t.lease is not None and t.lease.pid == pid), None)
+
+
+def report(name: str, sprint: Sprint, counts: dict[str, int], seconds: float) -> None:
+    by_mode: dict[str, int] = {}
+    for k in sprint.kills:
+        by_mode[k.mode] = by_mode.get(k.mode, 0) + 1
+    KILLS[name] = len(sprint.kills)
+    print(f"{name}: {len(sprint.kills)} kills {by_mode} in {seconds:.1f} s; {counts['takeovers']} takeovers, "
+          f"{counts['rows']} log rows ({counts['lost_rows']} lost to kills inside a write); "
+          f"kills so far in this session: {sum(KILLS.values())}")
+
+
+def run_under_fire(tmp_path, tiny_model, name: str, items: list[str], *, targets: dict[str, int],
+                   roles: tuple[str, ...], merge_pause: float = 0.0, max_seconds: float = 240,
+                   changelog_pause: float = 0.0) -> Sprint:
+    sprint = make_sprint(tmp_path, tiny_model, backlog(*items), seed=seed_for(name), merge_pause=merge_pause)
+    if changelog_pause:
+        (sprint.shim_dir / "pause-changelog").write_text(f"{changelog_pause}\n")
+    sprint.run(max_seconds)
+    chaos(sprint, targets=targets, roles=roles)
+    rc, out, err = sprint.finish(timeout=max_seconds + 60)
+    try:
+        counts = check_sprint(sprint, rc, out, err)
+    finally:
+        KILLS[name] = len(sprint.kills)
+    report(name, sprint, counts, time.monotonic() - sprint.start)
+    return sprint
+
+
+ALL_ROLES = ("planner", "builder", "tester", "refiner", "integrator")
+#: Integrators are left out of the random and in-a-queue-write kills of the always-green runs until an
+#: integrator finishes what a killed one left behind when another story is integrated in between
+#: (test_another_story_integrates_between_a_killed_integration_and_its_successor); then set this to True.
+#: They are killed inside ``git merge`` regardless (that leaves no merge commit behind).
+KILL_INTEGRATORS = True
+ROLES = ALL_ROLES if KILL_INTEGRATORS else ALL_ROLES[:4]
+
+
+
+def test_agents_killed_at_random_moments_and_inside_queue_writes(tmp_path, tiny_model):
+    sprint = run_under_fire(
+        tmp_path, tiny_model, "agents+lock",
+        [command_story(1, 2.0), MODEL_CHECK, command_story(3, 2.0, deps="T001"), command_story(4, 1.5),
+         command_story(5, 1.5), command_story(6, 2.0, deps="T002"), command_story(7, 2.0, deps="T004")],
+        targets={"agent": 15, "lock": 20}, roles=ROLES)
+    assert len(sprint.kills) >= 20, "the sprint ended before enough kills landed"
+    assert sum(k.mode == "lock" for k in sprint.kills) >= 10
+
+
+def test_builders_and_testers_killed_while_mlx_jobs_run(tmp_path, tiny_model):
+    sprint = run_under_fire(
+        tmp_path, tiny_model, "mlx builders+testers",
+        [story(1, "Check the tiny model", "kind: model_check\nmodel: default",
+               "- [ ] it has parameters `metric: model.parameters_total > 0` (critical)"),
+         LORA.replace("T004", "T002").replace("Priority:** 4", "Priority:** 2"), command_story(3, 1.0)],
+        targets={"agent": 8, "lock": 6}, roles=("builder", "tester"))
+    assert len(sprint.kills) >= 8
+
+
+def test_integrators_killed_inside_git_merge(tmp_path, tiny_model):
+    sprint = run_under_fire(
+        tmp_path, tiny_model, "merge+lock",
+        [command_story(1), command_story(2, 0.5), command_story(3, deps="T001"), command_story(4, 0.5)],
+        targets={"merge": 4, "lock": 8, "agent": 3}, roles=ROLES, merge_pause=0.6)
+    assert sum(k.mode == "merge" for k in sprint.kills) >= 3
+
+
+def kill_first_integration_paused_at(tmp_path, tiny_model, where: str) -> Sprint:
+    """Run a two-story sprint; the first integration that reaches ``where`` (``merge``: inside ``git merge``,
+    MERGE_HEAD written; ``changelog``: CHANGELOG.md written, not yet committed) is killed with its shim."""
+    sprint = make_sprint(tmp_path, tiny_model, backlog(command_story(1, 0.2), command_story(2, 0.2)),
+                         seed=seed_for(f"integrator killed at {where}"))
+    (sprint.shim_dir / ("pause-merge" if where == "merge" else "pause-changelog")).write_text("30\n")
+    sprint.run(120)
+    marker = "merging" if where == "merge" else "adding"
+    deadline = time.monotonic() + 90
+    while sprint.running() and not merging(sprint, marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    paused = merging(sprint, marker)
+    if not paused:
+        raise RuntimeError(f"no integration paused at {where}: {sprint.finish(5)}")
+    for path in sprint.shim_dir.glob("pause-*"):
+        path.unlink()  # only the first one pauses
+    victim = next(a for a in sprint.agents() if a.pid == paused[0][1])
+    sprint.kill(victim, where)
+    KILLS[f"integrator killed at {where}"] = 1
+    if where == "merge" and not (sprint.repo / ".git" / "MERGE_HEAD").exists():
+        raise RuntimeError("the kill did not leave a half-merge")
+    if where == "changelog" and "CHANGELOG.md" not in git(sprint.repo, "status", "--porcelain").stdout:
+        raise RuntimeError("the kill did not leave an uncommitted CHANGELOG.md")
+    return sprint
+
+
+def test_a_half_merge_left_by_a_killed_integrator_is_aborted_and_redone(tmp_path, tiny_model):
+    sprint = kill_first_integration_paused_at(tmp_path, tiny_model, "merge")
+    check_sprint(sprint, *sprint.finish(timeout=150))
+
+
+def test_an_uncommitted_changelog_left_by_a_killed_integrator_is_finished(tmp_path, tiny_model):
+    sprint = kill_first_integration_paused_at(tmp_path, tiny_model, "changelog")
+    check_sprint(sprint, *sprint.finish(timeout=150))
+
+
+@pytest.mark.parametrize("where", ["changelog", "docs-commit"])
+def test_another_story_integrates_between_a_killed_integration_and_its_successor(tmp_path, tiny_model, where):
+    """T001 (priority 2, quick) is integrated first and killed at ``where`` (``changelog``: entry written, not
+    committed; ``docs-commit``: docs staged, not committed). The Negotiator restarts the Integrator only after
+    8 s, when T002 (priority 1) is ready too: the new Integrator merges T002 first, then finishes T001."""
+    items = [command_story(1, 0.1).replace("**Priority:** 1", "**Priority:** 2"),
+             command_story(2, 1.0).replace("**Priority:** 2", "**Priority:** 1")]
+    sprint = make_sprint(tmp_path, tiny_model, backlog(*items), seed=seed_for(f"later integration, {where}"),
+                         restart_backoff=8.0)
+    pause_file = "pause-changelog" if where == "changelog" else "pause-docs-commit"
+    marker = "adding" if where == "changelog" else "committing"
+    if where == "changelog":  # CHANGELOG.md must be tracked for the shim to pause on it
+        (sprint.repo / "CHANGELOG.md").write_text("# Changelog\n")
+        git(sprint.repo, "add", "CHANGELOG.md")
+        git(sprint.repo, "commit", "-qm", "[docs] test: changelog")
+    (sprint.shim_dir / pause_file).write_text("60\n")
+    sprint.run(180)
+    deadline = time.monotonic() + 120
+    while sprint.running() and not merging(sprint, marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    paused = merging(sprint, marker)
+    if not paused:
+        raise RuntimeError(f"no integration paused at {where}: {sprint.finish(5)}")
+    (sprint.shim_dir / pause_file).unlink()
+    victim = next(a for a in sprint.agents() if a.pid == paused[0][1])
+    if _held_story(sprint, victim.pid) != "T001":
+        raise RuntimeError("the paused integration is not T001's")
+    sprint.kill(victim, where)
+    KILLS[f"later integration, {where}"] = 1
+    rc, out, err = sprint.finish(timeout=150)
+    order = [t.id for t in sorted(sprint.store.read().tasks, key=lambda t: t.merged_commit or "")]
+    integrated = [line for line in sprint.store.log.entries() if line.change == "ready_for_integrator -> integrating"]
+    if [e.task for e in integrated][:3] != ["T001", "T002", "T001"] and rc == 0:
+        raise RuntimeError(f"T002 was not integrated between T001's attempts: {[e.task for e in integrated]} {order}")
+    check_sprint(sprint, rc, out, err)
+
+
+def test_a_worktree_left_locked_by_a_killed_git_is_reused(tmp_path):
+    """A builder killed inside `git worktree add` with its git (a crash, an OOM kill of the group) leaves the
+    worktree registered and locked ("initializing"); the next attempt must still get its worktree."""
+    from oodatcaa.core.workspace import Workspace
+    from oodatcaa.gitops import GitRepo
+    from support import workspace
+
+    ws = workspace(tmp_path)
+    repo = GitRepo(ws.root, ws.lock_path("git"), owner="builder-1")
+    repo.ensure_main()
+    path = ws.worktree_dir("T001-B01")
+    branch = "feat/T001-step-01-x"
+    # what `git worktree add` leaves when it dies after registering the worktree, before unlocking it
+    git(ws.root, "worktree", "add", "-q", "-b", branch, str(path), "main")
+    git(ws.root, "worktree", "lock", "--reason", "initializing", str(path))
+    shutil.rmtree(path)
+    assert isinstance(ws, Workspace)
+    try:
+        repo.add_worktree(path, branch, "main")
+    except Exception as exc:  # noqa: BLE001 - the bug: the next attempt cannot get its worktree
+        raise AssertionError(f"the next attempt could not create its worktree: {exc}") from None
+    assert (path / ".git").exists()
+
+
+def test_jobs_killed_mid_run_are_retried(tmp_path, tiny_model):
+    """A job killed from outside (SIGKILL: the OOM killer, an operator) is retried, not sent to a person."""
+    sprint = run_under_fire(
+        tmp_path, tiny_model, "jobs",
+        [command_story(1, 2.0), MODEL_CHECK, command_story(3, 2.0)],
+        targets={"job": 2}, roles=("builder",))
+    assert sum(k.mode == "job" for k in sprint.kills) >= 1
+
+
+BUILDER_SCRIPT = """
+import sys
+from pathlib import Path
+from oodatcaa.jobs.runner import run_job
+work = Path(sys.argv[1])
+run_job({"kind": "command", "run": "sleep 4 && echo late > late.txt"}, workdir=work, run_dir=work / "run",
+        artifacts_dir=work / "artifacts")
+"""
+
+
+def test_a_killed_builders_job_does_not_outlive_it(tmp_path):
+    """A job outliving its SIGKILLed builder would write into the run directory the re-claimed attempt reuses
+    (seen before the parent watchdog: its error.json turned the next, successful attempt into needs_manual)."""
+    import signal
+    import subprocess
+    import sys
+
+    from crash_harness import alive, descendants
+
+    work = tmp_path / "work"
+    work.mkdir()
+    builder = subprocess.Popen([sys.executable, "-c", BUILDER_SCRIPT, str(work)])
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        job = []
+        while time.monotonic() < deadline and not job:
+            job = descendants(builder.pid)
+            time.sleep(0.02)
+        if not job:
+            raise RuntimeError("the job never started")
+        time.sleep(0.5)
+        tree = descendants(builder.pid)
+        os.kill(builder.pid, signal.SIGKILL)
+        builder.wait()
+        KILLS["orphaned job"] = 1
+        time.sleep(1.5)
+        survivors = [pid for pid in tree if alive(pid)]
+        assert not survivors, f"the job outlived its builder: {survivors} still running"
+    finally:
+        for pid in [builder.pid, *tree]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        builder.wait()
+
+
+CLAIM_SCRIPT = """
+import os, signal, sys
+from oodatcaa.core.eventlog import EventLog
+from oodatcaa.core.leases import claim_next
+from oodatcaa.core.store import QueueStore
+from oodatcaa.core.workspace import Workspace
+
+def crash(self, *args):  # the crash lands after the queue file was replaced, before its rows are logged
+    os.kill(os.getpid(), signal.SIGKILL)
+
+for name in ("append", "append_rendered"):  # whichever the store uses to append its rows
+    if hasattr(EventLog, name):
+        setattr(EventLog, name, crash)
+from pathlib import Path
+store = QueueStore.for_workspace(Workspace(Path(sys.argv[1])))
+claim_next(store, "planner", "planner-1", ttl_seconds=60, wip_limit=1)
+"""
+
+
+def test_crash_between_queue_replace_and_log_append_loses_no_row(tmp_path):
+    """A crash after the queue file was replaced but before its AGENT_LOG rows were appended: the next write
+    delivers them (each applied change gets exactly one row)."""
+    import subprocess
+    import sys
+
+    from oodatcaa.core.leases import reclaim_stale
+    from support import sample_queue, store_with, workspace
+
+    ws = workspace(tmp_path)
+    store = store_with(ws, sample_queue(1))
+    crashed = subprocess.run([sys.executable, "-c", CLAIM_SCRIPT, str(ws.root)], capture_output=True, text=True)
+    KILLS["inside a write"] = 1
+    if crashed.returncode != -9 or store.read().task("T001").status.value != "planning":
+        raise RuntimeError(f"the crash did not land between the replace and the append: {crashed}")
+    assert reclaim_stale(store) == ["T001"]  # the next transaction (the Negotiator's tick)
+    changes = [e.change for e in store.log.entries() if e.task == "T001"]
+    assert changes == ["needs_plan -> planning", "takeover", "planning -> needs_plan"], changes
+
+
+@pytest.mark.slow
+def test_long_crash_storm(tmp_path, tiny_model):
+    targets = {"agent": 30, "lock": 30, "merge": 6}
+    if KILL_INTEGRATORS:
+        targets["changelog"] = 3
+    sprint = run_under_fire(
+        tmp_path, tiny_model, "storm",
+        [command_story(1, 2.0), MODEL_CHECK, command_story(3, 2.0, deps="T001"), LORA, command_story(5, 1.0),
+         command_story(6, 2.0, deps="T002"), command_story(7, 1.5), command_story(8, 1.5, deps="T005")],
+        targets=targets, roles=ROLES, merge_pause=0.4,
+        changelog_pause=0.4 if KILL_INTEGRATORS else 0.0, max_seconds=400)
+    assert len(sprint.kills) >= 50
+
+
