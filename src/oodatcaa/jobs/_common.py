@@ -122,6 +122,21 @@ class JobContext:
             raise JobFailure(f"not an mlx-lm model directory (no config.json): {path}")
         return path
 
+    def resolve_adapter(self, adapter: str | None) -> Path | None:
+        """The adapter directory for a spec's ``adapter`` field (``None`` stays ``None``).
+
+        Raises:
+            JobFailure: the path does not exist, or holds no ``adapter_config.json``.
+        """
+        if not adapter:
+            return None
+        path = self.resolve(adapter)
+        if not path.exists():
+            raise JobFailure(f"adapter path does not exist: {path}")
+        if not (path / "adapter_config.json").is_file():
+            raise JobFailure(f"not an adapter directory (no adapter_config.json): {path}")
+        return path
+
     def metric(self, event: str, **values: Any) -> None:
         """Append one JSON line to run_dir/metrics.jsonl (``event``, ``elapsed_s`` since job start, values)."""
         record = {"event": event, "elapsed_s": round(time.perf_counter() - self.started, 4), **values}
@@ -173,3 +188,15 @@ def device_name() -> str:
 
 def python_executable() -> str:
     return sys.executable
+
+
+def record_format(record: dict[str, Any]) -> str | None:
+    """mlx-lm's format of a JSONL record, with ``mlx_lm.tuner.datasets.create_dataset``'s precedence:
+    ``prompt/completion``, else ``messages``, else ``text``; ``None`` when it has none of them."""
+    if "prompt" in record and "completion" in record:
+        return "prompt/completion"
+    if "messages" in record:
+        return "messages"
+    if "text" in record:
+        return "text"
+    return None

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oodatcaa.jobs._common import JobContext, JobFailure, sha256_file, write_json
+from oodatcaa.jobs._common import JobContext, JobFailure, record_format, sha256_file, write_json
 
 SPLITS = ("train", "valid", "test")
 FORMATS = ("messages", "prompt/completion", "text")
@@ -95,15 +95,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def record_format(record: dict[str, Any]) -> str | None:
-    """mlx-lm's format of a record (``mlx_lm.tuner.datasets.create_dataset`` precedence), or None."""
-    if "prompt" in record and "completion" in record:
-        return "prompt/completion"
-    if "messages" in record:
-        return "messages"
-    if "text" in record:
-        return "text"
-    return None
 
 
 def record_text(record: dict[str, Any], fmt: str) -> str:

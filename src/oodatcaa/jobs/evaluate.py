@@ -88,13 +88,7 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
     from oodatcaa.jobs.lora_train import check_jsonl
 
     examples = check_jsonl(split_file)
-    adapter = None
-    if spec.adapter:
-        adapter = ctx.resolve(spec.adapter)
-        if not adapter.exists():
-            raise JobFailure(f"adapter path does not exist: {adapter}")
-        if not (adapter / "adapter_config.json").is_file():
-            raise JobFailure(f"not an adapter directory (no adapter_config.json): {adapter}")
+    adapter = ctx.resolve_adapter(spec.adapter)
     ctx.config_extra.update({
         "model_path": str(model_path), "adapter_path": str(adapter) if adapter else None,
         "dataset": {"dir": str(data_dir), f"{spec.split}.jsonl": {"sha256": sha256_file(split_file), "records": examples}},

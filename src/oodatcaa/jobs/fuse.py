@@ -68,11 +68,8 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         JobFailure: missing adapter, unsupported GGUF export (before any work), or a load/save error.
     """
     model_path = ctx.resolve_model(spec.model)
-    adapter = ctx.resolve(spec.adapter)
-    if not adapter.exists():
-        raise JobFailure(f"adapter path does not exist: {adapter}")
-    if not (adapter / "adapter_config.json").is_file():
-        raise JobFailure(f"not an adapter directory (no adapter_config.json): {adapter}")
+    adapter = ctx.resolve_adapter(spec.adapter)
+    assert adapter is not None  # required by the spec
     model_config = _read_json(model_path / "config.json", "model config")
     adapter_cfg = _read_json(adapter / "adapter_config.json", "adapter config")
     if spec.export_gguf:

@@ -42,13 +42,7 @@ def _prompt_tokens(tokenizer: Any, prompt: str) -> list[int]:
 def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run an ``inference_bench`` job; returns ``{"inference": {...}}`` (see module docstring)."""
     model_path = ctx.resolve_model(spec.model)
-    adapter = None
-    if spec.adapter:
-        adapter = ctx.resolve(spec.adapter)
-        if not adapter.exists():
-            raise JobFailure(f"adapter path does not exist: {adapter}")
-        if not (adapter / "adapter_config.json").is_file():
-            raise JobFailure(f"not a LoRA adapter directory (no adapter_config.json): {adapter}")
+    adapter = ctx.resolve_adapter(spec.adapter)
     ctx.config_extra.update({"model_path": str(model_path), "adapter_path": str(adapter) if adapter else None})
 
     import mlx.core as mx

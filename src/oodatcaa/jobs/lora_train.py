@@ -37,22 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from oodatcaa.jobs import _training as T
-from oodatcaa.jobs._common import JobContext, JobFailure, finite, seed_everything, sha256_file, write_json
+from oodatcaa.jobs._common import (
+    JobContext,
+    JobFailure,
+    finite,
+    record_format,
+    seed_everything,
+    sha256_file,
+    write_json,
+)
 from oodatcaa.jobs._plot import Plotter, plot_loss_curve  # noqa: F401 - plot_loss_curve re-exported
 from oodatcaa.jobs.spec import MAX_DEFAULT_LORA_LAYERS
 
 _FORMATS = ("prompt/completion", "messages", "text")
 
 
-def _record_format(record: dict[str, Any]) -> str | None:
-    # Same precedence as mlx_lm.tuner.datasets.create_dataset.
-    if "prompt" in record and "completion" in record:
-        return "prompt/completion"
-    if "messages" in record:
-        return "messages"
-    if "text" in record:
-        return "text"
-    return None
 
 
 def check_jsonl(path: Path) -> int:
@@ -75,7 +74,7 @@ def check_jsonl(path: Path) -> int:
                     raise JobFailure(f"{path.name} line {lineno} is not valid JSON: {exc}") from None
                 if not isinstance(record, dict):
                     raise JobFailure(f"{path.name} line {lineno} must be a JSON object")
-                fmt = _record_format(record)
+                fmt = record_format(record)
                 if fmt is None:
                     raise JobFailure(
                         f"{path.name} line {lineno} has none of the mlx-lm keys "
