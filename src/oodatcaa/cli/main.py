@@ -206,6 +206,9 @@ def _agents_status(ws: Workspace, records: list, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
+    if not rows:
+        console.print(f"no agents recorded in {ws.agents_state_dir} (start some with `oodatcaa agents start`)")
+        return 0
     table = Table(title="agents")
     for col in ("owner", "role", "pid", "alive", "task held", "last heartbeat", "started"):
         table.add_column(col)
