@@ -348,3 +348,17 @@ def test_fastpath_off_runs_reference_blas(tiny_model: Path, tmp_path: Path, monk
     result = _run({"kind": "model_check", "model": str(tiny_model)}, tmp_path)
     assert result.ok, result.error
     assert not result.summary["model"]["blas"].startswith("openblas")
+
+
+def test_trainable_count_and_throughput_spread_are_reported(tiny_model, tmp_path):
+    from oodatcaa.jobs.runner import run_job
+
+    check = run_job({"kind": "model_check", "model": str(tiny_model)}, workdir=tmp_path, run_dir=tmp_path / "r1",
+                    artifacts_dir=tmp_path / "a1")
+    model = check.summary["model"]
+    assert check.ok and model["parameters_trainable"] == model["parameters_total"]
+    bench = run_job({"kind": "inference_bench", "model": str(tiny_model), "prompts": ["hi"], "max_tokens": 4,
+                     "trials": 3}, workdir=tmp_path, run_dir=tmp_path / "r2", artifacts_dir=tmp_path / "a2")
+    inference = bench.summary["inference"]
+    assert bench.ok and inference["trials"] == 3
+    assert inference["generation_tps_spread"] >= 0 and inference["prompt_tps_spread"] >= 0

@@ -39,6 +39,12 @@ def _prompt_tokens(tokenizer: Any, prompt: str) -> list[int]:
     return list(tokenizer.encode(prompt))
 
 
+def _spread(values: list[float]) -> float:
+    """Relative spread of trial values: (max − min) / median; 0.0 for one value or a zero median."""
+    mid = median(values)
+    return (max(values) - min(values)) / mid if mid else 0.0
+
+
 def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run an ``inference_bench`` job; returns ``{"inference": {...}}`` (see module docstring)."""
     model_path = ctx.resolve_model(spec.model)
@@ -125,6 +131,9 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         "prompt_tps": round(median([t["prompt_tps"] for t in per_trial]), 3),
         "generation_tps": round(median([t["generation_tps"] for t in per_trial]), 3),
         "time_to_first_token_s": round(median([t["time_to_first_token_s"] for t in per_trial]), 6),
+        # spread over trials: (max - min) / median, 0 with one trial
+        "prompt_tps_spread": round(_spread([t["prompt_tps"] for t in per_trial]), 4),
+        "generation_tps_spread": round(_spread([t["generation_tps"] for t in per_trial]), 4),
         "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 6),
         "generated_tokens": int(per_trial[0]["generated_tokens"]),
         "prompt_tokens": int(per_trial[0]["prompt_tokens"]),

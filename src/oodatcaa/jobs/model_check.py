@@ -105,6 +105,11 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
     model, tokenizer, config, load_seconds = load_model(str(model_path))
     ctx.log(f"loaded {model_path} in {load_seconds:.2f} s")
     total = int(get_total_parameters(model))
+    from mlx.utils import tree_flatten
+
+    # as loaded: a fresh model is fully trainable (quantized weights are frozen by mlx);
+    # lora_train reports the count of its adapter's trainable parameters
+    trainable = sum(int(v.size) for _, v in tree_flatten(model.trainable_parameters()))
 
     ids = tokenizer.encode(ROUNDTRIP_TEXT, add_special_tokens=False)
     roundtrip = int(tokenizer.decode(ids) == ROUNDTRIP_TEXT)
@@ -116,6 +121,7 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
     summary = {
         "parameters_total": total,
         "parameters_millions": round(total / 1e6, 4),
+        "parameters_trainable": trainable,
         "dtype": main_dtype(model),
         "quantization": describe_quantization(config),
         "load_seconds": round(load_seconds, 4),
