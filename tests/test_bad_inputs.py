@@ -219,22 +219,26 @@ def test_invalid_ids_never_reach_paths(ws):
             ws.worktree_dir(bad)
 
 
+def leave_conflicted_merge(ws, merge_args: list[str]) -> None:
+    """Commit f.txt differently on a side branch and on main, then start a merge that conflicts."""
+    from test_roles import git
+
+    for branch, text in (("side", "side"), ("main", "main")):
+        git(ws, "checkout", "-q", *(["-b"] if branch == "side" else []), branch)
+        (ws.root / "f.txt").write_text(text + "\n")
+        git(ws, "add", "f.txt")
+        git(ws, "commit", "-qm", f"[docs] x: {text}")
+    subprocess.run(["git", "-C", str(ws.root), "merge", *merge_args, "side"], capture_output=True)
+    assert (ws.root / ".git" / "MERGE_HEAD").exists()
+
+
 def test_half_merge_left_by_a_killed_integrator_is_aborted_not_committed(tmp_path):
     from test_roles import git, queue, run_agent
 
     ws = planned_and_built(tmp_path)
     run_agent(ws, "tester")
-    # leave a conflicted merge in the main checkout, as a SIGKILL mid-merge would
-    git(ws, "checkout", "-q", "-b", "side")
-    (ws.root / "f.txt").write_text("side\n")
-    git(ws, "add", "f.txt")
-    git(ws, "commit", "-qm", "[docs] x: side")
-    git(ws, "checkout", "-q", "main")
-    (ws.root / "f.txt").write_text("main\n")
-    git(ws, "add", "f.txt")
-    git(ws, "commit", "-qm", "[docs] x: main")
-    subprocess.run(["git", "-C", str(ws.root), "merge", "-m", "[impl] T009: merge feat/T009-step-01-x", "side"],
-                   capture_output=True)
+    # leave a conflicted oodatcaa merge in the main checkout, as a SIGKILL mid-merge would
+    leave_conflicted_merge(ws, ["-m", "[impl] T009: merge feat/T009-step-01-x"])
     assert (ws.root / ".git" / "MERGE_HEAD").exists()
     run_agent(ws, "integrator")
     assert queue(ws).task("T001").status.value == "done"
@@ -248,15 +252,7 @@ def test_a_persons_merge_in_progress_is_never_aborted(tmp_path):
 
     ws = planned_and_built(tmp_path)
     run_agent(ws, "tester")
-    git(ws, "checkout", "-q", "-b", "side")
-    (ws.root / "f.txt").write_text("side\n")
-    git(ws, "add", "f.txt")
-    git(ws, "commit", "-qm", "[docs] x: side")
-    git(ws, "checkout", "-q", "main")
-    (ws.root / "f.txt").write_text("main\n")
-    git(ws, "add", "f.txt")
-    git(ws, "commit", "-qm", "[docs] x: main")
-    subprocess.run(["git", "-C", str(ws.root), "merge", "side"], capture_output=True)
+    leave_conflicted_merge(ws, [])
     run_agent(ws, "integrator")
     task = queue(ws).task("T001")
     assert task.status.value == "needs_manual" and "f.txt" in task.manual_reason
