@@ -380,3 +380,15 @@ def test_loss_rule_halves_what_the_profile_really_used():
     from oodatcaa.jobs.spec import parse_job_spec
 
     parse_job_spec(adaptation.after)  # the adapted spec is valid
+
+
+def test_conflict_and_deleted_branch_rules_rebuild_every_step():
+    task = _lora_task()
+    task.subtasks[-1].result = {"failures": []}
+    task.last_error = "merge conflict: merge of feat/T001-step-01-x conflicts in: a.txt"
+    conflict = choose_adaptation(task)
+    assert conflict.rule == "rebase_on_main" and conflict.rebuild_all and conflict.reset_to_main
+    task.last_error = "tester: branch feat/T001-step-01-x does not exist (deleted by hand?); its steps must be rebuilt"
+    deleted = choose_adaptation(task)
+    assert deleted.rule == "rebuild_missing_branch" and deleted.rebuild_all and not deleted.reset_to_main
+    assert deleted.before == deleted.after == task.subtasks[0].job

@@ -63,8 +63,8 @@ class Adaptation:
     before: dict[str, Any]
     after: dict[str, Any]
     rationale: str
-    rebase: bool = False
-    rebuild: bool = False
+    rebuild_all: bool = False  # every step goes back to the Builder, not only the changed one
+    reset_to_main: bool = False  # and the first step's branch starts again from the current main
 
 
 def failure_of(task: Task) -> Failure:
@@ -143,26 +143,27 @@ def rule_stabilise_loss(task: Task, failure: Failure) -> Adaptation | None:
     return Adaptation("stabilise_loss", step.id, copy.deepcopy(job), after, rationale)
 
 
-def rule_rebase_on_main(task: Task, failure: Failure) -> Adaptation | None:
-    if not failure.mentions("conflicts in", "merge conflict"):
-        return None
+def _rebuild_every_step(task: Task, rule: str, rationale: str, reset_to_main: bool) -> Adaptation | None:
     steps = task.builds()
     if not steps:
         return None
     first = steps[0]
-    return Adaptation("rebase_on_main", first.id, copy.deepcopy(first.job or {}), copy.deepcopy(first.job or {}),
-                      "merge conflict with main: rebuild every step on the current main", rebase=True)
+    return Adaptation(rule, first.id, copy.deepcopy(first.job or {}), copy.deepcopy(first.job or {}), rationale,
+                      rebuild_all=True, reset_to_main=reset_to_main)
+
+
+def rule_rebase_on_main(task: Task, failure: Failure) -> Adaptation | None:
+    if not failure.mentions("conflicts in", "merge conflict"):
+        return None
+    return _rebuild_every_step(task, "rebase_on_main", "merge conflict with main: rebuild every step on the current main",
+                               reset_to_main=True)
 
 
 def rule_rebuild_missing_branch(task: Task, failure: Failure) -> Adaptation | None:
     if "does not exist (deleted by hand?)" not in failure.error:
         return None
-    steps = task.builds()
-    if not steps:
-        return None
-    first = steps[0]
-    return Adaptation("rebuild_missing_branch", first.id, copy.deepcopy(first.job or {}), copy.deepcopy(first.job or {}),
-                      "a feature branch was deleted: rebuild every step from its base", rebuild=True)
+    return _rebuild_every_step(task, "rebuild_missing_branch",
+                               "a feature branch was deleted: rebuild every step from its base", reset_to_main=False)
 
 
 def rule_retry_killed_job(task: Task, failure: Failure) -> Adaptation | None:
@@ -217,7 +218,7 @@ class Refiner(RoleAgent):
             reason = f"no adaptation rule applies to: {task.last_error or 'unknown failure'}"
             self._manual(claim, task, reason, title, iteration)
             return
-        if adaptation.rebase:
+        if adaptation.reset_to_main:
             git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
             step = task.builds()[0]
             with git.locked():
@@ -243,7 +244,7 @@ class Refiner(RoleAgent):
                 if step.id == adaptation.step_id:
                     step.job = adaptation.after
                     changed = True
-                if changed or adaptation.rebase or adaptation.rebuild:
+                if changed or adaptation.rebuild_all:
                     # this step and every later one must be rebuilt
                     if step.status in (S.NEEDS_ADAPT, S.AWAITING_TEST):
                         tx.move(step, S.READY, f"adapted ({adaptation.rule}), loop {iteration}")
