@@ -148,27 +148,26 @@ def _choose_resume(spec: Any, ctx: JobContext, fp: dict[str, Any]) -> T.Checkpoi
         return None
     source = _checkpoint_source(spec, ctx)
     explicit = spec.resume is True  # auto (also with resume_from) falls back to a fresh start
+
+    def start_over(refusal: str, note: str | None = None) -> None:
+        # resume: true must resume, so it fails; auto starts fresh and says why
+        if explicit:
+            raise JobFailure(refusal)
+        if note:
+            ctx.log(note)
+        shutil.rmtree(own, ignore_errors=True)
+
     found = T.find_checkpoint(source)
-    completed = (source / "completed.json").is_file()
     if found is None:
-        if explicit:
-            raise JobFailure(f"resume: no checkpoint in {source} (set resume: auto or false to start over)")
-        shutil.rmtree(own, ignore_errors=True)
-        return None
-    if completed:
-        if explicit:
-            raise JobFailure(f"resume: the run in {source} already completed (completed.json); use resume: false to train again")
-        ctx.log(f"checkpoints in {source} belong to a completed run: starting over")
-        shutil.rmtree(own, ignore_errors=True)
-        return None
+        return start_over(f"resume: no checkpoint in {source} (set resume: auto or false to start over)")
+    if (source / "completed.json").is_file():
+        return start_over(f"resume: the run in {source} already completed (completed.json); use resume: false to train again",
+                          f"checkpoints in {source} belong to a completed run: starting over")
     ckpt = T.load_checkpoint(found)
     diff = T.differences(ckpt.state.get("fingerprint", {}), fp)
     if diff:
-        if explicit:
-            raise JobFailure(f"resume: checkpoint {found} was written with a different set-up ({', '.join(diff)} differ)")
-        ctx.log(f"checkpoint {found} does not fit this spec ({', '.join(diff)} differ): starting over")
-        shutil.rmtree(own, ignore_errors=True)
-        return None
+        return start_over(f"resume: checkpoint {found} was written with a different set-up ({', '.join(diff)} differ)",
+                          f"checkpoint {found} does not fit this spec ({', '.join(diff)} differ): starting over")
     if source != own and own.exists():
         shutil.rmtree(own, ignore_errors=True)
     best = own / "best"
