@@ -15,22 +15,49 @@ from typing import Any, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from oodatcaa.core.criteria import Criterion
+from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.ids import (
     validate_sprint_id,
     validate_story_id,
     validate_subtask_id,
     validate_task_id,
 )
-from oodatcaa.core.statuses import ItemKind, SprintStatus, TaskStatus, valid_statuses
+from oodatcaa.core.statuses import ItemKind, Role, SprintStatus, TaskStatus, valid_statuses
 
 SCHEMA_VERSION = 1
 
-ROLES = ("sprint_planner", "negotiator", "planner", "builder", "tester", "refiner", "integrator")
-Role = Literal["sprint_planner", "negotiator", "planner", "builder", "tester", "refiner", "integrator"]
+#: Role names as strings (the values of :class:`~oodatcaa.core.statuses.Role`).
+ROLES = tuple(r.value for r in Role)
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _migrate_last_error(data: Any) -> Any:
+    # queues written before typed failures carry a free-text ``last_error``; keep it as a job_error
+    if isinstance(data, dict) and "last_error" in data:
+        data = dict(data)
+        text = data.pop("last_error")
+        if text and not data.get("failure"):
+            data["failure"] = {"kind": FailureKind.JOB_ERROR.value, "message": str(text)[:4000]}
+    return data
+
+
+class _FailureCarrier(_Model):
+    """An item that can carry a :class:`~oodatcaa.core.failures.Failure`."""
+
+    failure: Failure | None = Field(default=None, description="Why the item last failed (typed); cleared on success.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_last_error(cls, data: Any) -> Any:
+        return _migrate_last_error(data)
+
+    @property
+    def last_error(self) -> str | None:
+        """The failure's human message (read-only; set :attr:`failure` instead)."""
+        return self.failure.message if self.failure else None
 
 
 class Lease(_Model):
@@ -56,7 +83,7 @@ class Lease(_Model):
         return now >= self.expires_at
 
 
-class Subtask(_Model):
+class Subtask(_FailureCarrier):
     """A Builder step (``T001-B01``, one job, one branch) or the Tester subtask (``T001-T01``)."""
 
     id: str
@@ -69,7 +96,6 @@ class Subtask(_Model):
     dependencies: list[str] = Field(default_factory=list)
     lease: Lease | None = None
     attempts: int = Field(default=0, ge=0, description="Times this subtask was claimed.")
-    last_error: str | None = None
     result: dict[str, Any] | None = Field(
         default=None, description="Builder: commit, run dir, summary metrics, artifacts; Tester: verdict."
     )
@@ -98,7 +124,7 @@ class Subtask(_Model):
         return ItemKind(self.kind)
 
 
-class Task(_Model):
+class Task(_FailureCarrier):
     """A story from the backlog (``T001``) with its plan's subtasks."""
 
     id: str
@@ -118,7 +144,6 @@ class Task(_Model):
     baseline_tag: str | None = None
     lease: Lease | None = None
     subtasks: list[Subtask] = Field(default_factory=list)
-    last_error: str | None = None
     manual_reason: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict, description="Key metrics of the last build (flat).")
     merged_commit: str | None = None

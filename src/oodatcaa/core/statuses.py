@@ -46,6 +46,24 @@ class SprintStatus(str, Enum):
     PROJECT_COMPLETE = "project_complete"
 
 
+class Role(str, Enum):
+    """The OODATCAA roles (DESIGN.md §2). The claiming roles are :data:`AGENT_ROLES`."""
+
+    SPRINT_PLANNER = "sprint_planner"
+    NEGOTIATOR = "negotiator"
+    PLANNER = "planner"
+    BUILDER = "builder"
+    TESTER = "tester"
+    REFINER = "refiner"
+    INTEGRATOR = "integrator"
+
+
+#: Roles that claim queue items, in loop order; one agent process per unit of wip limit.
+AGENT_ROLES: tuple[Role, ...] = (Role.PLANNER, Role.BUILDER, Role.TESTER, Role.REFINER, Role.INTEGRATOR)
+#: Roles that run as supervised processes (``oodatcaa agent ROLE``, ``agents start``).
+PROCESS_ROLES: tuple[Role, ...] = (*AGENT_ROLES, Role.NEGOTIATOR)
+
+
 class ItemKind(str, Enum):
     """Which transition table applies to a queue item."""
 
