@@ -29,7 +29,7 @@ from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore, parse_queue
 from oodatcaa.core.workspace import Workspace
 
-from support import git_repo
+from support import configure, git_repo
 
 #: Set to False once a crash between the queue write and its AGENT_LOG append can no longer lose rows
 #: (then the chain of every item's log rows must be unbroken after any crash).
@@ -305,16 +305,10 @@ def make_sprint(tmp_path: Path, tiny_model: Path, backlog: str, *, seed: int, me
     repo = git_repo(tmp_path / "repo")
     made = oodatcaa(repo, "init")
     assert made.returncode == 0, made.stderr
-    config = repo / ".oodatcaa" / "config.toml"
-    text = config.read_text()
-    for old, new in (("builder = 3", f"builder = {builders}"), ("tester = 2", "tester = 1"),
-                     ("heartbeat_seconds = 30", "heartbeat_seconds = 1"), ("poll_seconds = 1.0", "poll_seconds = 0.2"),
-                     ("tick_seconds = 1.0", "tick_seconds = 0.2"), ("max_restarts = 3", "max_restarts = 1000"),
-                     ("restart_backoff_seconds = 2.0", f"restart_backoff_seconds = {restart_backoff}"),
-                     ('default_model = "default"', f'default_model = "{tiny_model}"')):
-        assert old in text, old
-        text = text.replace(old, new)
-    config.write_text(text)
+    configure(repo / ".oodatcaa" / "config.toml", wip={"builder": builders, "tester": 1},
+              agents={"heartbeat_seconds": 1, "poll_seconds": 0.2},
+              negotiator={"tick_seconds": 0.2, "max_restarts": 1000, "restart_backoff_seconds": restart_backoff},
+              jobs={"default_model": str(tiny_model)})
     write_tiny_dataset(repo / "data" / "tiny")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "[docs] test: data and config")

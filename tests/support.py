@@ -16,12 +16,14 @@ from oodatcaa.core.workspace import Workspace
 S = TaskStatus
 
 
-def git_repo(path: Path) -> Path:
-    """An empty git repository on ``main`` with a local identity."""
+def git_repo(path: Path, branch: str = "main", *, first_commit: bool = True) -> Path:
+    """A git repository on ``branch`` with a local identity and (by default) one empty commit."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    subprocess.run(["git", "init", "-q", "-b", branch, str(path)], check=True)
     subprocess.run(["git", "-C", str(path), "config", "user.name", "test"], check=True)
     subprocess.run(["git", "-C", str(path), "config", "user.email", "test@example.com"], check=True)
+    if first_commit:
+        subprocess.run(["git", "-C", str(path), "commit", "-q", "--allow-empty", "-m", "initial commit"], check=True)
     return path
 
 
@@ -64,3 +66,36 @@ def add_steps(task: Task, n_builds: int = 1, status: TaskStatus = S.READY) -> Ta
                         branch=subs[-1].branch, dependencies=[s.id for s in subs]))
     task.subtasks = subs
     return task
+
+
+def configure(config_path: Path, **sections: dict) -> None:
+    """Set keys in a ``config.toml`` written by ``oodatcaa init`` (its sections exist, keys commented).
+
+    ``configure(path, wip={"builder": 2}, agents={"poll_seconds": 0.2})`` puts ``builder = 2`` under
+    ``[wip]``; a section that is missing is appended. The result must still parse.
+    """
+    import tomllib
+
+    lines = config_path.read_text(encoding="utf-8").splitlines()
+    for section, values in sections.items():
+        rendered = [f"{k} = {_toml(v)}" for k, v in values.items()]
+        header = next((i for i, line in enumerate(lines) if line.split("#")[0].strip() == f"[{section}]"), None)
+        if header is None:
+            lines += ["", f"[{section}]", *rendered]
+        else:
+            # drop an active key of the same name, then insert right below the header
+            names = set(values)
+            lines = [line for j, line in enumerate(lines)
+                     if not (j > header and line.split("=")[0].strip() in names and not line.lstrip().startswith("#"))]
+            lines[header + 1:header + 1] = rendered
+    text = "\n".join(lines) + "\n"
+    tomllib.loads(text)
+    config_path.write_text(text, encoding="utf-8")
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -13,7 +13,7 @@ from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.sprints import new_sprint
 
-from support import workspace
+from support import configure, workspace
 
 S = TaskStatus
 
@@ -40,11 +40,7 @@ def cli(ws, *args: str) -> subprocess.CompletedProcess:
 
 def setup(tmp_path, command: str):
     ws = workspace(tmp_path)
-    text = ws.config_path.read_text()
-    for a, b in (("poll_seconds = 1.0", "poll_seconds = 0.2"), ("tick_seconds = 1.0", "tick_seconds = 0.2"),
-                 ("heartbeat_seconds = 30", "heartbeat_seconds = 1")):
-        text = text.replace(a, b)
-    ws.config_path.write_text(text)
+    configure(ws.config_path, agents={"poll_seconds": 0.2, "heartbeat_seconds": 1}, negotiator={"tick_seconds": 0.2})
     backlog = tmp_path / "b.md"
     backlog.write_text(BACKLOG.format(command=command))
     new_sprint(ws, backlog)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support import git_repo
+from support import configure, git_repo
 
 pytestmark = pytest.mark.slow
 
@@ -80,13 +80,9 @@ def test_a_three_task_sprint_runs_to_tagged_merges(tmp_path, tiny_model):
 
     repo = git_repo(tmp_path / "repo")
     assert oodatcaa(repo, "init").returncode == 0
-    config = repo / ".oodatcaa" / "config.toml"
-    text = config.read_text()
-    text = text.replace("builder = 3", "builder = 2").replace("tester = 2", "tester = 1")
-    text = text.replace("heartbeat_seconds = 30", "heartbeat_seconds = 2").replace("poll_seconds = 1.0", "poll_seconds = 0.2")
-    text = text.replace("tick_seconds = 1.0", "tick_seconds = 0.2")
-    text = text.replace('default_model = "default"', f'default_model = "{tiny_model}"')
-    config.write_text(text)
+    configure(repo / ".oodatcaa" / "config.toml", wip={"builder": 2, "tester": 1},
+              agents={"heartbeat_seconds": 2, "poll_seconds": 0.2}, negotiator={"tick_seconds": 0.2},
+              jobs={"default_model": str(tiny_model)})
     write_tiny_dataset(repo / "data" / "tiny")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "[docs] test: data and config")

@@ -9,7 +9,7 @@ from oodatcaa.roles.base import AgentContext
 from oodatcaa.roles.negotiator import EXIT_AGENT_DIED, EXIT_STUCK, Negotiator, promote
 from oodatcaa.sprints import new_sprint
 
-from support import add_steps, sample_queue, store_with, workspace
+from support import add_steps, configure, sample_queue, store_with, workspace
 
 S = TaskStatus
 
@@ -26,10 +26,8 @@ PROSE_ONLY = """\
 
 
 def fast_config(ws):
-    text = ws.config_path.read_text()
-    text = text.replace("tick_seconds = 1.0", "tick_seconds = 0.2").replace("poll_seconds = 1.0", "poll_seconds = 0.2")
-    text = text.replace("restart_backoff_seconds = 2.0", "restart_backoff_seconds = 0.0").replace("max_restarts = 3", "max_restarts = 1")
-    ws.config_path.write_text(text)
+    configure(ws.config_path, agents={"poll_seconds": 0.2},
+              negotiator={"tick_seconds": 0.2, "restart_backoff_seconds": 0.0, "max_restarts": 1})
 
 
 def test_promote_respects_dependencies(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.roles import AGENT_CLASSES
@@ -193,7 +194,7 @@ def _lora_task(peak_target: float = 1.0, batch_size: int = 4):
 
 def test_refiner_memory_rule_keeps_the_effective_batch():
     task = _lora_task()
-    task.subtasks[-1].result = {"failures": [{"criterion_id": "AC1", "outcome": "FAIL"}]}
+    task.failure = Failure.of(FailureKind.CRITERIA_FAILED, "AC1 FAIL", item="T001-T01", failed_metrics=["train.peak_memory_gb"])
     adaptation = choose_adaptation(task)
     assert adaptation.rule == "reduce_peak_memory"
     assert adaptation.after["grad_checkpoint"] is True
@@ -203,11 +204,10 @@ def test_refiner_memory_rule_keeps_the_effective_batch():
 
 def test_refiner_loss_rule_and_no_rule():
     task = _lora_task()
-    task.subtasks[-1].result = {"failures": [{"criterion_id": "AC2", "outcome": "FAIL"}]}
+    task.failure = Failure.of(FailureKind.CRITERIA_FAILED, "AC2 FAIL", item="T001-T01", failed_metrics=["train.final_loss", "train.first_loss"])
     adaptation = choose_adaptation(task)
     assert adaptation.rule == "stabilise_loss" and adaptation.after["learning_rate"] == pytest.approx(1e-4)
-    task.subtasks[-1].result = {"failures": []}
-    task.last_error = "something nobody planned for"
+    task.failure = Failure.of(FailureKind.JOB_ERROR, "something nobody planned for")
     assert choose_adaptation(task) is None
 
 
@@ -218,7 +218,7 @@ def test_refiner_counts_loops_and_escalates_after_three(tmp_path):
     task = _lora_task(batch_size=16)
     task.status = S.NEEDS_ADAPT
     task.subtasks[-1].status = S.NEEDS_ADAPT
-    task.subtasks[-1].result = {"failures": [{"criterion_id": "AC1", "outcome": "FAIL"}]}
+    task.failure = Failure.of(FailureKind.CRITERIA_FAILED, "AC1 FAIL", item="T001-T01", failed_metrics=["train.peak_memory_gb"])
     q = sample_queue(1)
     q.tasks = [task]
     store = store_with(ws, q)
@@ -263,7 +263,7 @@ def test_sprint_new_refuses_while_a_sprint_runs(ws, tmp_path):
 def test_refiner_memory_rule_runs_out_of_moves_and_says_so():
     task = _lora_task(batch_size=1)
     task.subtasks[0].job["grad_checkpoint"] = True
-    task.subtasks[-1].result = {"failures": [{"criterion_id": "AC1", "outcome": "FAIL"}]}
+    task.failure = Failure.of(FailureKind.CRITERIA_FAILED, "AC1 FAIL", item="T001-T01", failed_metrics=["train.peak_memory_gb"])
     assert choose_adaptation(task) is None
 
 
@@ -373,7 +373,7 @@ def test_a_rerun_training_step_resumes_from_the_killed_attempts_checkpoints(tmp_
 def test_loss_rule_halves_what_the_profile_really_used():
     task = _lora_task()
     task.subtasks[0].job = {"kind": "lora_train", "data": "d", "profile": "max_quality"}
-    task.subtasks[-1].result = {"failures": [{"criterion_id": "AC2", "outcome": "FAIL"}]}
+    task.failure = Failure.of(FailureKind.CRITERIA_FAILED, "AC2 FAIL", item="T001-T01", failed_metrics=["train.final_loss", "train.first_loss"])
     adaptation = choose_adaptation(task)
     assert adaptation.after["learning_rate"] == pytest.approx(5e-5) and adaptation.after["epochs"] == 6
     assert "iters" not in adaptation.after
@@ -384,11 +384,11 @@ def test_loss_rule_halves_what_the_profile_really_used():
 
 def test_conflict_and_deleted_branch_rules_rebuild_every_step():
     task = _lora_task()
-    task.subtasks[-1].result = {"failures": []}
-    task.last_error = "merge conflict: merge of feat/T001-step-01-x conflicts in: a.txt"
+    task.failure = Failure.of(FailureKind.MERGE_CONFLICT, "conflicts", item="T001", files=["a.txt"])
     conflict = choose_adaptation(task)
-    assert conflict.rule == "rebase_on_main" and conflict.rebuild_all and conflict.reset_to_main
-    task.last_error = "tester: branch feat/T001-step-01-x does not exist (deleted by hand?); its steps must be rebuilt"
+    assert conflict.rule == "rebase_on_trunk" and conflict.rebuild_all and conflict.reset_to_trunk
+    assert "a.txt" in conflict.rationale
+    task.failure = Failure.of(FailureKind.BRANCH_MISSING, "gone", item="T001-T01", branch="feat/T001-step-01-x")
     deleted = choose_adaptation(task)
-    assert deleted.rule == "rebuild_missing_branch" and deleted.rebuild_all and not deleted.reset_to_main
+    assert deleted.rule == "rebuild_missing_branch" and deleted.rebuild_all and not deleted.reset_to_trunk
     assert deleted.before == deleted.after == task.subtasks[0].job

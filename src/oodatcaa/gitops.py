@@ -1,9 +1,13 @@
 """Every git operation oodatcaa performs, in one place (GitPython).
 
-Operations that move ``main`` or create refs and worktrees run under one repository-wide
+Operations that move the trunk or create refs and worktrees run under one repository-wide
 ``filelock`` lock (``state/locks/git.lock``) so agents never race each other inside git.
 Branch, tag and worktree names are built only from validated IDs (:mod:`oodatcaa.core.ids`).
 Commits are authored as the agent that made them (``oodatcaa <owner>``).
+
+The trunk — the branch stories merge into — is the workspace setting ``[git] trunk``, which
+``oodatcaa init`` detects from the repository's current branch (``main``, ``master``, ``trunk``,
+``develop`` ...). No role names a branch literally.
 """
 
 from __future__ import annotations
@@ -11,14 +15,18 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import git
 from filelock import FileLock
 
 from oodatcaa.core.errors import BranchMissingError, GitOperationError, MergeConflictError, WorkspaceError
 
-MAIN = "main"
+if TYPE_CHECKING:
+    from oodatcaa.core.workspace import Workspace
+
+#: The trunk of a workspace whose config names none (and of a repository ``init`` creates commits in).
+DEFAULT_TRUNK = "main"
 
 
 def repo_root(path: Path) -> Path:
@@ -38,6 +46,24 @@ def repo_root(path: Path) -> Path:
     return Path(repo.working_tree_dir).resolve()
 
 
+def head_state(path: Path) -> tuple[str | None, str]:
+    """``(current branch or None, state)`` of the repository at ``path``, touching nothing.
+
+    ``state`` is ``"branch"`` (a branch with commits is checked out), ``"unborn"`` (a branch with
+    no commit yet: a fresh ``git init``) or ``"detached"`` (HEAD points at a commit, not a branch).
+    """
+    repo = git.Repo(path)
+    try:
+        branch = repo.active_branch.name
+    except TypeError:
+        return None, "detached"
+    try:
+        repo.git.rev_parse("--verify", "-q", "HEAD")
+    except git.GitCommandError:
+        return branch, "unborn"
+    return branch, "branch"
+
+
 def identity_env(owner: str) -> dict[str, str]:
     """Author environment for commits made by agent ``owner``; committer falls back likewise."""
     env = {"GIT_AUTHOR_NAME": f"oodatcaa {owner}", "GIT_AUTHOR_EMAIL": f"{owner}@oodatcaa.local"}
@@ -47,14 +73,41 @@ def identity_env(owner: str) -> dict[str, str]:
 
 
 class GitRepo:
-    """A repository plus the lock that serialises ref- and main-changing operations."""
+    """A repository plus the lock that serialises ref- and trunk-changing operations."""
 
-    def __init__(self, root: Path, lock_path: Path, owner: str = "oodatcaa"):
+    def __init__(self, root: Path, lock_path: Path, owner: str = "oodatcaa", trunk: str = DEFAULT_TRUNK):
         self.root = Path(root)
         self.repo = git.Repo(self.root)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(lock_path), timeout=300)
         self.owner = owner
+        self.trunk = trunk
+
+    @classmethod
+    def for_workspace(cls, ws: "Workspace", owner: str, trunk: str | None = None) -> "GitRepo":
+        """The repository of ``ws`` with its git lock, acting as ``owner``, merging into ``trunk``.
+
+        ``trunk`` defaults to the workspace's ``[git] trunk`` setting (read from ``config.toml``);
+        raises :class:`~oodatcaa.core.errors.ConfigError` when that file is malformed.
+        """
+        if trunk is None:
+            from oodatcaa.core.config import load_config
+
+            trunk = load_config(ws.config_path, ws.agents_dir).git.trunk
+        return cls(ws.root, ws.lock_path("git"), owner=owner, trunk=trunk)
+
+    def require_trunk(self, config_path: Path | None = None) -> None:
+        """Raise :class:`WorkspaceError` unless the trunk branch exists (or the repository is unborn).
+
+        The message names the setting (``[git] trunk`` in ``config_path``) and the branches there are.
+        """
+        if not self.has_commits() or self.branch_exists(self.trunk):
+            return
+        where = f" in {config_path}" if config_path else ""
+        branches = ", ".join(sorted(h.name for h in self.repo.heads if not h.name.startswith("feat/"))) or "none"
+        raise WorkspaceError(
+            f"[git] trunk = {self.trunk!r}{where} names no branch of {self.root} (branches: {branches}); "
+            f"fix: set trunk to the branch stories should merge into, e.g. trunk = \"{self.current_branch() or DEFAULT_TRUNK}\"")
 
     def _git(self, repo: git.Repo | None = None) -> git.cmd.Git:
         g = (repo or self.repo).git
@@ -85,7 +138,7 @@ class GitRepo:
         import time
 
         git_dir = Path(self.repo.git_dir)
-        for name in ("index.lock", "HEAD.lock", "MERGE_HEAD.lock", "refs/heads/main.lock"):
+        for name in ("index.lock", "HEAD.lock", "MERGE_HEAD.lock", f"refs/heads/{self.trunk}.lock"):
             lock = git_dir / name
             try:
                 if time.time() - lock.stat().st_mtime > older_than_s:
@@ -122,7 +175,7 @@ class GitRepo:
         return name in {t.name for t in self.repo.tags}
 
     def dirty_tracked_files(self) -> list[str]:
-        """Tracked files with uncommitted changes (staged or not) in the main checkout."""
+        """Tracked files with uncommitted changes (staged or not) in the primary checkout."""
         out = self.repo.git.status("--porcelain", "--untracked-files=no")
         return [line[3:] for line in out.splitlines() if line.strip()]
 
@@ -141,9 +194,9 @@ class GitRepo:
             self._git().reset("-q", "--", *paths)
 
     def merge_commit_of(self, branch: str) -> str | None:
-        """The first-parent merge commit on main whose second parent is ``branch``'s tip, if any."""
+        """The first-parent merge commit on the trunk whose second parent is ``branch``'s tip, if any."""
         tip = self.head_sha(branch)
-        for sha in self.repo.git.rev_list("--first-parent", "--merges", MAIN).split():
+        for sha in self.repo.git.rev_list("--first-parent", "--merges", self.trunk).split():
             if self.repo.git.rev_parse(f"{sha}^2") == tip:
                 return sha
         return None
@@ -155,9 +208,9 @@ class GitRepo:
         """Every path in the tree of ``ref``."""
         return self.repo.git.ls_tree("-r", "--name-only", ref).splitlines()
 
-    # -- main checkout ----------------------------------------------------------------------
-    def ensure_main(self) -> None:
-        """Make sure the repository has a first commit and ``main`` checked out.
+    # -- trunk checkout ---------------------------------------------------------------------
+    def ensure_trunk(self) -> None:
+        """Make sure the repository has a first commit and the trunk checked out.
 
         Raises :class:`GitOperationError` when another branch is checked out (we never switch a
         person's checkout behind their back).
@@ -165,18 +218,52 @@ class GitRepo:
         with self.locked():
             g = self._git()
             if not self.has_commits():
-                g.checkout("-B", MAIN)
+                g.checkout("-B", self.trunk)
                 g.commit("--allow-empty", "-m", "[docs] oodatcaa: initial commit")
                 return
-            branch = self.current_branch()
-            if branch != MAIN:
-                raise GitOperationError(
-                    f"{self.root}: branch {branch!r} is checked out; oodatcaa integrates into {MAIN!r} "
-                    f"(fix: `git checkout {MAIN}` or `git branch -m {branch} {MAIN}`)"
-                )
+            self._require_on_trunk()
+
+    def _require_on_trunk(self) -> None:
+        branch = self.current_branch()
+        if branch != self.trunk:
+            raise GitOperationError(
+                f"{self.root}: {'branch ' + repr(branch) if branch else 'a detached HEAD'} is checked out; oodatcaa "
+                f"integrates into the trunk {self.trunk!r} ([git] trunk in .oodatcaa/config.toml) "
+                f"(fix: `git checkout {self.trunk}`, or set [git] trunk to the branch you merge into)"
+            )
+
+    def is_ancestor(self, ancestor: str, descendant: str | None = None) -> bool:
+        """True when ``ancestor`` is reachable from ``descendant`` (default: the trunk)."""
+        try:
+            self.repo.git.merge_base("--is-ancestor", ancestor, descendant or self.trunk)
+            return True
+        except git.GitCommandError:
+            return False
+
+    def reset_branch(self, branch: str, to: str | None = None) -> None:
+        """Point ``branch`` at ``to`` (default: the trunk's tip) under the git lock, like ``git branch -f``.
+
+        Only feature branches are reset this way; the trunk itself is never moved by this.
+        Raises :class:`GitOperationError` for the trunk or when ``to`` does not resolve.
+        """
+        if branch == self.trunk:
+            raise GitOperationError(f"refusing to reset the trunk {branch!r}")
+        with self.locked():
+            try:
+                self._git().branch("-f", branch, to or self.trunk)
+            except git.GitCommandError as exc:
+                raise GitOperationError(f"could not reset {branch} to {to or self.trunk}: {exc.stderr.strip()}") from None
+
+    def commit_all(self, paths: list[str], message: str) -> str:
+        """Stage ``paths`` (relative to the root, added even when new) and commit on the trunk; returns the sha."""
+        with self.locked():
+            g = self._git()
+            g.add("-A", "--", *paths)
+            g.commit("-m", message)
+            return self.head_sha()
 
     def commit_paths(self, paths: list[Path | str], message: str, *, allow_empty: bool = False) -> str | None:
-        """Stage ``paths`` (relative to the root) on main and commit; ``None`` if nothing changed."""
+        """Stage ``paths`` (relative to the root) on the trunk and commit; ``None`` if nothing changed."""
         with self.locked():
             g = self._git()
             existing = [str(p) for p in paths if (self.root / p).exists()]
@@ -196,14 +283,13 @@ class GitRepo:
             self._git().tag("-a", name, "-m", message, ref)
 
     def merge_no_ff(self, branch: str, message: str) -> str:
-        """``git merge --no-ff branch`` into main; returns the merge commit.
+        """``git merge --no-ff branch`` into the trunk; returns the merge commit.
 
-        On conflicts the merge is aborted (main untouched) and :class:`MergeConflictError` lists
+        On conflicts the merge is aborted (the trunk untouched) and :class:`MergeConflictError` lists
         the conflicting files.
         """
         with self.locked():
-            if self.current_branch() != MAIN:
-                raise GitOperationError(f"cannot merge {branch}: {self.root} is not on {MAIN}")
+            self._require_on_trunk()
             self.require_branch(branch)
             g = self._git()
             try:

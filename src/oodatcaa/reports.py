@@ -12,20 +12,22 @@ from filelock import FileLock
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import Clock, utc_stamp
 from oodatcaa.core.ids import validate_story_id
+from oodatcaa.core.statuses import PROCESS_ROLES
 from oodatcaa.core.workspace import Workspace
 
 INDEX_HEADER = (
     "# AGENT_REPORTS\n\nPermanent index of every agent report (never rotated).\n\n"
     "| time | task | role | report | summary |\n|---|---|---|---|---|\n"
 )
+_REPORTING_ROLES = frozenset(r.value for r in PROCESS_ROLES)
 _SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 
 
 def report_path(ws: Workspace, task_id: str, role: str, suffix: str | None = None) -> Path:
     """Path of a report; ``suffix`` is a subtask ID or an iteration number (validated)."""
     validate_story_id(task_id)
-    if role not in {"planner", "builder", "tester", "refiner", "integrator", "negotiator"}:
-        raise ValueError(f"unknown role {role!r}")
+    if role not in _REPORTING_ROLES:
+        raise ValueError(f"unknown role {role!r}; reports are written by {', '.join(sorted(_REPORTING_ROLES))}")
     name = role if suffix is None else f"{role}_{suffix}"
     if suffix is not None and not _SUFFIX.fullmatch(str(suffix)):
         raise ValueError(f"invalid report suffix {suffix!r}")

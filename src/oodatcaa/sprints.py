@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 from pathlib import Path
 
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.backlog import Backlog, load_backlog
 from oodatcaa.core.clock import Clock, utc_stamp
-from oodatcaa.core.config import DEFAULT_CONFIG_TOML
+from oodatcaa.core.config import default_config_toml, load_config, load_role_definitions
 from oodatcaa.core.errors import BacklogError, WorkspaceError
 from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog, LogEntry
 from oodatcaa.core.models import Sprint, Task
 from oodatcaa.core.statuses import SprintStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import IGNORED_IN_GIT, Workspace
-from oodatcaa.gitops import GitRepo, repo_root
+from oodatcaa.gitops import GitRepo, head_state, repo_root
 from oodatcaa.jobs.spec import JobSpecError, parse_job_spec
 from oodatcaa.reports import INDEX_HEADER
 
@@ -32,30 +33,96 @@ _What this project is for, in a paragraph._
 """
 
 
-def init_workspace(path: Path, clock: Clock | None = None) -> Workspace:
+class _Rollback:
+    """Files and directories created or replaced by one command, undone if the command fails.
+
+    ``init`` and ``sprint new`` are all-or-nothing: when a later step (a git commit) fails, what the
+    command wrote is removed again and replaced files get their old bytes back.
+    """
+
+    def __init__(self) -> None:
+        self.created: list[Path] = []
+        self.replaced: dict[Path, bytes] = {}
+
+    def mkdir(self, path: Path) -> None:
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        path.mkdir(parents=True, exist_ok=True)
+        self.created.extend(missing)
+
+    def write(self, path: Path, text: str) -> None:
+        if path.exists():
+            self.replaced.setdefault(path, path.read_bytes())
+        else:
+            self.mkdir(path.parent)
+            self.created.append(path)
+        atomic_write_text(path, text)
+
+    def undo(self) -> None:
+        for path, data in self.replaced.items():
+            path.write_bytes(data)
+        for path in sorted(set(self.created), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _refuse_head(root: Path) -> str:
+    """The branch checked out at ``root``; :class:`WorkspaceError` for an unborn or detached HEAD."""
+    branch, state = head_state(root)
+    if state == "detached":
+        raise WorkspaceError(f"{root}: HEAD is detached; oodatcaa merges into the branch you work on "
+                             "(fix: `git checkout <branch>`, then run `oodatcaa init` again; nothing was created)")
+    if state == "unborn":
+        raise WorkspaceError(f"{root}: branch {branch!r} has no commit yet; oodatcaa tags baselines on it "
+                             "(fix: `git commit --allow-empty -m 'initial commit'`, then run `oodatcaa init` "
+                             "again; nothing was created)")
+    assert branch is not None
+    return branch
+
+
+def init_workspace(path: Path, *, force: bool = False, clock: Clock | None = None) -> Workspace:
     """Create the ``.oodatcaa/`` layout (DESIGN.md §3) in the git repository containing ``path``.
 
-    Idempotent: existing files are kept. Commits the workspace definition on ``main`` (making a
-    first commit in an empty repository). Raises :class:`WorkspaceError` outside a git repository.
+    The trunk is the branch checked out now; it is written as ``[git] trunk`` into the new
+    ``config.toml`` (every other key commented out at its default). The workspace definition is
+    committed on that branch. All or nothing: when it refuses — not a git repository, an unborn or
+    detached HEAD, an existing workspace without ``force`` — or the commit fails, nothing is left
+    behind. With ``force`` missing files are added and existing ones kept.
+
+    Raises :class:`WorkspaceError` naming the repository and the fix.
     """
     root = repo_root(Path(path))
+    trunk = _refuse_head(root)
     ws = Workspace(root)
-    ws.ensure_dirs()
+    if ws.dir.exists() and not force:
+        raise WorkspaceError(f"{ws.dir} exists already; run `oodatcaa init --force` to add what is missing "
+                             "(existing files are kept), or work in it as it is")
     files = {
-        ws.config_path: DEFAULT_CONFIG_TOML,
+        ws.config_path: default_config_toml(load_role_definitions(ws.agents_dir), trunk=trunk),
         ws.dir / ".gitignore": "# coordination state never travels on feature branches\n" + "\n".join(IGNORED_IN_GIT) + "\n",
         ws.objectives_dir / "OBJECTIVE.md": OBJECTIVE_TEMPLATE,
-        ws.agents_dir / "README.md": "Per-workspace role overrides: copy a file from oodatcaa's `agents/` here and edit it.\n",
+        ws.agents_dir / "README.md": "Per-workspace role definitions: copy a file from oodatcaa's `agents/` here and "
+                                     "edit its wip_limit or lease_ttl_minutes (config.toml still wins).\n",
         ws.reports_index_path: INDEX_HEADER,
+        ws.work_dir / "plans" / ".gitkeep": "",
+        ws.work_dir / "reports" / ".gitkeep": "",
+        ws.archive_dir / ".gitkeep": "",
     }
-    for file, text in files.items():
-        if not file.exists():
-            atomic_write_text(file, text)
-    for keep in (ws.work_dir / "plans", ws.work_dir / "reports", ws.archive_dir):
-        (keep / ".gitkeep").touch()
-    git = GitRepo(root, ws.lock_path("git"), owner="oodatcaa")
-    git.ensure_main()
-    git.commit_paths([ws.relative(ws.dir)], "[docs] oodatcaa: initialise workspace")
+    undo = _Rollback()
+    try:
+        undo.mkdir(ws.dir)
+        for file, text in files.items():
+            if not file.exists():
+                undo.write(file, text)
+        ws.ensure_dirs()
+        git = GitRepo(root, ws.lock_path("git"), owner="oodatcaa", trunk=load_config(ws.config_path, ws.agents_dir).git.trunk)
+        git.require_trunk(ws.config_path)
+        git.ensure_trunk()
+        git.commit_paths([ws.relative(ws.dir)], "[docs] oodatcaa: initialise workspace")
+    except BaseException:
+        undo.undo()
+        raise
     return ws
 
 
@@ -83,8 +150,9 @@ def _sprint_goal_md(sprint: Sprint, backlog: Backlog) -> str:
 def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, clock: Clock | None = None) -> Sprint:
     """Parse the backlog into a new sprint; every item starts ``needs_plan``.
 
-    Writes ``SPRINT_QUEUE.json``, ``work/SPRINT_BACKLOG.md``, ``objectives/SPRINT_GOAL.md`` and a
-    "Sprint N initiated" entry in ``SPRINT_LOG.md``, and commits the backlog and goal on main.
+    Writes ``work/SPRINT_BACKLOG.md`` and ``objectives/SPRINT_GOAL.md`` and commits them on the
+    trunk, then ``SPRINT_QUEUE.json`` and a "Sprint N initiated" entry in ``SPRINT_LOG.md``. Atomic:
+    if the commit fails, the files are restored and no sprint is started.
 
     Raises :class:`BacklogError` (file:line) for a malformed backlog or job block, and
     :class:`WorkspaceError` when a sprint is still running (unless ``force``).
@@ -131,21 +199,28 @@ def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, clock:
         )
         for item in backlog.ordered()
     ]
+    git = GitRepo.for_workspace(ws, "sprint_planner")
+    git.require_trunk(ws.config_path)
+    git.ensure_trunk()
+    # the backlog and goal are committed first and the queue written last: a failed commit leaves
+    # no running sprint behind (and the files are put back as they were)
+    undo = _Rollback()
+    try:
+        if backlog_path.resolve() != ws.backlog_path.resolve():
+            undo.write(ws.backlog_path, backlog_path.read_text(encoding="utf-8"))
+        undo.write(ws.objectives_dir / "SPRINT_GOAL.md", _sprint_goal_md(sprint, backlog))
+        git.commit_paths([ws.relative(ws.backlog_path), ws.relative(ws.objectives_dir)],
+                         f"[plan] {sprint.id}: sprint {number} initiated")
+    except BaseException:
+        undo.undo()
+        raise
     with store.transaction("sprint_planner", create=True) as tx:
         tx.queue.sprint = sprint
         tx.queue.tasks = tasks
         for task in tasks:
             tx.log(task.id, "new -> needs_plan", f"from backlog: {task.title}")
-    text = backlog_path.read_text(encoding="utf-8")
-    if backlog_path.resolve() != ws.backlog_path.resolve():
-        atomic_write_text(ws.backlog_path, text)
-    atomic_write_text(ws.objectives_dir / "SPRINT_GOAL.md", _sprint_goal_md(sprint, backlog))
     EventLog(ws.sprint_log_path, ws.lock_path("sprint_log"), header=SPRINT_LOG_HEADER).append(
         [LogEntry(now, "sprint_planner", sprint.id, "sprint initiated",
                   f"Sprint {number} initiated: {len(tasks)} items ({', '.join(t.id for t in tasks)})")]
     )
-    git = GitRepo(ws.root, ws.lock_path("git"), owner="sprint_planner")
-    git.ensure_main()
-    git.commit_paths([ws.relative(ws.backlog_path), ws.relative(ws.objectives_dir)],
-                     f"[plan] {sprint.id}: sprint {number} initiated")
     return sprint

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from oodatcaa.core.criteria import CheckPolicy
 from oodatcaa.core.errors import ConfigError
-from oodatcaa.core.statuses import TaskStatus
+from oodatcaa.core.statuses import AGENT_ROLES as _AGENT_ROLES
+from oodatcaa.core.statuses import CLAIMS, Role, TaskStatus
 
-AGENT_ROLES = ("planner", "builder", "tester", "refiner", "integrator")
+#: Claiming roles, as strings (the values of :data:`oodatcaa.core.statuses.AGENT_ROLES`).
+AGENT_ROLES: tuple[str, ...] = tuple(r.value for r in _AGENT_ROLES)
+#: What each claiming role takes from the queue: role -> (item kind, claimable status), from
+#: :data:`oodatcaa.core.statuses.CLAIMS`. A role definition may restate it but cannot change it.
+ROLE_CONSUMES: dict[str, tuple[str, TaskStatus]] = {
+    role.value: (kind.value, claimable) for role, (kind, claimable, _claimed) in CLAIMS.items()
+}
 
 
 class _Strict(BaseModel):
@@ -26,27 +33,41 @@ class _Strict(BaseModel):
 
 
 class RoleDefinition(_Strict):
-    """One role's definition file: what it consumes and produces, limits, and its playbook."""
+    """One role's definition file (``agents/<role>.md``): limits, what it produces, its playbook.
 
-    role: Literal["planner", "builder", "tester", "refiner", "integrator", "negotiator"]
+    ``lease_ttl_minutes`` (minutes, > 0) and ``wip_limit`` (>= 0 concurrent claims) are the role's
+    defaults; a workspace's ``.oodatcaa/agents/<role>.md`` replaces the bundled file and
+    ``config.toml``'s ``[wip]`` / ``[lease_ttl_minutes]`` override both. ``consumes`` is optional
+    documentation: when present it must equal :data:`ROLE_CONSUMES` (what a role claims is fixed by
+    the state machine, so a definition cannot silently disagree with it).
+    """
+
+    role: Role
     summary: str
-    consumes: dict[str, Any] = Field(description="{kind: story|build|test, status: <TaskStatus>}")
+    consumes: dict[str, Any] | None = Field(default=None, description="{kind: story|build|test, status: <TaskStatus>}")
     produces: list[str]
-    lease_ttl_minutes: float = Field(gt=0)
-    wip_limit: int = Field(ge=0)
+    lease_ttl_minutes: float = Field(gt=0, description="Lease time-to-live in minutes; must be positive.")
+    wip_limit: int = Field(ge=0, description="Concurrent claims of this role; 0 disables it.")
     playbook: str = ""
     source: str = ""
 
-    def claim_kind(self) -> str:
-        return str(self.consumes.get("kind", ""))
-
-    def claim_status(self) -> TaskStatus:
-        return TaskStatus(self.consumes["status"])
+    @model_validator(mode="after")
+    def _consumes_matches(self) -> "RoleDefinition":
+        fixed = ROLE_CONSUMES.get(self.role.value)
+        if self.consumes is None or fixed is None:
+            return self
+        kind, status = self.consumes.get("kind"), self.consumes.get("status")
+        if (kind, status) != (fixed[0], fixed[1].value):
+            raise ValueError(
+                f"consumes is {{kind: {kind}, status: {status}}}, but a {self.role.value} always claims "
+                f"{{kind: {fixed[0]}, status: {fixed[1].value}}} (fixed by the state machine); fix: delete the "
+                "consumes line or restore that value")
+        return self
 
 
 class AgentsSection(_Strict):
-    heartbeat_seconds: float = Field(default=30.0, gt=0)
-    poll_seconds: float = Field(default=1.0, gt=0)
+    heartbeat_seconds: float = Field(default=30.0, gt=0, description="Seconds between lease renewals.")
+    poll_seconds: float = Field(default=1.0, gt=0, description="Seconds an idle agent waits between looks at the queue.")
 
 
 class LoopSection(_Strict):
@@ -61,7 +82,7 @@ class LoopSection(_Strict):
 
 
 class NegotiatorSection(_Strict):
-    tick_seconds: float = Field(default=1.0, gt=0)
+    tick_seconds: float = Field(default=1.0, gt=0, description="Seconds between supervision sweeps.")
     max_restarts: int = Field(default=3, ge=0, description="Restarts of one agent before giving up.")
     restart_backoff_seconds: float = Field(default=2.0, ge=0)
     idle_timeout_seconds: float = Field(
@@ -83,20 +104,40 @@ class EstimatesSection(_Strict):
 
 
 class JobsSection(_Strict):
-    timeout_minutes: float = Field(default=120.0, gt=0)
-    default_model: str = Field(default="default", description="'default' = the bundled offline SmolLM2.")
+    timeout_minutes: float = Field(default=120.0, gt=0, description="Wall-clock limit of one job, in minutes.")
+    default_model: str = Field(
+        default="default", description="'default' = the bundled offline SmolLM2-135M-Instruct, or a local mlx-lm model dir.")
+
+
+class GitSection(_Strict):
+    """Where the Integrator merges. ``oodatcaa init`` writes the repository's current branch here."""
+
+    trunk: str = Field(
+        default="main", min_length=1, max_length=200,
+        description="The trunk branch stories merge into (main, master, trunk, develop...); init detects it.")
+
+    @field_validator("trunk")
+    @classmethod
+    def _ref_safe(cls, value: str) -> str:
+        # the same rules as `git check-ref-format --branch`, for the cases a typo produces
+        bad = (value.startswith(("-", "/", ".")) or value.endswith((".", "/", ".lock")) or ".." in value
+               or "//" in value or "@{" in value or any(c in value for c in " ~^:?*[\\") or any(ord(c) < 32 for c in value))
+        if bad:
+            raise ValueError(f"{value!r} is not a valid git branch name")
+        return value
 
 
 class Config(_Strict):
     """The resolved configuration of a workspace."""
 
-    wip: dict[str, int] = Field(default_factory=dict)
-    lease_ttl_minutes: dict[str, float] = Field(default_factory=dict)
+    wip: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    lease_ttl_minutes: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     agents: AgentsSection = AgentsSection()
     loop: LoopSection = LoopSection()
     check: CheckPolicy = CheckPolicy()
     negotiator: NegotiatorSection = NegotiatorSection()
     jobs: JobsSection = JobsSection()
+    git: GitSection = GitSection()
     estimates: EstimatesSection = EstimatesSection()
     roles: dict[str, RoleDefinition] = Field(default_factory=dict)
 
@@ -147,14 +188,11 @@ def load_role_definition(path: Path) -> RoleDefinition:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: front matter must be a mapping")
     try:
-        definition = RoleDefinition(**data, playbook=body.strip(), source=str(path))
-        if definition.role != "negotiator":
-            definition.claim_status()
+        return RoleDefinition(**data, playbook=body.strip(), source=str(path))
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_first_error(exc)}") from None
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"{path}: field consumes.status: {exc}") from None
-    return definition
+    except TypeError as exc:  # e.g. a front matter key that collides with a keyword argument
+        raise ConfigError(f"{path}: front matter: {exc}") from None
 
 
 def load_role_definitions(override_dir: Path | None = None) -> dict[str, RoleDefinition]:
@@ -162,15 +200,19 @@ def load_role_definitions(override_dir: Path | None = None) -> dict[str, RoleDef
     defs: dict[str, RoleDefinition] = {}
     for path in sorted(bundled_dir("agents").glob("*.md")):
         definition = load_role_definition(path)
-        defs[definition.role] = definition
+        defs[definition.role.value] = definition
+    known = {r.value for r in Role} - {Role.SPRINT_PLANNER.value}
     if override_dir and override_dir.is_dir():
-        for role in (*AGENT_ROLES, "negotiator"):
-            path = override_dir / f"{role}.md"
-            if path.is_file():
-                definition = load_role_definition(path)
-                if definition.role != role:
-                    raise ConfigError(f"{path}: field role is {definition.role!r}; the file name says {role!r}")
-                defs[role] = definition
+        for path in sorted(override_dir.glob("*.md")):
+            if path.name.lower() == "readme.md":
+                continue
+            if path.stem not in known:
+                raise ConfigError(f"{path}: no role is called {path.stem!r}; name a workspace role definition after "
+                                  f"its role: {', '.join(sorted(known))}.md (or delete the file)")
+            definition = load_role_definition(path)
+            if definition.role.value != path.stem:
+                raise ConfigError(f"{path}: field role is {definition.role.value!r}; the file name says {path.stem!r}")
+            defs[path.stem] = definition
     missing = [r for r in AGENT_ROLES if r not in defs]
     if missing:
         raise ConfigError(f"role definitions missing for: {', '.join(missing)}")
@@ -206,52 +248,54 @@ def load_config(path: Path, agents_override_dir: Path | None = None) -> Config:
         raise ConfigError(f"{path}: {_first_error(exc)}") from None
 
 
-DEFAULT_CONFIG_TOML = """\
-# oodatcaa workspace configuration. Every key is optional; shown values are the defaults
-# (the hand-run original's). Role definitions in agents/*.md give the per-role defaults.
+_SECTION_NOTES = {
+    "agents": "agent processes",
+    "loop": "adaptation loops per task before a person is asked (the original's loop policy)",
+    "check": "Tester verdict (Check): ratios of passing acceptance criteria",
+    "negotiator": "the supervisor",
+    "estimates": "minutes per complexity; a task held over twice its estimate is warned about",
+    "jobs": "Builder jobs",
+    "git": "the branch stories merge into",
+}
 
-[wip]                 # concurrent claims per role
-planner = 1
-builder = 3
-tester = 2
-refiner = 1
-integrator = 1
 
-[lease_ttl_minutes]
-planner = 30
-builder = 90
-tester = 45
-refiner = 45
-integrator = 30
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-[agents]
-heartbeat_seconds = 30
-poll_seconds = 1.0
 
-[loop]                # adaptation loops per task before a person is asked
-max_adapt_loops = 3
-warn_at = 2
-on_limit = "needs_manual"      # or "start_over": the Start-Over Gate (reset to the baseline tag, re-plan)
-max_start_overs = 1
+def default_config_toml(roles: dict[str, RoleDefinition] | None = None, *, trunk: str | None = None) -> str:
+    """The ``config.toml`` that ``oodatcaa init`` writes: every key present, commented out.
 
-[check]               # Tester verdict (Check): ratios of passing acceptance criteria
-accept_ratio = 0.8
-gray_zone_ratio = 0.6
-gray_zone_decision = "adapt"   # accept | adapt | needs_manual
-
-[negotiator]
-tick_seconds = 1.0
-max_restarts = 3
-restart_backoff_seconds = 2.0
-idle_timeout_seconds = 600
-
-[estimates]           # minutes per complexity; a task held over twice its estimate is warned about
-S = 15
-M = 45
-L = 120
-XL = 240
-
-[jobs]
-timeout_minutes = 120
-default_model = "default"      # the bundled offline SmolLM2-135M-Instruct, or a local mlx-lm model dir
-"""
+    Values are read from the one place each default lives (the section models here, the bundled
+    role definitions for ``[wip]`` and ``[lease_ttl_minutes]``), so the documented precedence —
+    bundled role definition < workspace role definition < ``config.toml`` — holds: nothing in the
+    file overrides a role definition until a person uncomments it. ``trunk`` (detected by ``init``)
+    is the one key written active.
+    """
+    roles = roles if roles is not None else load_role_definitions()
+    out = [
+        "# oodatcaa workspace configuration. Every key is optional: a commented line shows the default.",
+        "# Precedence (lowest first): oodatcaa's agents/<role>.md < .oodatcaa/agents/<role>.md < this file.",
+        "",
+        "[wip]                 # concurrent claims per role (default: the role definition's wip_limit)",
+        *(f"# {r} = {roles[r].wip_limit}" for r in AGENT_ROLES if r in roles),
+        "",
+        "[lease_ttl_minutes]   # lease time-to-live per role (default: the role definition's lease_ttl_minutes)",
+        *(f"# {r} = {_toml_value(roles[r].lease_ttl_minutes)}" for r in AGENT_ROLES if r in roles),
+    ]
+    for name, field in Config.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        out += ["", f"[{name}]" + (f"  # {_SECTION_NOTES[name]}" if name in _SECTION_NOTES else "")]
+        for key, sub in model.model_fields.items():
+            note = f"  # {sub.description}" if sub.description else ""
+            if name == "git" and key == "trunk" and trunk is not None:
+                out.append(f"{key} = {_toml_value(trunk)}  # detected by `oodatcaa init`")
+            else:
+                out.append(f"# {key} = {_toml_value(sub.get_default(call_default_factory=True))}{note}")
+    return "\n".join(out) + "\n"

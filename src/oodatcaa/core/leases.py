@@ -16,30 +16,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
+from oodatcaa.core import lifecycle
 from oodatcaa.core.errors import LeaseError
 from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.models import Item, Lease, Queue, Subtask, Task
-from oodatcaa.core.statuses import TERMINAL, TaskStatus
+from oodatcaa.core.statuses import CLAIMS, TERMINAL, TaskStatus
 from oodatcaa.core.store import QueueStore, Transaction
 
 S = TaskStatus
 
-#: Where each claimable status goes when claimed, per (role, item kind).
+#: Where each claimable status goes when claimed, per role: (item kind, claimable, claimed).
 CLAIM_MOVES: dict[str, tuple[str, TaskStatus, TaskStatus]] = {
-    "planner": ("story", S.NEEDS_PLAN, S.PLANNING),
-    "builder": ("build", S.READY, S.IN_PROGRESS),
-    "tester": ("test", S.READY, S.TESTING),
-    "refiner": ("story", S.NEEDS_ADAPT, S.ADAPTING),
-    "integrator": ("story", S.READY_FOR_INTEGRATOR, S.INTEGRATING),
+    role.value: (kind.value, claimable, claimed) for role, (kind, claimable, claimed) in CLAIMS.items()
 }
 
 #: Claimed status -> status it returns to when its lease is released or reclaimed.
 RELEASE_TO: dict[tuple[str, TaskStatus], TaskStatus] = {
-    ("story", S.PLANNING): S.NEEDS_PLAN,
-    ("build", S.IN_PROGRESS): S.READY,
-    ("test", S.TESTING): S.READY,
-    ("story", S.ADAPTING): S.NEEDS_ADAPT,
-    ("story", S.INTEGRATING): S.READY_FOR_INTEGRATOR,
+    (kind, claimed): claimable for kind, claimable, claimed in CLAIM_MOVES.values()
 }
 
 
@@ -155,13 +148,8 @@ def claim_next(
         tx.move(item, to, f"claimed (claim {lease.claim_id[:8]}, pid {lease.pid}, attempt {item.attempts + 1})")
         item.lease = lease
         item.attempts += 1
-        task = queue.parent(item)
-        if isinstance(item, Subtask):
-            if item.kind == "build" and task.status == S.READY:
-                tx.move(task, S.IN_PROGRESS, f"builder step {item.id} started")
-            elif item.kind == "test" and task.status == S.AWAITING_TEST:
-                tx.move(task, S.TESTING, f"tester {item.id} started")
-        return Claim(item.id, task.id, role, owner, lease.claim_id, ttl_seconds)
+        lifecycle.on_claimed(tx, item)
+        return Claim(item.id, queue.parent(item).id, role, owner, lease.claim_id, ttl_seconds)
 
 
 def _fenced(tx: Transaction, claim: Claim, action: str) -> Item:
@@ -251,10 +239,7 @@ def _return_item(tx: Transaction, item: Item, what: str) -> None:
         tx.log(item.id, "lease dropped", what)
         return
     tx.move(item, back, what)
-    if isinstance(item, Subtask) and item.kind == "test":
-        task = tx.queue.parent(item)
-        if task.status == S.TESTING:
-            tx.move(task, S.AWAITING_TEST, f"tester {item.id} handed back")
+    lifecycle.on_released(tx, item)
 
 
 def reclaim_stale(store: QueueStore, *, this_host: str | None = None) -> list[str]:

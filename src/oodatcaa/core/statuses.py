@@ -80,14 +80,6 @@ TERMINAL = frozenset({S.DONE, S.CANCELLED})
 #: Statuses in which some item is held by an agent (see :func:`claimed_statuses` per kind).
 CLAIMED = frozenset({S.PLANNING, S.IN_PROGRESS, S.TESTING, S.ADAPTING, S.INTEGRATING})
 
-#: Per kind, the statuses in which the item itself carries the lease. A story that is
-#: ``in_progress`` or ``testing`` carries none: its builder step or tester subtask holds it.
-_CLAIMED_BY_KIND = {
-    "story": frozenset({S.PLANNING, S.ADAPTING, S.INTEGRATING}),
-    "build": frozenset({S.IN_PROGRESS}),
-    "test": frozenset({S.TESTING}),
-}
-
 _STORY: dict[S, set[S]] = {
     S.NEEDS_PLAN: {S.PLANNING, S.CANCELLED, S.NEEDS_MANUAL},
     # back to needs_plan when the planner's lease is reclaimed
@@ -141,9 +133,26 @@ TRANSITIONS: dict[ItemKind, dict[S, frozenset[S]]] = {
 }
 
 
+#: What each claiming role takes from the queue: role -> (item kind, claimable status, claimed
+#: status). The one home of "who claims what"; leases, the role definitions' optional
+#: ``consumes`` and the docs all read it.
+CLAIMS: dict[Role, tuple[ItemKind, TaskStatus, TaskStatus]] = {
+    Role.PLANNER: (ItemKind.STORY, S.NEEDS_PLAN, S.PLANNING),
+    Role.BUILDER: (ItemKind.BUILD, S.READY, S.IN_PROGRESS),
+    Role.TESTER: (ItemKind.TEST, S.READY, S.TESTING),
+    Role.REFINER: (ItemKind.STORY, S.NEEDS_ADAPT, S.ADAPTING),
+    Role.INTEGRATOR: (ItemKind.STORY, S.READY_FOR_INTEGRATOR, S.INTEGRATING),
+}
+
+
 def claimed_statuses(kind: "ItemKind | str") -> frozenset[TaskStatus]:
-    """Statuses in which an item of ``kind`` must hold exactly one live lease."""
-    return _CLAIMED_BY_KIND[ItemKind(kind).value]
+    """Statuses in which an item of ``kind`` must hold exactly one live lease.
+
+    Derived from :data:`CLAIMS`: a story that is ``in_progress`` or ``testing`` carries none (its
+    builder step or tester subtask holds it).
+    """
+    kind = ItemKind(kind)
+    return frozenset(claimed for k, _claimable, claimed in CLAIMS.values() if k == kind)
 
 
 def allowed_next(kind: ItemKind, status: TaskStatus) -> frozenset[TaskStatus]:

@@ -15,15 +15,20 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 
+from collections.abc import Callable
+
+from oodatcaa.core import lifecycle
 from oodatcaa.core.clock import Clock
 from oodatcaa.core.config import Config, load_config
 from oodatcaa.core.errors import LeaseError, QueueFileError
-from oodatcaa.core.eventlog import EventLog, SPRINT_LOG_HEADER
+from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog
+from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim, claim_next, complete, heartbeat, release
 from oodatcaa.core.models import Item, Queue, Task
-from oodatcaa.core.statuses import SprintStatus, TaskStatus, allowed_next
+from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import QueueStore, Transaction
 from oodatcaa.core.workspace import Workspace
+from oodatcaa.gitops import GitRepo
 
 log = logging.getLogger("oodatcaa.agent")
 
@@ -80,6 +85,16 @@ class Heartbeater:
                 log.exception("heartbeat failed for %s", self.claim.item_id)
 
 
+class AbortSignal:
+    """``is_set()`` is true when any of the given events is set (a ``threading.Event`` look-alike)."""
+
+    def __init__(self, *events: threading.Event | None):
+        self._events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self._events)
+
+
 class WorkAborted(Exception):
     """Raised inside work when the agent is stopping or its lease was lost."""
 
@@ -87,7 +102,7 @@ class WorkAborted(Exception):
 class RoleAgent:
     """Base class of the five claiming roles. Subclasses implement :meth:`work`."""
 
-    role: str = ""
+    role: str = ""  # a :class:`~oodatcaa.core.statuses.Role` value
     #: status the claimed item goes to when :meth:`work` raises an unexpected exception
     crash_status: TaskStatus = TaskStatus.NEEDS_MANUAL
 
@@ -101,19 +116,17 @@ class RoleAgent:
     def store(self) -> QueueStore:
         return self.ctx.store
 
-    def cancelled(self) -> threading.Event:
-        """An event set when the agent must abandon its current work (stop or lease lost)."""
-        event = threading.Event()
+    def git(self) -> GitRepo:
+        """The workspace's repository, acting as this agent, merging into the configured trunk."""
+        return GitRepo.for_workspace(self.ctx.ws, self.ctx.owner, trunk=self.ctx.config.git.trunk)
 
-        def watch() -> None:
-            while not event.is_set():
-                if self.ctx.stop.is_set() or (self.heartbeater and self.heartbeater.lost.is_set()):
-                    event.set()
-                    return
-                self.ctx.stop.wait(0.2)
+    def abort_signal(self) -> "AbortSignal":
+        """Set-like view that is true once the agent must abandon its work (stop or lease lost).
 
-        threading.Thread(target=watch, daemon=True).start()
-        return event
+        Read by polling ``is_set()`` (the job runner does every 50 ms); no thread is started, so
+        nothing outlives the job.
+        """
+        return AbortSignal(self.ctx.stop, self.heartbeater.lost if self.heartbeater else None)
 
     def check_abort(self) -> None:
         if self.ctx.stop.is_set():
@@ -121,7 +134,8 @@ class RoleAgent:
         if self.heartbeater and self.heartbeater.lost.is_set():
             raise WorkAborted("lease lost")
 
-    def finish(self, claim: Claim, to: TaskStatus, what: str, apply=None) -> None:
+    def finish(self, claim: Claim, to: TaskStatus, what: str,
+               apply: Callable[[Transaction, Item], None] | None = None) -> None:
         """Fenced completion (see :func:`oodatcaa.core.leases.complete`)."""
         complete(self.store, claim, to, what, apply)
 
@@ -188,16 +202,12 @@ class RoleAgent:
                 self.heartbeater = None
 
     def on_crash(self, claim: Claim, detail: str) -> None:
-        """Move the item (and its story, where the table allows) to :attr:`crash_status`, error recorded."""
-
-        def record(tx: Transaction, item: Item) -> None:
-            item.last_error = f"{self.role} crashed: {detail}"
-            task = tx.queue.parent(item)
-            if task is not item and self.crash_status in allowed_next(task.item_kind, task.status):
-                task.last_error = item.last_error
-                tx.move(task, self.crash_status, f"{item.id}: {item.last_error}"[:300])
-
-        self.finish(claim, self.crash_status, f"{self.role} crashed: {detail}"[:300], record)
+        """Move the item to :attr:`crash_status` with an ``agent_crashed`` failure; the story follows
+        where the table allows (:func:`oodatcaa.core.lifecycle.on_crashed`)."""
+        failure = Failure.of(FailureKind.AGENT_CRASHED, f"{self.role} crashed: {detail}", item=claim.item_id,
+                             role=self.role, exception=detail.split(":", 1)[0])
+        self.finish(claim, self.crash_status, failure.message[:300],
+                    lambda tx, item: lifecycle.on_crashed(tx, item, self.crash_status, failure))
 
     def work(self, claim: Claim) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -13,11 +13,13 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim, update_claimed
 from oodatcaa.core.models import Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
@@ -26,6 +28,9 @@ from oodatcaa.core.workspace import run_dir_in_branch
 from oodatcaa.gitops import GitRepo
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
+
+if TYPE_CHECKING:
+    from oodatcaa.jobs.runner import JobResult
 
 S = TaskStatus
 
@@ -109,154 +114,167 @@ def resume_from_earlier_attempt(job: dict[str, Any], step_artifacts: Path, attem
     return job
 
 
+@dataclass
+class StepRun:
+    """What one attempt of one builder step works with (set up by :meth:`Builder.prepare`)."""
+
+    task: Task
+    step: Subtask
+    attempt: int
+    base: str
+    worktree: Path
+    rel_run: Path
+    run_dir: Path
+    artifacts: Path
+    job: dict[str, Any]
+
+
 class Builder(RoleAgent):
-    """Claims ``ready`` builder steps and runs their jobs."""
+    """Claims ``ready`` builder steps and runs their jobs.
+
+    Phases of :meth:`work`: :meth:`prepare` (worktree on the step's branch, clean run and artifacts
+    dirs), :meth:`run_step` (the job in a child process), :meth:`record` (result manifest, commit on
+    the branch, report) and the fenced completion through the story lifecycle.
+    """
 
     role = "builder"
     crash_status = S.NEEDS_ADAPT
 
     def work(self, claim: Claim) -> None:
-        from oodatcaa.jobs.runner import run_job  # the job runner is only needed by builders
-
-        ws, cfg = self.ctx.ws, self.ctx.config
         queue = self.store.read()
-        task = queue.task(claim.task_id)
         step = queue.item(claim.item_id)
         assert isinstance(step, Subtask) and step.branch and step.job is not None
-        attempt = step.attempts
-        git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
-        base = "main"
+        git = self.git()
+        run = self.prepare(git, queue.task(claim.task_id), step)
+        result = self.run_step(claim, run)
+        self.check_abort()  # a cancelled job is handed back, never recorded as a result
+        record, summary_line, headline = self.record(git, run, result)
+        if result.ok:
+            self.finish(claim, S.AWAITING_TEST, f"built: {summary_line}"[:300],
+                        lambda tx, item: lifecycle.on_build_done(tx, _as_step(item), record, headline))
+            return
+        failure = result.failure or Failure.of(FailureKind.JOB_ERROR, result.error or "job failed without an error message")
+        failure = failure.model_copy(update={"item": step.id})
+        self.finish(claim, S.NEEDS_ADAPT, f"job failed: {failure.short()}"[:300],
+                    lambda tx, item: lifecycle.on_build_failed(tx, _as_step(item), failure, record))
+
+    def prepare(self, git: GitRepo, task: Task, step: Subtask) -> StepRun:
+        """Worktree on the step's branch (from the trunk, or the previous step's branch), clean dirs.
+
+        Raises :class:`~oodatcaa.core.errors.BranchMissingError` when the previous step's branch is
+        gone: a deleted base is a failure to adapt, not a silent rebuild from the trunk.
+        """
+        ws = self.ctx.ws
+        base = git.trunk
         if step.step > 1:
             previous = next(s for s in task.builds() if s.step == step.step - 1)
-            base = previous.branch or "main"
-            git.require_branch(base)  # a deleted base is a failure to adapt, not a silent rebuild from main
+            base = previous.branch or git.trunk
+            git.require_branch(base)
         worktree = ws.worktree_dir(step.id)
+        assert step.branch is not None
         git.add_worktree(worktree, step.branch, base)
         rel_run = run_dir_in_branch(step.id)
         run_dir = worktree / rel_run
         if run_dir.exists():
             shutil.rmtree(run_dir)  # the previous attempt's files stay in the branch history
         run_dir.mkdir(parents=True)
-        artifacts = ws.artifacts_dir(step.id, attempt)
+        artifacts = ws.artifacts_dir(step.id, step.attempts)
         if artifacts.exists():
             shutil.rmtree(artifacts)
+        earlier = [Path(s.result["artifacts_dir"]) for s in task.builds()
+                   if s.step < step.step and s.result and s.result.get("artifacts_dir")]
+        assert step.job is not None
+        job = resolve_earlier_outputs(step.job, worktree, earlier)
+        job = resume_from_earlier_attempt(job, ws.artifacts_dir(step.id, 0).parent, step.attempts)
+        return StepRun(task, step, step.attempts, base, worktree, rel_run, run_dir, artifacts, job)
+
+    def run_step(self, claim: Claim, run: StepRun) -> "JobResult":
+        """Run the step's job in a child process, with progress written to the queue at most every 10 s."""
+        from oodatcaa.jobs.runner import run_job  # the job runner is only needed by builders
+
+        cfg = self.ctx.config
         default_model = None if cfg.jobs.default_model == "default" else cfg.jobs.default_model
         # parallel builders share the cores: without a cap each job's OpenBLAS spawns a thread per
         # core and oversubscription slows every job several-fold
         os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, cfg.wip_limit("builder")))))
-
         last_progress = [0.0]
 
-        def on_progress(event: dict) -> None:
-            # bounded rate: at most one queue write every 10 s
+        def on_progress(event: dict[str, Any]) -> None:
             now = time.monotonic()
             if now - last_progress[0] < 10:
                 return
             last_progress[0] = now
+            flat = {k: v for k, v in event.items() if not isinstance(v, (dict, list))}
 
             def put(tx: Transaction, item: Item) -> None:
-                item.result = {**(item.result or {}), "progress": {k: v for k, v in event.items() if not isinstance(v, (dict, list))}}
+                assert isinstance(item, Subtask)
+                item.result = {**(item.result or {}), "progress": flat}
 
             try:
                 update_claimed(self.store, claim, put)
-            except Exception:
+            except Exception:  # noqa: BLE001 - progress is best effort; the lease decides ownership
                 pass
 
-        earlier = [Path(s.result["artifacts_dir"]) for s in task.builds()
-                    if s.step < step.step and s.result and s.result.get("artifacts_dir")]
-        job = resolve_earlier_outputs(step.job, worktree, earlier)
-        job = resume_from_earlier_attempt(job, ws.artifacts_dir(step.id, 0).parent, attempt)
-        result = run_job(
-            job,
-            workdir=worktree,
-            run_dir=run_dir,
-            artifacts_dir=artifacts,
-            default_model=default_model,
-            timeout_s=cfg.jobs.timeout_minutes * 60,
-            cancel=self.cancelled(),
-            on_progress=on_progress,
-        )
-        self.check_abort()  # a cancelled job is handed back, never recorded as a result
-        manifest = {
-            "subtask": step.id,
-            "attempt": attempt,
-            "ok": result.ok,
-            "error": result.error,
-            "returncode": result.returncode,
-            "wall_seconds": round(result.wall_seconds, 3),
-            "max_rss_gb": result.max_rss_gb,
-            "artifacts_dir": str(artifacts),
-            "artifacts_sha256": result.artifacts,
-        }
-        atomic_write_text(run_dir / "result.json", json.dumps(manifest, indent=2) + "\n")
-        verdict = "ok" if result.ok else "FAILED"
-        kind = step.job.get("kind")
-        commit, left_out = git.commit_worktree(
-            worktree, f"[impl] {task.id}: {kind} step {step.step:02d} {verdict} (attempt {attempt})")
-        git.remove_worktree(worktree)
-        headline = key_metrics(result.summary)
+        return run_job(run.job, workdir=run.worktree, run_dir=run.run_dir, artifacts_dir=run.artifacts,
+                       default_model=default_model, timeout_s=cfg.jobs.timeout_minutes * 60,
+                       cancel=self.abort_signal(), on_progress=on_progress)
 
-        body = [
-            f"## Job\n\n- **Step:** {step.id} — {step.title}\n- **Branch:** `{step.branch}` (from `{base}`)\n"
-            f"- **Attempt:** {attempt}\n- **Commit:** `{commit}`\n- **Outcome:** {verdict}\n"
-            f"- **Wall time:** {result.wall_seconds:.1f} s; job process max RSS: "
-            f"{'%.3f GB' % result.max_rss_gb if result.max_rss_gb is not None else 'n/a'}\n",
-            "\n```json\n" + json.dumps(job, indent=2) + "\n```\n",
-        ]
-        if result.error:
-            body.append(f"\n## Error\n\n```\n{result.error}\n```\n")
-        if result.summary:
-            body.append("\n## Metrics\n\n" + _metrics_table(result.summary) + "\n")
-        if result.artifacts:
-            body.append("\n## Artifacts (not in git)\n\n" + "\n".join(
-                f"- `{p}` sha256 `{h}`" for p, h in sorted(result.artifacts.items())) + f"\n\nUnder `{artifacts}`.\n")
-        body.append(f"\nRun files on the branch: `{rel_run.as_posix()}/`.\n")
-        if left_out:
-            body.append("\nNot committed (over 5 MiB; keep large outputs in the artifacts dir): "
-                        + ", ".join(f"`{p}`" for p in left_out) + "\n")
+    def record(self, git: GitRepo, run: StepRun, result: "JobResult") -> tuple[dict[str, Any], str, dict[str, Any]]:
+        """Write ``result.json``, commit the run files on the branch, write the report.
+
+        Returns ``(the step's result record, one-line summary, headline metrics)``.
+        """
+        step, attempt = run.step, run.attempt
+        failure = result.failure.model_dump(mode="json") if result.failure else None
+        manifest = {
+            "subtask": step.id, "attempt": attempt, "ok": result.ok, "error": result.error, "failure": failure,
+            "returncode": result.returncode, "wall_seconds": round(result.wall_seconds, 3),
+            "max_rss_gb": result.max_rss_gb, "artifacts_dir": str(run.artifacts), "artifacts_sha256": result.artifacts,
+        }
+        atomic_write_text(run.run_dir / "result.json", json.dumps(manifest, indent=2) + "\n")
+        verdict = "ok" if result.ok else "FAILED"
+        kind = (step.job or {}).get("kind")
+        commit, left_out = git.commit_worktree(
+            run.worktree, f"[impl] {run.task.id}: {kind} step {step.step:02d} {verdict} (attempt {attempt})")
+        git.remove_worktree(run.worktree)
+        headline = key_metrics(result.summary)
         summary_line = f"{step.id} attempt {attempt}: {verdict}" + (
             "; " + ", ".join(f"{k}={v}" for k, v in headline.items()) if headline else f"; {result.error or ''}"[:200])
-        write_report(ws, task.id, "builder", self.ctx.owner, f"Builder report — {step.id}", "".join(body),
-                     summary_line, suffix=step.id if attempt <= 1 else f"{step.id}_{attempt}", clock=self.ctx.clock)
-
+        write_report(self.ctx.ws, run.task.id, "builder", self.ctx.owner, f"Builder report — {step.id}",
+                     _report_body(run, result, commit, verdict, left_out), summary_line,
+                     suffix=step.id if attempt <= 1 else f"{step.id}_{attempt}", clock=self.ctx.clock)
         record = {
-            "commit": commit,
-            "attempt": attempt,
-            "run_dir": rel_run.as_posix(),
-            "artifacts_dir": str(artifacts),
-            "artifacts": result.artifacts,
-            "summary": result.summary,
-            "wall_seconds": round(result.wall_seconds, 3),
+            "commit": commit, "attempt": attempt, "run_dir": run.rel_run.as_posix(), "artifacts_dir": str(run.artifacts),
+            "artifacts": result.artifacts, "summary": result.summary, "wall_seconds": round(result.wall_seconds, 3),
             "max_rss_gb": result.max_rss_gb,
         }
-
-        if result.ok:
-            def done(tx: Transaction, item: Item) -> None:
-                assert isinstance(item, Subtask)
-                item.result = record
-                item.last_error = None
-                story = tx.queue.parent(item)
-                story.metrics = {**story.metrics, **headline}
-                if all(s.status in (S.AWAITING_TEST, S.DONE) for s in story.builds()):
-                    if story.status == S.IN_PROGRESS:
-                        tx.move(story, S.AWAITING_TEST, "all builder steps built")
-                    tester = story.tester()
-                    if tester is not None and tester.status == S.BLOCKED:
-                        tx.move(tester, S.READY, "builder steps done; ready to test")
-
-            self.finish(claim, S.AWAITING_TEST, f"built: {summary_line}"[:300], done)
-        else:
-            error = result.error or "job failed without an error message"
-
-            def failed(tx: Transaction, item: Item) -> None:
-                assert isinstance(item, Subtask)
-                item.result = record
-                item.last_error = error
-                story = tx.queue.parent(item)
-                story.last_error = f"{item.id}: {error}"
-                if story.status == S.IN_PROGRESS:
-                    tx.move(story, S.NEEDS_ADAPT, f"builder step {item.id} failed: {error}"[:300])
-
-            self.finish(claim, S.NEEDS_ADAPT, f"job failed: {error}"[:300], failed)
+        return record, summary_line, headline
 
 
+def _as_step(item: Item) -> Subtask:
+    assert isinstance(item, Subtask)
+    return item
+
+
+def _report_body(run: StepRun, result: "JobResult", commit: str, verdict: str, left_out: list[str]) -> str:
+    step = run.step
+    rss = f"{result.max_rss_gb:.3f} GB" if result.max_rss_gb is not None else "n/a"
+    body = [
+        f"## Job\n\n- **Step:** {step.id} — {step.title}\n- **Branch:** `{step.branch}` (from `{run.base}`)\n"
+        f"- **Attempt:** {run.attempt}\n- **Commit:** `{commit}`\n- **Outcome:** {verdict}\n"
+        f"- **Wall time:** {result.wall_seconds:.1f} s; job process max RSS: {rss}\n",
+        "\n```json\n" + json.dumps(run.job, indent=2) + "\n```\n",
+    ]
+    if result.error:
+        kind = f" (`{result.failure.kind.value}`)" if result.failure else ""
+        body.append(f"\n## Error{kind}\n\n```\n{result.error}\n```\n")
+    if result.summary:
+        body.append("\n## Metrics\n\n" + _metrics_table(result.summary) + "\n")
+    if result.artifacts:
+        body.append("\n## Artifacts (not in git)\n\n" + "\n".join(
+            f"- `{p}` sha256 `{h}`" for p, h in sorted(result.artifacts.items())) + f"\n\nUnder `{run.artifacts}`.\n")
+    body.append(f"\nRun files on the branch: `{run.rel_run.as_posix()}/`.\n")
+    if left_out:
+        body.append("\nNot committed (over 5 MiB; keep large outputs in the artifacts dir): "
+                    + ", ".join(f"`{p}`" for p in left_out) + "\n")
+    return "".join(body)

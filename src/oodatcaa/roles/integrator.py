@@ -1,22 +1,22 @@
-"""Integrator (Archive): merges a tested story into main, tags it and writes the CHANGELOG.
+"""Integrator (Archive): merges a tested story into the trunk, tags it and writes the CHANGELOG.
 
 Steps, each idempotent so a killed integrator's successor can finish the job:
 ``git merge --no-ff`` of the last builder step's branch (skipped if already merged), the task's
 CHANGELOG entry, a ``[docs]`` commit of the CHANGELOG with the task's plans and reports, the
 annotated tag ``<TASK>-complete`` carrying the key metrics, then the story and its subtasks
-``done`` and its dependents unblocked. A conflict aborts the merge (main untouched) and sends
+``done`` and its dependents unblocked. A conflict aborts the merge (the trunk untouched) and sends
 the story to ``needs_adapt`` with the conflicting files.
 """
 
 from __future__ import annotations
 
-import git as gitpython
-
 from oodatcaa.changelog import add_entry
+from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.errors import BranchMissingError, MergeConflictError
+from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim
-from oodatcaa.core.models import Item, Queue, Task
+from oodatcaa.core.models import Item, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.gitops import GitRepo
@@ -26,11 +26,12 @@ from oodatcaa.roles.base import RoleAgent
 S = TaskStatus
 
 
-def unblock_dependents(tx: Transaction, queue: Queue) -> None:
-    """Move ``blocked`` stories whose dependencies are all ``done`` to ``ready``."""
-    for other in queue.tasks:
-        if other.status == S.BLOCKED and all(queue.task(d).status == S.DONE for d in other.dependencies):
-            tx.move(other, S.READY, "dependencies done: " + ", ".join(other.dependencies))
+def merge_failure(exc: MergeConflictError | BranchMissingError, item: str) -> Failure:
+    """The typed failure of a refused merge, from the exception class (never from its text)."""
+    if isinstance(exc, MergeConflictError):
+        return Failure.of(FailureKind.MERGE_CONFLICT, f"merge conflict: {exc}", item=item,
+                          branch=exc.branch, files=list(exc.files))
+    return Failure.of(FailureKind.BRANCH_MISSING, str(exc), item=item, branch=exc.branch)
 
 
 def metrics_text(task: Task) -> str:
@@ -38,7 +39,7 @@ def metrics_text(task: Task) -> str:
 
 
 class Integrator(RoleAgent):
-    """Claims ``ready_for_integrator`` stories and archives them into main."""
+    """Claims ``ready_for_integrator`` stories and archives them into the trunk (``[git] trunk``)."""
 
     role = "integrator"
     crash_status = S.NEEDS_MANUAL
@@ -51,32 +52,34 @@ class Integrator(RoleAgent):
         assert sprint is not None
         branch = task.builds()[-1].branch
         assert branch
-        git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
-        git.ensure_main()
+        git = self.git()
+        git.ensure_trunk()
         dirty = git.foreign_changes()
         if dirty:
-            reason = f"main has uncommitted changes in: {', '.join(dirty[:10])}; commit or stash them, then set the task back to ready_for_integrator"
+            reason = (f"{git.trunk} has uncommitted changes in: {', '.join(dirty[:10])}; commit or stash them, "
+                      "then set the task back to ready_for_integrator")
             self.finish(claim, S.NEEDS_MANUAL, reason[:300], lambda tx, item: setattr(item, "manual_reason", reason))
             return
         # docs a killed integrator staged but did not commit would make git refuse the merge; they stay
         # in the working tree and are committed with their own task's integration
         git.unstage([".oodatcaa", "CHANGELOG.md"])
         try:
-            merged_already = self._is_merged(git, branch)
+            merged_already = git.is_ancestor(branch)
             if merged_already:  # by a predecessor killed before it recorded the merge: find that commit
                 merge_commit = task.merged_commit or git.merge_commit_of(branch) or git.head_sha()
             else:
                 merge_commit = git.merge_no_ff(branch, f"[impl] {task.id}: merge {branch} — {task.title}")
         except (MergeConflictError, BranchMissingError) as exc:
-            error = f"merge conflict: {exc}" if isinstance(exc, MergeConflictError) else str(exc)
-            body = f"## Merge refused\n\n{error}\n\nThe merge was aborted; main is unchanged.\n"
+            failure = merge_failure(exc, task.id)
+            body = (f"## Merge refused (`{failure.kind.value}`)\n\n{failure.message}\n\n"
+                    f"The merge was aborted; {git.trunk} is unchanged.\n")
             write_report(ws, task.id, "integrator", self.ctx.owner, f"Integrator report — {task.id}", body,
-                         error[:200], clock=self.ctx.clock)
+                         failure.message[:200], clock=self.ctx.clock)
 
             def conflict(tx: Transaction, item: Item) -> None:
-                item.last_error = error
+                item.failure = failure
 
-            self.finish(claim, S.NEEDS_ADAPT, error[:300], conflict)
+            self.finish(claim, S.NEEDS_ADAPT, failure.short(), conflict)
             return
         self.check_abort()
 
@@ -105,19 +108,6 @@ class Integrator(RoleAgent):
 
         def apply(tx: Transaction, item: Item) -> None:
             assert isinstance(item, Task)
-            item.merged_commit = merge_commit
-            item.last_error = None
-            for sub in item.subtasks:
-                if sub.status in (S.AWAITING_TEST, S.READY_FOR_INTEGRATOR):
-                    tx.move(sub, S.DONE, f"integrated in {merge_commit[:10]}")
-            unblock_dependents(tx, tx.queue)
+            lifecycle.on_integrated(tx, item, merge_commit)
 
         self.finish(claim, S.DONE, f"merged {branch} ({merge_commit[:10]}), tagged {tag} at {tag_commit[:10]}", apply)
-
-    @staticmethod
-    def _is_merged(git: GitRepo, branch: str) -> bool:
-        try:
-            git.repo.git.merge_base("--is-ancestor", branch, "main")
-            return True
-        except gitpython.GitCommandError:
-            return False

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core import lifecycle
 from oodatcaa.core.config import AGENT_ROLES
 from oodatcaa.core.errors import WorkspaceError
 from oodatcaa.core.eventlog import LogEntry
@@ -48,19 +49,12 @@ class AgentProcess:
     log_path: Path | None = None
 
 
-def promote(tx: Transaction) -> None:
-    """``planning_complete -> ready|blocked``; ``blocked -> ready`` once dependencies are done."""
-    queue = tx.queue
-    for task in queue.tasks:
-        deps_done = all(queue.task(d).status == S.DONE for d in task.dependencies)
-        if task.status == S.PLANNING_COMPLETE:
-            if deps_done:
-                tx.move(task, S.READY, "planned; dependencies done")
-            else:
-                waiting = [d for d in task.dependencies if queue.task(d).status != S.DONE]
-                tx.move(task, S.BLOCKED, "planned; waiting for " + ", ".join(waiting))
-        elif task.status == S.BLOCKED and deps_done:
-            tx.move(task, S.READY, "dependencies done: " + ", ".join(task.dependencies))
+def promote(tx: Transaction) -> list[str]:
+    """``planning_complete -> ready|blocked``; ``blocked -> ready`` once dependencies are done.
+
+    The Negotiator's name for :func:`oodatcaa.core.lifecycle.unblock_ready`.
+    """
+    return lifecycle.unblock_ready(tx)
 
 
 def sprint_finished(queue: Queue) -> bool:
@@ -237,7 +231,7 @@ class Negotiator:
         for src in (ws.queue_path, ws.agent_log_path, ws.sprint_log_path):
             if src.exists():
                 atomic_write_text(archive / src.name, src.read_text(encoding="utf-8"))
-        git = GitRepo(ws.root, ws.lock_path("git"), owner="negotiator")
+        git = GitRepo.for_workspace(ws, "negotiator", trunk=self.ctx.config.git.trunk)
         git.commit_paths([ws.relative(archive), ws.relative(ws.reports_index_path)],
                          f"[docs] {sprint.id}: sprint {sprint.number} archive")
         tag = f"sprint-{sprint.number}-complete"
@@ -247,18 +241,21 @@ class Negotiator:
     def preflight(self) -> None:
         """Refuse to start on a checkout the Integrator could not merge into.
 
-        Raises :class:`WorkspaceError` naming the files when main has uncommitted changes to
-        tracked files that oodatcaa did not make (:meth:`GitRepo.foreign_changes`), or when another
-        branch is checked out.
+        Raises :class:`WorkspaceError` naming the setting when ``[git] trunk`` names no branch,
+        naming the files when the trunk has uncommitted changes to tracked files that oodatcaa did
+        not make (:meth:`GitRepo.foreign_changes`), or when another branch is checked out.
         """
-        git = GitRepo(self.ctx.ws.root, self.ctx.ws.lock_path("git"), owner="negotiator")
+        ws = self.ctx.ws
+        git = GitRepo.for_workspace(ws, "negotiator", trunk=self.ctx.config.git.trunk)
+        git.require_trunk(ws.config_path)
         branch = git.current_branch()
-        if branch != "main":
-            raise WorkspaceError(f"{self.ctx.ws.root}: branch {branch!r} is checked out; the Integrator merges into "
-                                 "main (fix: `git checkout main`)")
+        if branch != git.trunk:
+            raise WorkspaceError(f"{ws.root}: {'branch ' + repr(branch) if branch else 'a detached HEAD'} is checked "
+                                 f"out; the Integrator merges into the trunk {git.trunk!r} "
+                                 f"(fix: `git checkout {git.trunk}`, or set [git] trunk in {ws.config_path})")
         dirty = git.foreign_changes()
         if dirty:
-            raise WorkspaceError(f"{self.ctx.ws.root}: main has uncommitted changes in {', '.join(dirty[:10])}; "
+            raise WorkspaceError(f"{ws.root}: {git.trunk} has uncommitted changes in {', '.join(dirty[:10])}; "
                                  "commit or stash them before `oodatcaa run` (nothing was changed)")
 
     def run(self) -> tuple[int, str]:

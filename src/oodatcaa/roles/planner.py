@@ -1,13 +1,15 @@
 """Planner (Decide): turns a ``needs_plan`` story into a plan and subtasks.
 
 Writes ``work/plans/<TASK>/AGENT_PLAN.md`` and ``TEST_PLAN.md`` for that task alone, tags the
-baseline ``pre/<TASK>-<YYYYMMDDTHHMMSSZ>`` on main, and creates one Builder step per job block
+baseline ``pre/<TASK>-<YYYYMMDDTHHMMSSZ>`` on the trunk, and creates one Builder step per job block
 (``<TASK>-B01``.., each depending on the previous) and a Tester subtask ``<TASK>-T01`` depending on
 all of them. A story with no job block cannot be built by a machine: it goes to ``needs_manual``
 with that reason — never passed.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import yaml
 
@@ -19,14 +21,15 @@ from oodatcaa.core.leases import Claim
 from oodatcaa.core.models import Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
-from oodatcaa.gitops import GitRepo
+from oodatcaa.core.failures import Failure, FailureKind
+from oodatcaa.gitops import DEFAULT_TRUNK
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
 
 S = TaskStatus
 
 
-def step_title(job: dict, task: Task, index: int) -> str:
+def step_title(job: dict[str, Any], task: Task, index: int) -> str:
     """Human title of a builder step, e.g. ``lora_train: LoRA fine-tune on procedures``."""
     return str(job.get("title") or f"{job.get('kind', 'job')}: {task.title}")
 
@@ -77,7 +80,7 @@ def _check_text(c: Criterion) -> str:
     return format_check(c.check) if c.check is not None else ""
 
 
-def render_agent_plan(task: Task, steps: list[Subtask], baseline: str | None, version: int) -> str:
+def render_agent_plan(task: Task, steps: list[Subtask], baseline: str | None, version: int, trunk: str = DEFAULT_TRUNK) -> str:
     """``AGENT_PLAN.md``: problem, steps with job specs and branches, acceptance criteria."""
     out = [
         f"# AGENT_PLAN — {task.id}: {task.title}\n",
@@ -96,7 +99,7 @@ def render_agent_plan(task: Task, steps: list[Subtask], baseline: str | None, ve
         deps = ", ".join(s.dependencies) or "none"
         out.append(
             f"\n### {s.id} — step {s.step:02d}: {s.title}\n\n- **Branch:** `{s.branch}`\n"
-            f"- **Starts from:** {'main' if s.step == 1 else 'the branch of step ' + f'{s.step - 1:02d}'}\n"
+            f"- **Starts from:** {trunk if s.step == 1 else 'the branch of step ' + f'{s.step - 1:02d}'}\n"
             f"- **Depends on:** {deps}\n\n```yaml\n{spec}\n```\n"
         )
     out.append("\n## Acceptance criteria\n\n" + _criteria_lines(task.acceptance_criteria))
@@ -136,12 +139,12 @@ class Planner(RoleAgent):
         task = self.store.read().task(claim.task_id)
         version = task.plan_version + 1
         steps = plan_steps(task) if task.jobs else []
-        git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
+        git = self.git()
         baseline = task.baseline_tag
         if baseline is None or not git.tag_exists(baseline):
             baseline = f"pre/{task.id}-{tag_stamp(self.ctx.clock.now())}"
             if not git.tag_exists(baseline):
-                git.tag(baseline, f"Baseline of {task.id} before plan v{version}", "main")
+                git.tag(baseline, f"Baseline of {task.id} before plan v{version}", git.trunk)
         policy = cfg.check
         policy_text = (
             f"Any critical criterion not passing -> adapt. All critical passing and at least "
@@ -151,7 +154,7 @@ class Planner(RoleAgent):
         )
         plan_dir = ws.plan_dir(task.id)
         tester = next((s for s in steps if s.kind == "test"), None)
-        atomic_write_text(plan_dir / "AGENT_PLAN.md", render_agent_plan(task, steps, baseline, version))
+        atomic_write_text(plan_dir / "AGENT_PLAN.md", render_agent_plan(task, steps, baseline, version, git.trunk))
         atomic_write_text(plan_dir / "TEST_PLAN.md", render_test_plan(task, tester, policy_text))
         self.check_abort()
 
@@ -164,6 +167,7 @@ class Planner(RoleAgent):
             def manual(tx: Transaction, item: Item) -> None:
                 assert isinstance(item, Task)
                 item.manual_reason = reason
+                item.failure = Failure.of(FailureKind.NO_JOB, reason, item=item.id)
                 item.baseline_tag = baseline
                 item.plan_version = version
 

@@ -1,19 +1,23 @@
 """Refiner (Adapt): changes what failed, then sends the work back to the Builder.
 
-Rules (each a real change to the job spec, recorded before and after in the report):
+A rule is a pure function of (story, typed failure, failed step) that returns an
+:class:`Adaptation` or ``None``; each rule declares the :class:`~oodatcaa.core.failures.FailureKind`
+values it handles (in the manner of a transition with from-states) and reads only the failure's
+``kind`` and structured ``details`` — never its message, which is for people. Rules run in the
+order of :data:`RULES`; the first that returns an adaptation wins:
 
-- ``reduce_peak_memory`` — a peak-memory criterion failed, or the job ran out of memory: turn on
-  gradient checkpointing and halve the batch size while doubling gradient accumulation, so the
+- ``retry_killed_job`` (``job_killed``) — the job process was killed from outside (the OOM
+  killer, an operator): the step runs again unchanged; a training job resumes from its checkpoint.
+- ``rebuild_missing_branch`` (``branch_missing``) — a feature branch was deleted by hand: every
+  step is rebuilt (the Builder recreates the branch from its base).
+- ``rebase_on_trunk`` (``merge_conflict``) — the merge into the trunk conflicted: the first step's
+  branch is reset to the current trunk and every step is rebuilt on top of it.
+- ``reduce_peak_memory`` (``oom``, or ``criteria_failed`` on a ``*.peak_memory_gb`` metric) —
+  gradient checkpointing on and the batch halved with gradient accumulation doubled, so the
   effective batch (batch_size x grad_accumulation_steps) is kept.
-- ``stabilise_loss`` — a loss criterion failed (loss did not go down): halve the learning rate
-  and double the iterations.
-- ``rebase_on_main`` — the merge into main conflicted: the step's branch is reset to the current
-  main and every step is rebuilt on top of it.
-- ``rebuild_missing_branch`` — a feature branch was deleted by hand: every step is rebuilt (the
-  Builder recreates the branch from its base).
-- ``retry_killed_job`` — the job process was killed from outside (SIGKILL: the OOM killer, an
-  operator): the step runs again unchanged; a training job resumes from its checkpoint. The loop
-  limit bounds the retries.
+- ``recover_divergence`` (``diverged``) — learning rate divided by 10.
+- ``stabilise_loss`` (``criteria_failed`` on a loss metric) — learning rate halved, iterations
+  (or epochs) doubled.
 
 Loop policy (the original's): at most ``loop.max_adapt_loops`` (3) adaptation loops per task,
 a warning at ``loop.warn_at`` (2); past the limit the task goes to ``needs_manual`` with the reason
@@ -25,33 +29,24 @@ version +1), at most ``loop.max_start_overs`` times. When no rule applies: ``nee
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
+from oodatcaa.core import lifecycle
+from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim
 from oodatcaa.core.models import Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
-from oodatcaa.gitops import GitRepo
+from oodatcaa.jobs.registry import job_kind
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
 
 S = TaskStatus
-
-
-@dataclass
-class Failure:
-    """What went wrong, gathered from the story: failed criteria and builder errors."""
-
-    failed_metrics: list[str]
-    error: str
-    failed_step: str | None
-
-    def mentions(self, *needles: str) -> bool:
-        text = self.error.lower()
-        return any(n in text for n in needles)
+K = FailureKind
 
 
 @dataclass
@@ -64,44 +59,99 @@ class Adaptation:
     after: dict[str, Any]
     rationale: str
     rebuild_all: bool = False  # every step goes back to the Builder, not only the changed one
-    reset_to_main: bool = False  # and the first step's branch starts again from the current main
+    reset_to_trunk: bool = False  # and the first step's branch starts again from the current trunk
 
 
-def failure_of(task: Task) -> Failure:
-    """Collect the failing metric names (from the Tester) and the last error (any role)."""
-    metrics: list[str] = []
-    tester = task.tester()
-    if tester and tester.result:
-        for f in tester.result.get("failures", []):
-            for crit in task.acceptance_criteria:
-                if crit.id == f.get("criterion_id") and crit.check is not None and crit.check.kind == "metric":
-                    metrics.append(crit.check.metric)
-                    if isinstance(crit.check.value, str):
-                        metrics.append(crit.check.value)
-    failed_step = next((s.id for s in task.builds() if s.status == S.NEEDS_ADAPT), None)
-    return Failure(metrics, task.last_error or "", failed_step)
+RuleFn = Callable[[Task, Failure, "Subtask | None"], "Adaptation | None"]
 
 
-#: Job kinds that train and so take the memory rule's batch / checkpointing fields.
-TRAINING_KINDS = ("lora_train", "memory_profile")
+@dataclass(frozen=True)
+class Rule:
+    """A Refiner rule: its name, the failure kinds it handles, and the pure function that adapts."""
+
+    name: str
+    handles: frozenset[FailureKind]
+    adapt: RuleFn
+
+    def applies_to(self, failure: Failure) -> bool:
+        return failure.kind in self.handles
 
 
-def _pick_step(task: Task, failure: Failure, kinds: tuple[str, ...]) -> Subtask | None:
+def failure_of(task: Task) -> Failure | None:
+    """The story's failure; a queue written before typed failures may carry it only on a step."""
+    if task.failure is not None:
+        return task.failure
+    return next((s.failure for s in task.builds() if s.failure is not None), None)
+
+
+def failed_step(task: Task, failure: Failure) -> Subtask | None:
+    """The builder step the failure names, else the one waiting in ``needs_adapt``."""
     steps = task.builds()
-    if failure.failed_step:
-        return next(s for s in steps if s.id == failure.failed_step)
-    candidates = [s for s in steps if (s.job or {}).get("kind") in kinds]
+    named = next((s for s in steps if s.id == failure.item), None)
+    return named or next((s for s in steps if s.status == S.NEEDS_ADAPT), None)
+
+
+def _trains(job: dict[str, Any] | None) -> bool:
+    kind = (job or {}).get("kind")
+    try:
+        return bool(kind) and job_kind(str(kind)).trains
+    except LookupError:  # an unknown kind never trains
+        return False
+
+
+def _training_step(task: Task, step: Subtask | None, only_kind: str | None = None) -> Subtask | None:
+    """The failed step when it trains, else the last training step of the story."""
+    def fits(s: Subtask) -> bool:
+        return _trains(s.job) and (only_kind is None or (s.job or {}).get("kind") == only_kind)
+
+    if step is not None:
+        return step if fits(step) else None
+    candidates = [s for s in task.builds() if fits(s)]
     return candidates[-1] if candidates else None
 
 
-def rule_reduce_peak_memory(task: Task, failure: Failure) -> Adaptation | None:
-    memory_failed = any(m.endswith("peak_memory_gb") for m in failure.failed_metrics)
-    if not (memory_failed or failure.mentions("out of memory", "memoryerror", "std::bad_alloc")):
+def _failed_metrics(failure: Failure) -> list[str]:
+    return [str(m) for m in failure.details.get("failed_metrics", [])]
+
+
+def rule_retry_killed_job(task: Task, failure: Failure, step: Subtask | None) -> Adaptation | None:
+    if step is None:
         return None
-    step = _pick_step(task, failure, TRAINING_KINDS)
-    if step is None or step.job is None or step.job.get("kind") not in TRAINING_KINDS:
+    return Adaptation("retry_killed_job", step.id, copy.deepcopy(step.job or {}), copy.deepcopy(step.job or {}),
+                      "the job process was killed from outside (OOM killer, an operator): run the step again "
+                      "unchanged; a training job resumes from its last checkpoint")
+
+
+def _rebuild_every_step(task: Task, rule: str, rationale: str, reset_to_trunk: bool) -> Adaptation | None:
+    steps = task.builds()
+    if not steps:
         return None
-    job = step.job
+    first = steps[0]
+    return Adaptation(rule, first.id, copy.deepcopy(first.job or {}), copy.deepcopy(first.job or {}), rationale,
+                      rebuild_all=True, reset_to_trunk=reset_to_trunk)
+
+
+def rule_rebuild_missing_branch(task: Task, failure: Failure, step: Subtask | None) -> Adaptation | None:
+    branch = failure.details.get("branch")
+    return _rebuild_every_step(task, "rebuild_missing_branch",
+                               f"feature branch {branch or '(unknown)'} was deleted: rebuild every step from its base",
+                               reset_to_trunk=False)
+
+
+def rule_rebase_on_trunk(task: Task, failure: Failure, step: Subtask | None) -> Adaptation | None:
+    files = ", ".join(str(f) for f in failure.details.get("files", [])) or "unknown files"
+    return _rebuild_every_step(task, "rebase_on_trunk",
+                               f"merge conflict with the trunk in {files}: rebuild every step on the current trunk",
+                               reset_to_trunk=True)
+
+
+def rule_reduce_peak_memory(task: Task, failure: Failure, step: Subtask | None) -> Adaptation | None:
+    if failure.kind == K.CRITERIA_FAILED and not any(m.endswith("peak_memory_gb") for m in _failed_metrics(failure)):
+        return None
+    target = _training_step(task, step)
+    if target is None or target.job is None:
+        return None
+    job = target.job
     batch = int(job.get("batch_size", 4))
     accum = int(job.get("grad_accumulation_steps", 1))
     if batch <= 1 and job.get("grad_checkpoint"):
@@ -111,24 +161,41 @@ def rule_reduce_peak_memory(task: Task, failure: Failure) -> Adaptation | None:
     if batch > 1:
         after["batch_size"] = batch // 2
         after["grad_accumulation_steps"] = accum * 2
+    new_accum = after.get("grad_accumulation_steps", accum)
+    why = "out of memory" if failure.kind == K.OOM else "peak memory over target"
     rationale = (
-        f"peak memory over target: gradient checkpointing on; batch {batch} -> {after['batch_size']} with "
-        f"gradient accumulation {accum} -> {after.get('grad_accumulation_steps', accum)} "
-        f"(effective batch {batch * accum} -> {after['batch_size'] * after.get('grad_accumulation_steps', accum)})"
+        f"{why}: gradient checkpointing on; batch {batch} -> {after['batch_size']} with "
+        f"gradient accumulation {accum} -> {new_accum} "
+        f"(effective batch {batch * accum} -> {after['batch_size'] * new_accum})"
     )
-    return Adaptation("reduce_peak_memory", step.id, copy.deepcopy(job), after, rationale)
+    return Adaptation("reduce_peak_memory", target.id, copy.deepcopy(job), after, rationale)
 
 
-def rule_stabilise_loss(task: Task, failure: Failure) -> Adaptation | None:
-    if not any("loss" in m for m in failure.failed_metrics):
-        return None
-    step = _pick_step(task, failure, ("lora_train",))
-    if step is None or step.job is None or step.job.get("kind") != "lora_train":
-        return None
+def _effective(job: dict[str, Any]) -> Any:
     from oodatcaa.jobs.spec import parse_job_spec  # light: pydantic only
 
-    job = step.job
-    effective = parse_job_spec(job)  # profile defaults included, so we halve what really ran
+    return parse_job_spec(job)  # profile defaults included, so we change what really ran
+
+
+def rule_recover_divergence(task: Task, failure: Failure, step: Subtask | None) -> Adaptation | None:
+    target = _training_step(task, step, only_kind="lora_train")
+    if target is None or target.job is None:
+        return None
+    lr = float(_effective(target.job).learning_rate)
+    after = {**copy.deepcopy(target.job), "learning_rate": lr / 10}
+    where = failure.details.get("iteration")
+    rationale = f"training diverged{f' at iteration {where}' if where is not None else ''}: learning rate {lr:g} -> {lr / 10:g}"
+    return Adaptation("recover_divergence", target.id, copy.deepcopy(target.job), after, rationale)
+
+
+def rule_stabilise_loss(task: Task, failure: Failure, step: Subtask | None) -> Adaptation | None:
+    if not any("loss" in m for m in _failed_metrics(failure)):
+        return None
+    target = _training_step(task, step, only_kind="lora_train")
+    if target is None or target.job is None:
+        return None
+    job = target.job
+    effective = _effective(job)
     lr = float(effective.learning_rate)
     after = copy.deepcopy(job)
     after["learning_rate"] = lr / 2
@@ -140,57 +207,30 @@ def rule_stabilise_loss(task: Task, failure: Failure) -> Adaptation | None:
         length = f"iterations {iters} -> {iters * 2}"
         after["iters"] = iters * 2
     rationale = f"loss criterion failed: learning rate {lr:g} -> {lr / 2:g}, {length}"
-    return Adaptation("stabilise_loss", step.id, copy.deepcopy(job), after, rationale)
+    return Adaptation("stabilise_loss", target.id, copy.deepcopy(job), after, rationale)
 
 
-def _rebuild_every_step(task: Task, rule: str, rationale: str, reset_to_main: bool) -> Adaptation | None:
-    steps = task.builds()
-    if not steps:
-        return None
-    first = steps[0]
-    return Adaptation(rule, first.id, copy.deepcopy(first.job or {}), copy.deepcopy(first.job or {}), rationale,
-                      rebuild_all=True, reset_to_main=reset_to_main)
-
-
-def rule_rebase_on_main(task: Task, failure: Failure) -> Adaptation | None:
-    if not failure.mentions("conflicts in", "merge conflict"):
-        return None
-    return _rebuild_every_step(task, "rebase_on_main", "merge conflict with main: rebuild every step on the current main",
-                               reset_to_main=True)
-
-
-def rule_rebuild_missing_branch(task: Task, failure: Failure) -> Adaptation | None:
-    if "does not exist (deleted by hand?)" not in failure.error:
-        return None
-    return _rebuild_every_step(task, "rebuild_missing_branch",
-                               "a feature branch was deleted: rebuild every step from its base", reset_to_main=False)
-
-
-def rule_retry_killed_job(task: Task, failure: Failure) -> Adaptation | None:
-    if failure.failed_step is None or not failure.mentions("killed by sigkill", "killed by signal"):
-        return None
-    step = next(s for s in task.builds() if s.id == failure.failed_step)
-    return Adaptation("retry_killed_job", step.id, copy.deepcopy(step.job or {}), copy.deepcopy(step.job or {}),
-                      "the job process was killed from outside (OOM killer, an operator): run the step again "
-                      "unchanged; a training job resumes from its last checkpoint")
-
-
-RULES: list[Callable[[Task, Failure], Adaptation | None]] = [
-    rule_retry_killed_job,
-    rule_rebuild_missing_branch,
-    rule_rebase_on_main,
-    rule_reduce_peak_memory,
-    rule_stabilise_loss,
+RULES: list[Rule] = [
+    Rule("retry_killed_job", frozenset({K.JOB_KILLED}), rule_retry_killed_job),
+    Rule("rebuild_missing_branch", frozenset({K.BRANCH_MISSING}), rule_rebuild_missing_branch),
+    Rule("rebase_on_trunk", frozenset({K.MERGE_CONFLICT}), rule_rebase_on_trunk),
+    Rule("reduce_peak_memory", frozenset({K.OOM, K.CRITERIA_FAILED}), rule_reduce_peak_memory),
+    Rule("recover_divergence", frozenset({K.DIVERGED}), rule_recover_divergence),
+    Rule("stabilise_loss", frozenset({K.CRITERIA_FAILED}), rule_stabilise_loss),
 ]
 
 
 def choose_adaptation(task: Task) -> Adaptation | None:
-    """The first rule that applies to the story's failure, or ``None``."""
+    """The first rule that handles the story's failure kind and returns an adaptation, or ``None``."""
     failure = failure_of(task)
+    if failure is None:
+        return None
+    step = failed_step(task, failure)
     for rule in RULES:
-        adaptation = rule(task, failure)
-        if adaptation is not None:
-            return adaptation
+        if rule.applies_to(failure):
+            adaptation = rule.adapt(task, failure, step)
+            if adaptation is not None:
+                return adaptation
     return None
 
 
@@ -218,11 +258,11 @@ class Refiner(RoleAgent):
             reason = f"no adaptation rule applies to: {task.last_error or 'unknown failure'}"
             self._manual(claim, task, reason, title, iteration)
             return
-        if adaptation.reset_to_main:
-            git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
-            step = task.builds()[0]
-            with git.locked():
-                git.repo.git.branch("-f", step.branch, "main")
+        if adaptation.reset_to_trunk:
+            git = self.git()
+            first = task.builds()[0]
+            assert first.branch is not None
+            git.reset_branch(first.branch)
         warn = iteration >= loop.warn_at
         before = yaml.safe_dump(adaptation.before, sort_keys=True).strip()
         after = yaml.safe_dump(adaptation.after, sort_keys=True).strip()
@@ -239,18 +279,8 @@ class Refiner(RoleAgent):
         def apply(tx: Transaction, item: Item) -> None:
             assert isinstance(item, Task)
             item.adapt_loops = iteration
-            changed = False
-            for step in item.builds():
-                if step.id == adaptation.step_id:
-                    step.job = adaptation.after
-                    changed = True
-                if changed or adaptation.rebuild_all:
-                    # this step and every later one must be rebuilt
-                    if step.status in (S.NEEDS_ADAPT, S.AWAITING_TEST):
-                        tx.move(step, S.READY, f"adapted ({adaptation.rule}), loop {iteration}")
-            tester = item.tester()
-            if tester is not None and tester.status in (S.NEEDS_ADAPT, S.READY_FOR_INTEGRATOR, S.READY):
-                tx.move(tester, S.BLOCKED, "waiting for the rebuilt steps")
+            lifecycle.on_adapted(tx, item, adaptation.step_id, adaptation.after, rebuild_all=adaptation.rebuild_all,
+                                 what=f"adapted ({adaptation.rule}), loop {iteration}")
             if warn:
                 tx.log(item.id, "warning", f"adaptation loop {iteration} of {loop.max_adapt_loops}")
 
@@ -259,13 +289,12 @@ class Refiner(RoleAgent):
     def _start_over(self, claim: Claim, task: Task, reason: str) -> None:
         """The Start-Over Gate: branches back to the baseline tag, subtasks cancelled, re-plan."""
         ws = self.ctx.ws
-        git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
+        git = self.git()
         reset = []
-        with git.locked():
-            for step in task.builds():
-                if step.branch and git.branch_exists(step.branch):
-                    git.repo.git.branch("-f", step.branch, task.baseline_tag)
-                    reset.append(step.branch)
+        for step in task.builds():
+            if step.branch and git.branch_exists(step.branch):
+                git.reset_branch(step.branch, task.baseline_tag)
+                reset.append(step.branch)
         loops = "\n".join(f"- [{p.name}]({p.name})" for p in sorted(ws.report_dir(task.id).glob("refiner_*.md")))
         body = (
             f"## Start-Over Gate (plan v{task.plan_version} -> v{task.plan_version + 1})\n\n{reason}.\n\n"
@@ -280,10 +309,7 @@ class Refiner(RoleAgent):
 
         def apply(tx: Transaction, item: Item) -> None:
             assert isinstance(item, Task)
-            item.adapt_loops = 0
-            for sub in item.subtasks:
-                if sub.status not in (S.DONE, S.CANCELLED):
-                    tx.move(sub, S.CANCELLED, f"Start-Over Gate of {item.id}")
+            lifecycle.on_start_over(tx, item)
 
         self.finish(claim, S.NEEDS_PLAN, f"Start-Over Gate: {reason}"[:300], apply)
 
@@ -294,9 +320,6 @@ class Refiner(RoleAgent):
 
         def apply(tx: Transaction, item: Item) -> None:
             assert isinstance(item, Task)
-            item.manual_reason = reason
-            for step in item.builds():
-                if step.status == S.NEEDS_ADAPT:
-                    tx.move(step, S.NEEDS_MANUAL, reason[:200])
+            lifecycle.on_escalated(tx, item, reason)
 
         self.finish(claim, S.NEEDS_MANUAL, reason[:300], apply)

@@ -13,11 +13,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core.criteria import (
+    CheckContext,
+    Criterion,
+    CriterionResult,
+    MetricCheck,
+    Verdict,
+    decide,
+    evaluate_criterion,
+    format_results_table,
+)
 from oodatcaa.core.errors import BranchMissingError
-from oodatcaa.core.criteria import CheckContext, decide, evaluate_criterion, format_results_table
+from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim
-from oodatcaa.core.models import Item, Subtask
+from oodatcaa.core.models import Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.core.workspace import run_dir_in_branch
@@ -41,6 +52,31 @@ def merged_metrics(worktree: Path, steps: list[Subtask]) -> dict[str, dict[str, 
     return merged
 
 
+def verdict_failure(task_id: str, tester_id: str, verdict: Verdict, results: list[CriterionResult],
+                    criteria: list[Criterion]) -> Failure:
+    """The ``criteria_failed`` failure of a verdict that is not ``accept``.
+
+    ``details``: ``decision``, ``failed`` (one dict per criterion not passing: id, outcome, critical,
+    observed, expected, detail), ``failed_metrics`` (every metric name a failing ``metric:`` check
+    compares, both sides) and ``failed_critical``.
+    """
+    by_id = {c.id: c for c in criteria}
+    failed = [r for r in results if r.outcome != "PASS"]
+    metrics: list[str] = []
+    for r in failed:
+        check = by_id[r.criterion_id].check if r.criterion_id in by_id else None
+        if isinstance(check, MetricCheck):
+            metrics.append(check.metric)
+            if isinstance(check.value, str):
+                metrics.append(check.value)
+    listed = "; ".join(f"{r.criterion_id} {r.outcome}: {r.detail or r.observed}" for r in failed)
+    return Failure.of(
+        FailureKind.CRITERIA_FAILED, f"tester: {verdict.reason}; {listed}", item=tester_id,
+        decision=verdict.decision, failed_critical=list(verdict.failed_critical), failed_metrics=metrics,
+        failed=[{"id": r.criterion_id, "outcome": r.outcome, "critical": r.critical, "observed": r.observed,
+                 "expected": r.expected, "detail": r.detail[:500]} for r in failed])
+
+
 class Tester(RoleAgent):
     """Claims ``ready`` tester subtasks (their builder steps are built) and checks the story."""
 
@@ -48,20 +84,42 @@ class Tester(RoleAgent):
     crash_status = S.NEEDS_MANUAL
 
     def work(self, claim: Claim) -> None:
-        ws, cfg = self.ctx.ws, self.ctx.config
         queue = self.store.read()
         task = queue.task(claim.task_id)
         tester = queue.item(claim.item_id)
         assert isinstance(tester, Subtask) and tester.branch
-        steps = task.builds()
-        git = GitRepo(ws.root, ws.lock_path("git"), owner=self.ctx.owner)
+        git = self.git()
         try:
             git.require_branch(tester.branch)
         except BranchMissingError as exc:
-            self._branch_missing(claim, str(exc))
+            self._branch_missing(claim, exc)
             return
-        worktree = ws.worktree_dir(tester.id)
-        git.add_worktree(worktree, tester.branch, "main")
+        results, verdict, payload, commit = self.check(git, task, tester)
+        summary = f"{verdict.decision}: {verdict.passed}/{verdict.total} pass" + (
+            f"; failed critical: {', '.join(verdict.failed_critical)}" if verdict.failed_critical else "")
+        self.report(task, tester, results, verdict, payload["tested_commit"], commit, summary)
+        failures = [r.model_dump(mode="json") for r in results if r.outcome != "PASS"]
+        record = {"verdict": verdict.model_dump(mode="json"), "failures": failures, "commit": commit}
+        failure = None if verdict.decision == "accept" else verdict_failure(
+            task.id, tester.id, verdict, results, task.acceptance_criteria)
+
+        def apply(tx: Transaction, item: Item) -> None:
+            assert isinstance(item, Subtask)
+            item.result = record
+            item.failure = failure
+            lifecycle.on_verdict(tx, item, verdict.decision, summary, failure, manual_reason=verdict.reason)
+
+        self.finish(claim, lifecycle.VERDICT_STATUS[verdict.decision], summary, apply)
+
+    def check(self, git: GitRepo, task: Task, tester: Subtask) -> tuple[list[CriterionResult], Verdict, dict[str, Any], str]:
+        """Evaluate every criterion in a worktree of the branch; commit ``results.json`` there.
+
+        Returns ``(results, verdict, the committed payload, the results commit)``.
+        """
+        steps = task.builds()
+        worktree = self.ctx.ws.worktree_dir(tester.id)
+        assert tester.branch is not None
+        git.add_worktree(worktree, tester.branch, git.trunk)
         try:
             metrics = merged_metrics(worktree, steps)
             roots = [worktree / run_dir_in_branch(s.id) for s in steps]
@@ -72,9 +130,8 @@ class Tester(RoleAgent):
             for criterion in task.acceptance_criteria:
                 self.check_abort()
                 results.append(evaluate_criterion(criterion, ctx))
-            verdict = decide(results, cfg.check)
-            rel = run_dir_in_branch(tester.id)
-            out = worktree / rel
+            verdict = decide(results, self.ctx.config.check)
+            out = worktree / run_dir_in_branch(tester.id)
             out.mkdir(parents=True, exist_ok=True)
             payload = {
                 "verdict": verdict.model_dump(mode="json"),
@@ -86,49 +143,30 @@ class Tester(RoleAgent):
                 worktree, f"[test] {task.id}: {verdict.passed}/{verdict.total} criteria pass -> {verdict.decision}")
         finally:
             git.remove_worktree(worktree)
+        return results, verdict, payload, commit
 
-        table = format_results_table(results)
+    def report(self, task: Task, tester: Subtask, results: list[CriterionResult], verdict: Verdict,
+               tested: str, commit: str, summary: str) -> None:
+        """The PASS/FAIL report; one per attempt, so a re-test never overwrites the earlier verdict."""
         body = (
             f"## Verdict: {verdict.decision.upper()}\n\n{verdict.reason}\n\n"
-            f"- **Branch:** `{tester.branch}` at `{payload['tested_commit']}`\n"
+            f"- **Branch:** `{tester.branch}` at `{tested}`\n"
             f"- **Results commit:** `{commit}`\n- **Pass ratio:** {verdict.pass_ratio:.0%} "
-            f"({verdict.passed}/{verdict.total})\n\n## Criteria\n\n{table}\n"
+            f"({verdict.passed}/{verdict.total})\n\n## Criteria\n\n{format_results_table(results)}\n"
         )
-        summary = f"{verdict.decision}: {verdict.passed}/{verdict.total} pass" + (
-            f"; failed critical: {', '.join(verdict.failed_critical)}" if verdict.failed_critical else "")
-        # one report per attempt: a re-test after an adaptation never overwrites the earlier verdict
         suffix = tester.id if tester.attempts <= 1 else f"{tester.id}_{tester.attempts}"
-        write_report(ws, task.id, "tester", self.ctx.owner, f"Tester report — {tester.id}", body, summary,
+        write_report(self.ctx.ws, task.id, "tester", self.ctx.owner, f"Tester report — {tester.id}", body, summary,
                      suffix=suffix, clock=self.ctx.clock)
 
-        failures = [r.model_dump(mode="json") for r in results if r.outcome != "PASS"]
-        record = {"verdict": verdict.model_dump(mode="json"), "failures": failures, "commit": commit}
-        to_item = {"accept": S.READY_FOR_INTEGRATOR, "adapt": S.NEEDS_ADAPT, "needs_manual": S.NEEDS_MANUAL}[verdict.decision]
-
-        def apply(tx: Transaction, item: Item) -> None:
-            item.result = record
-            story = tx.queue.parent(item)
-            if verdict.decision == "accept":
-                story.last_error = None
-                tx.move(story, S.READY_FOR_INTEGRATOR, summary)
-            else:
-                failed = "; ".join(f"{f['criterion_id']} {f['outcome']}: {f['detail']}" for f in failures)
-                story.last_error = f"tester: {verdict.reason}; {failed}"[:2000]
-                if verdict.decision == "needs_manual":
-                    story.manual_reason = verdict.reason
-                tx.move(story, to_item, summary)
-
-        self.finish(claim, to_item, summary, apply)
-
-    def _branch_missing(self, claim: Claim, error: str) -> None:
+    def _branch_missing(self, claim: Claim, exc: BranchMissingError) -> None:
+        failure = Failure.of(FailureKind.BRANCH_MISSING, str(exc), item=claim.item_id, branch=exc.branch)
         write_report(self.ctx.ws, claim.task_id, "tester", self.ctx.owner, f"Tester report — {claim.item_id}",
-                     f"## Cannot test\n\n{error}\n", error[:200], suffix=f"{claim.item_id}_missing",
+                     f"## Cannot test\n\n{failure.message}\n", failure.message[:200], suffix=f"{claim.item_id}_missing",
                      clock=self.ctx.clock)
+        self.finish(claim, S.NEEDS_ADAPT, failure.short(),
+                    lambda tx, item: lifecycle.on_test_blocked(tx, _as_subtask(item), failure))
 
-        def apply(tx: Transaction, item: Item) -> None:
-            item.last_error = error
-            story = tx.queue.parent(item)
-            story.last_error = f"tester: {error}"
-            tx.move(story, S.NEEDS_ADAPT, error[:300])
 
-        self.finish(claim, S.NEEDS_ADAPT, error[:300], apply)
+def _as_subtask(item: Item) -> Subtask:
+    assert isinstance(item, Subtask)
+    return item
