@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import git
 from filelock import FileLock
@@ -259,10 +260,10 @@ class GitRepo:
         with self.locked():
             g = self._git()
             g.add("-A", "--", *paths)
-            g.commit("-m", message)
+            self._commit_or_unstage(g, paths, "-m", message)
             return self.head_sha()
 
-    def commit_paths(self, paths: list[Path | str], message: str, *, allow_empty: bool = False) -> str | None:
+    def commit_paths(self, paths: Sequence[Path | str], message: str, *, allow_empty: bool = False) -> str | None:
         """Stage ``paths`` (relative to the root) on the trunk and commit; ``None`` if nothing changed."""
         with self.locked():
             g = self._git()
@@ -272,8 +273,19 @@ class GitRepo:
             staged = g.diff("--cached", "--name-only").strip()
             if not staged and not allow_empty:
                 return None
-            g.commit("-m", message, *(["--allow-empty"] if allow_empty else []))
+            self._commit_or_unstage(g, existing, "-m", message, *(["--allow-empty"] if allow_empty else []))
             return self.head_sha()
+
+    @staticmethod
+    def _commit_or_unstage(g: git.cmd.Git, paths: list[str], *args: str) -> None:
+        # a refused commit (a hook, a missing identity) must not leave our files staged for the
+        # person's next commit
+        try:
+            g.commit(*args)
+        except git.GitCommandError as exc:
+            if paths:
+                g.reset("-q", "--", *paths)
+            raise GitOperationError(f"git commit failed: {(exc.stderr or exc.stdout or str(exc)).strip()}") from None
 
     def tag(self, name: str, message: str, ref: str = "HEAD") -> None:
         """Create an annotated tag (replacing none: an existing tag raises GitOperationError)."""

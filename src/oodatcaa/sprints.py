@@ -9,6 +9,7 @@ from pathlib import Path
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.backlog import Backlog, load_backlog
 from oodatcaa.core.clock import Clock, utc_stamp
+from oodatcaa.core.criteria import MetricCheck
 from oodatcaa.core.config import default_config_toml, load_config, load_role_definitions
 from oodatcaa.core.errors import BacklogError, WorkspaceError
 from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog, LogEntry
@@ -127,6 +128,13 @@ def init_workspace(path: Path, *, force: bool = False, clock: Clock | None = Non
 
 
 def _validate_jobs(backlog: Backlog) -> None:
+    """Every job block against its spec model, and every ``metric:`` criterion against the metrics
+    its item's job kinds produce (the job-kind registry), so a typo fails now, not an hour later.
+
+    Raises :class:`BacklogError` (file:line) naming the item, the field and the closest known name.
+    """
+    from oodatcaa.jobs.registry import check_metric_names
+
     for item in backlog.items:
         for block in item.jobs:
             try:
@@ -134,6 +142,15 @@ def _validate_jobs(backlog: Backlog) -> None:
                                source=f"{backlog.source}:{block.line}")
             except JobSpecError as exc:
                 raise BacklogError(backlog.source, block.line, f"job block of {item.id}: {exc}") from None
+        names: list[str] = []
+        for criterion in item.acceptance_criteria:
+            if isinstance(criterion.check, MetricCheck):
+                names.append(criterion.check.metric)
+                if isinstance(criterion.check.value, str):
+                    names.append(criterion.check.value)
+        problems = check_metric_names(names, [block.kind for block in item.jobs])
+        if problems:
+            raise BacklogError(backlog.source, item.line, f"acceptance criteria of {item.id}: " + "; ".join(problems))
 
 
 def _sprint_goal_md(sprint: Sprint, backlog: Backlog) -> str:

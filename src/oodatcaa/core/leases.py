@@ -20,7 +20,7 @@ from oodatcaa.core import lifecycle
 from oodatcaa.core.errors import LeaseError
 from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.models import Item, Lease, Queue, Subtask, Task
-from oodatcaa.core.statuses import CLAIMS, TERMINAL, TaskStatus
+from oodatcaa.core.statuses import CLAIMS, TERMINAL, Role, TaskStatus
 from oodatcaa.core.store import QueueStore, Transaction
 
 S = TaskStatus
@@ -135,7 +135,7 @@ def claim_next(
         now = tx.now
         lease = Lease(
             owner=owner,
-            role=role,
+            role=Role(role),
             pid=pid or os.getpid(),
             host=host or socket.gethostname(),
             claim_id=new_claim_id(),

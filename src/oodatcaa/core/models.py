@@ -24,7 +24,7 @@ from oodatcaa.core.ids import (
 )
 from oodatcaa.core.statuses import ItemKind, Role, SprintStatus, TaskStatus, valid_statuses
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 #: Role names as strings (the values of :class:`~oodatcaa.core.statuses.Role`).
 ROLES = tuple(r.value for r in Role)

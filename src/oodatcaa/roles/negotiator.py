@@ -146,16 +146,16 @@ class Negotiator:
 
     def stop_agents(self, grace: float = 20.0) -> None:
         """SIGTERM every agent, wait up to ``grace`` seconds, then SIGKILL what is left."""
-        live = [a for a in self.agents if a.process and a.process.poll() is None]
-        for a in live:
-            a.process.send_signal(signal.SIGTERM)
+        live = [a.process for a in self.agents if a.process is not None and a.process.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for a in live:
+        for proc in live:
             try:
-                a.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                a.process.kill()
-                a.process.wait()
+                proc.kill()
+                proc.wait()
         for a in self.agents:
             pid_file(self.ctx.ws, a.owner).unlink(missing_ok=True)
 
@@ -280,7 +280,8 @@ class Negotiator:
                 if sprint_finished(queue):
                     self.stop_agents()
                     self.finish_sprint(queue)
-                    code, message = EXIT_OK, f"{queue.sprint.id} completed: every task done or cancelled"
+                    sprint_id = queue.sprint.id if queue.sprint else "the sprint"
+                    code, message = EXIT_OK, f"{sprint_id} completed: every task done or cancelled"
                     break
                 died = self.check_agents()
                 if died:
