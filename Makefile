@@ -8,7 +8,7 @@ EXTRAS ?= $(if $(filter Darwin,$(UNAME)),test,cpu,test)
 export MLX_DISABLE_COMPILE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast bench clean schema
+.PHONY: install demo test test-fast lint bench clean schema
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,15 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/oodatcaa demo ./demo-workspace
 
-test: install
+# linters first: ruff (E, F, I, UP, W, B) and mypy (core, roles, jobs; untyped defs refused in core)
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from oodatcaa.core.clock import FakeClock
@@ -37,7 +37,7 @@ def workspace(tmp_path: Path) -> Workspace:
 def sample_queue(n_tasks: int = 3) -> Queue:
     """A queue with ``n_tasks`` planned-looking stories (T001 .. T00n), no subtasks."""
     sprint = Sprint(id="SPRINT-2026-001", number=1, title="test sprint",
-                    created_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
+                    created_at=datetime(2026, 1, 1, tzinfo=UTC))
     tasks = [
         Task(id=f"T{i:03d}", title=f"task {i}", jobs=[{"kind": "command", "run": "true"}],
              acceptance_criteria=[Criterion(id="AC1", text="rc", critical=True,

@@ -302,8 +302,8 @@ def test_a_worktree_left_locked_by_a_killed_git_is_reused(tmp_path):
     from support import workspace
 
     ws = workspace(tmp_path)
-    repo = GitRepo(ws.root, ws.lock_path("git"), owner="builder-1")
-    repo.ensure_main()
+    repo = GitRepo.for_workspace(ws, "builder-1")
+    repo.ensure_trunk()
     path = ws.worktree_dir("T001-B01")
     branch = "feat/T001-step-01-x"
     # what `git worktree add` leaves when it dies after registering the worktree, before unlocking it

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import add_steps, sample_queue
 
 from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.roles.refiner import RULES, choose_adaptation
+from support import add_steps, sample_queue
 
 S = TaskStatus
 K = FailureKind

@@ -6,11 +6,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import git_repo
 
 from oodatcaa.core.errors import BranchMissingError, GitOperationError, MergeConflictError, WorkspaceError
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.gitops import DEFAULT_TRUNK, GitRepo, head_state, repo_root
+from support import git_repo
 
 
 def git(repo: Path, *args: str) -> str:
@@ -127,7 +127,8 @@ def test_commits_are_authored_as_the_agent(tmp_path):
     repo = repo_on(tmp_path, "main")
     (repo.root / "x.txt").write_text("x\n")
     sha = repo.commit_all(["x.txt"], "[docs] demo: x")
-    assert git(repo.root, "log", "-1", "--format=%an <%ae> %s", sha) == "oodatcaa builder-1 <builder-1@oodatcaa.local> [docs] demo: x"
+    author = git(repo.root, "log", "-1", "--format=%an <%ae> %s", sha)
+    assert author == "oodatcaa builder-1 <builder-1@oodatcaa.local> [docs] demo: x"
     assert repo.commit_paths(["x.txt"], "[docs] nothing changed") is None
 
 

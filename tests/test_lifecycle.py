@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from support import add_steps, sample_queue, store_with, workspace
 
 from oodatcaa.core import lifecycle
 from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import claim_next, release
 from oodatcaa.core.statuses import TaskStatus
+from support import add_steps, sample_queue, store_with, workspace
 
 S = TaskStatus
 

@@ -104,7 +104,11 @@ def test_full_loop_for_one_task_through_every_role(ws):
     run_agent(ws, "planner")
     negotiate(ws)
     assert queue(ws).task("T001").status == S.READY
+    import threading
+
+    threads_before = threading.active_count()
     run_agent(ws, "builder")
+    assert threading.active_count() <= threads_before  # no watcher or heartbeat thread outlives the job
     q = queue(ws)
     step = q.item("T001-B01")
     assert step.status == S.AWAITING_TEST, step.last_error

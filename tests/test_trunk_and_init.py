@@ -15,13 +15,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from support import configure, git_repo
 
 from oodatcaa.core.config import load_config
-from oodatcaa.core.errors import ConfigError, WorkspaceError
+from oodatcaa.core.errors import ConfigError, GitOperationError, WorkspaceError
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.sprints import init_workspace, new_sprint
+from support import configure, git_repo
 
 BACKLOG = """\
 # Trunk sprint
@@ -201,7 +201,7 @@ def test_sprint_new_whose_commit_fails_starts_no_sprint(tmp_path):
     hook = repo / ".git" / "hooks" / "pre-commit"
     hook.write_text("#!/bin/sh\nexit 1\n")
     hook.chmod(0o755)
-    with pytest.raises(Exception):
+    with pytest.raises(GitOperationError, match="git commit failed"):
         new_sprint(ws, backlog)
     assert not ws.queue_path.exists() and not ws.backlog_path.exists()
     assert not (ws.objectives_dir / "SPRINT_GOAL.md").exists()

@@ -13,9 +13,9 @@ The trunk — the branch stories merge into — is the workspace setting ``[git]
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import git
@@ -85,7 +85,7 @@ class GitRepo:
         self.trunk = trunk
 
     @classmethod
-    def for_workspace(cls, ws: "Workspace", owner: str, trunk: str | None = None) -> "GitRepo":
+    def for_workspace(cls, ws: Workspace, owner: str, trunk: str | None = None) -> GitRepo:
         """The repository of ``ws`` with its git lock, acting as ``owner``, merging into ``trunk``.
 
         ``trunk`` defaults to the workspace's ``[git] trunk`` setting (read from ``config.toml``);
@@ -129,9 +129,10 @@ class GitRepo:
     def _merge_is_ours(self) -> bool:
         message = Path(self.repo.git_dir) / "MERGE_MSG"
         try:
-            return message.read_text(encoding="utf-8").startswith("[impl] ") and ": merge feat/" in message.read_text(encoding="utf-8")
+            text = message.read_text(encoding="utf-8")
         except OSError:
             return False
+        return text.startswith("[impl] ") and ": merge feat/" in text
 
     def _clear_stale_git_locks(self, older_than_s: float = 60.0) -> None:
         # we hold the repository-wide lock, so no oodatcaa git command is running; a lock file

@@ -9,8 +9,8 @@ from pathlib import Path
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.backlog import Backlog, load_backlog
 from oodatcaa.core.clock import Clock, utc_stamp
-from oodatcaa.core.criteria import MetricCheck
 from oodatcaa.core.config import default_config_toml, load_config, load_role_definitions
+from oodatcaa.core.criteria import MetricCheck
 from oodatcaa.core.errors import BacklogError, WorkspaceError
 from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog, LogEntry
 from oodatcaa.core.models import Sprint, Task
@@ -154,7 +154,8 @@ def _validate_jobs(backlog: Backlog) -> None:
 
 
 def _sprint_goal_md(sprint: Sprint, backlog: Backlog) -> str:
-    exits = backlog.exit_criteria or [f"{item.id} {item.title} is done and tagged `{item.id}-complete`" for item in backlog.items[:6]]
+    exits = backlog.exit_criteria or [f"{item.id} {item.title} is done and tagged `{item.id}-complete`"
+                                      for item in backlog.items[:6]]
     items = "\n".join(f"- {i.id}: {i.title}" for i in backlog.items)
     return (
         f"# SPRINT_GOAL — Sprint {sprint.number} ({sprint.id})\n\n## Goal\n\n{sprint.goal or sprint.title}\n\n"

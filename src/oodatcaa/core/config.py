@@ -52,7 +52,7 @@ class RoleDefinition(_Strict):
     source: str = ""
 
     @model_validator(mode="after")
-    def _consumes_matches(self) -> "RoleDefinition":
+    def _consumes_matches(self) -> RoleDefinition:
         fixed = ROLE_CONSUMES.get(self.role.value)
         if self.consumes is None or fixed is None:
             return self

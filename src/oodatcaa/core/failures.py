@@ -80,7 +80,7 @@ class Failure(BaseModel):
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     @classmethod
-    def of(cls, kind: FailureKind | str, message: str, item: str | None = None, **details: Any) -> "Failure":
+    def of(cls, kind: FailureKind | str, message: str, item: str | None = None, **details: Any) -> Failure:
         """Shorthand: ``Failure.of("oom", "ran out of memory", item="T001-B01", peak_gb=3.2)``.
 
         ``message`` is cut to 4000 characters so a long output tail never makes the queue invalid.

@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
 
 from oodatcaa.core import lifecycle
 from oodatcaa.core.errors import LeaseError
 from oodatcaa.core.eventlog import LogEntry
-from oodatcaa.core.models import Item, Lease, Queue, Subtask, Task
+from oodatcaa.core.models import Item, Lease, Queue, Task
 from oodatcaa.core.statuses import CLAIMS, TERMINAL, Role, TaskStatus
 from oodatcaa.core.store import QueueStore, Transaction
 

@@ -9,8 +9,9 @@ The JSON Schema in ``schemas/sprint_queue.schema.json`` is generated from these 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
@@ -111,7 +112,7 @@ class Subtask(_FailureCarrier):
         return [validate_task_id(v) for v in value]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Subtask":
+    def _consistent(self) -> Subtask:
         letter = self.id[5]
         if (letter == "B") != (self.kind == "build"):
             raise ValueError(f"subtask {self.id} has kind {self.kind!r}; B-steps are 'build', T-steps 'test'")
@@ -159,7 +160,7 @@ class Task(_FailureCarrier):
         return [validate_story_id(v) for v in value]
 
     @model_validator(mode="after")
-    def _subtasks_belong(self) -> "Task":
+    def _subtasks_belong(self) -> Task:
         for sub in self.subtasks:
             if not sub.id.startswith(self.id + "-"):
                 raise ValueError(f"subtask {sub.id} does not belong to {self.id}")
@@ -220,7 +221,7 @@ class Queue(_Model):
         return data
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "Queue":
+    def _unique_ids(self) -> Queue:
         seen: set[str] = set()
         for item in self.items():
             if item.id in seen:

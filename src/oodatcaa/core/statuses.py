@@ -145,7 +145,7 @@ CLAIMS: dict[Role, tuple[ItemKind, TaskStatus, TaskStatus]] = {
 }
 
 
-def claimed_statuses(kind: "ItemKind | str") -> frozenset[TaskStatus]:
+def claimed_statuses(kind: ItemKind | str) -> frozenset[TaskStatus]:
     """Statuses in which an item of ``kind`` must hold exactly one live lease.
 
     Derived from :data:`CLAIMS`: a story that is ``in_progress`` or ``testing`` carries none (its

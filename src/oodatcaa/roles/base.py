@@ -13,9 +13,8 @@ import logging
 import signal
 import threading
 import traceback
-from dataclasses import dataclass, field
-
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from oodatcaa.core import lifecycle
 from oodatcaa.core.clock import Clock
@@ -45,7 +44,7 @@ class AgentContext:
     stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def open(cls, ws: Workspace, owner: str, clock: Clock | None = None) -> "AgentContext":
+    def open(cls, ws: Workspace, owner: str, clock: Clock | None = None) -> AgentContext:
         config = load_config(ws.config_path, ws.agents_dir)
         clock = clock or Clock()
         return cls(ws, config, QueueStore.for_workspace(ws, clock=clock), owner, clock)
@@ -66,7 +65,7 @@ class Heartbeater:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{claim.item_id}", daemon=True)
 
-    def __enter__(self) -> "Heartbeater":
+    def __enter__(self) -> Heartbeater:
         self._thread.start()
         return self
 
@@ -120,7 +119,7 @@ class RoleAgent:
         """The workspace's repository, acting as this agent, merging into the configured trunk."""
         return GitRepo.for_workspace(self.ctx.ws, self.ctx.owner, trunk=self.ctx.config.git.trunk)
 
-    def abort_signal(self) -> "AbortSignal":
+    def abort_signal(self) -> AbortSignal:
         """Set-like view that is true once the agent must abandon its work (stop or lease lost).
 
         Read by polling ``is_set()`` (the job runner does every 50 ms); no thread is started, so

@@ -188,7 +188,7 @@ class Builder(RoleAgent):
         job = resume_from_earlier_attempt(job, ws.artifacts_dir(step.id, 0).parent, step.attempts)
         return StepRun(task, step, step.attempts, base, worktree, rel_run, run_dir, artifacts, job)
 
-    def run_step(self, claim: Claim, run: StepRun) -> "JobResult":
+    def run_step(self, claim: Claim, run: StepRun) -> JobResult:
         """Run the step's job in a child process, with progress written to the queue at most every 10 s."""
         from oodatcaa.jobs.runner import run_job  # the job runner is only needed by builders
 
@@ -219,7 +219,7 @@ class Builder(RoleAgent):
                        default_model=default_model, timeout_s=cfg.jobs.timeout_minutes * 60,
                        cancel=self.abort_signal(), on_progress=on_progress)
 
-    def record(self, git: GitRepo, run: StepRun, result: "JobResult") -> tuple[dict[str, Any], str, dict[str, Any]]:
+    def record(self, git: GitRepo, run: StepRun, result: JobResult) -> tuple[dict[str, Any], str, dict[str, Any]]:
         """Write ``result.json``, commit the run files on the branch, write the report.
 
         Returns ``(the step's result record, one-line summary, headline metrics)``.
@@ -256,7 +256,7 @@ def _as_step(item: Item) -> Subtask:
     return item
 
 
-def _report_body(run: StepRun, result: "JobResult", commit: str, verdict: str, left_out: list[str]) -> str:
+def _report_body(run: StepRun, result: JobResult, commit: str, verdict: str, left_out: list[str]) -> str:
     step = run.step
     rss = f"{result.max_rss_gb:.3f} GB" if result.max_rss_gb is not None else "n/a"
     body = [

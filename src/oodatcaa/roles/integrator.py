@@ -19,7 +19,6 @@ from oodatcaa.core.leases import Claim
 from oodatcaa.core.models import Item, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
-from oodatcaa.gitops import GitRepo
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
 

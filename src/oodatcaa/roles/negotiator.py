@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core import lifecycle
+from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.config import AGENT_ROLES
 from oodatcaa.core.errors import WorkspaceError
 from oodatcaa.core.eventlog import LogEntry

@@ -16,12 +16,12 @@ import yaml
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import tag_stamp
 from oodatcaa.core.criteria import Criterion, format_check
+from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.ids import branch_name, slugify
 from oodatcaa.core.leases import Claim
 from oodatcaa.core.models import Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
-from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.gitops import DEFAULT_TRUNK
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
