@@ -423,8 +423,10 @@ def validate_queue_file(path: Path) -> list[Violation]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return [Violation(str(path), "file does not exist", "pass the path of a SPRINT_QUEUE.json")]
-    except (UnicodeDecodeError, IsADirectoryError) as exc:
-        return [Violation(str(path), f"cannot be read as UTF-8 text: {exc}", RESTORE_FIX)]
+    except UnicodeDecodeError as exc:
+        return [Violation(str(path), f"not UTF-8 text: {exc}", RESTORE_FIX)]
+    except OSError as exc:  # a directory, no permission
+        return [Violation(str(path), f"cannot be read: {exc.strerror or exc}", "pass the path of a readable SPRINT_QUEUE.json")]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
