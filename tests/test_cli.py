@@ -5,7 +5,6 @@ import json
 import pytest
 
 from oodatcaa.cli.main import main
-
 from support import git_repo
 
 
@@ -68,3 +67,32 @@ def test_status_log_and_report(tmp_path, capsys):
     assert main(["-C", str(repo), "report", "T001", "--role", "planner"]) == 0
     assert "Planner report" in capsys.readouterr().out
     assert main(["-C", str(repo), "report", "T001", "--role", "tester"]) == 1
+
+
+def _sprint_with_a_long_title(tmp_path, capsys, title: str):
+    repo = git_repo(tmp_path / "r")
+    main(["-C", str(repo), "init"])
+    backlog = tmp_path / "b.md"
+    backlog.write_text(f"# {title}\n\n### T001: echo\n**Type:** Story\n\n```job\nkind: command\nrun: echo hi\n```\n\n"
+                       "**Acceptance Criteria:**\n- [ ] ok `metric: command.returncode == 0` (critical)\n")
+    assert main(["-C", str(repo), "sprint", "new", "--backlog", str(backlog)]) == 0
+    capsys.readouterr()
+    return repo
+
+
+def test_status_follows_columns_per_call_and_json_ignores_width(tmp_path, capsys, monkeypatch):
+    # not a terminal (capsys): rich takes the width from COLUMNS, read when the command runs
+    title = "a sprint title long enough to need more than eighty columns on one line " * 2
+    repo = _sprint_with_a_long_title(tmp_path, capsys, title.strip())
+    outputs = {}
+    for columns in ("60", "200"):
+        monkeypatch.setenv("COLUMNS", columns)
+        assert main(["-C", str(repo), "status"]) == 0
+        table = capsys.readouterr().out
+        assert max(len(line) for line in table.splitlines()) <= int(columns)
+        assert main(["-C", str(repo), "status", "--json"]) == 0
+        outputs[columns] = (table, capsys.readouterr().out)
+    assert title.strip() in outputs["200"][0]  # the title on one line, not wrapped at 80
+    assert title.strip() not in outputs["60"][0]
+    assert outputs["60"][1] == outputs["200"][1]
+    assert json.loads(outputs["60"][1])["sprint"]["title"] == title.strip()

@@ -3,19 +3,24 @@
 The demo definition is this repository's ``.oodatcaa/`` (config, objective, backlog) plus its
 ``data/`` dataset. An earlier demo at PATH (recognised by its ``.oodatcaa-demo`` marker) is
 replaced; any other existing non-empty directory is refused.
+
+The demo runs and reports its outcome; showing it (the status table, the figures) is the CLI's job,
+so this module never imports :mod:`oodatcaa.cli`.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import git as gitpython
-from rich.console import Console
 
 from oodatcaa.core.config import bundled_dir
 from oodatcaa.core.errors import WorkspaceError
+from oodatcaa.core.models import Queue
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
 
@@ -47,15 +52,38 @@ def prepare_demo_repo(path: Path) -> Workspace:
     return ws
 
 
+@dataclass(frozen=True)
+class DemoOutcome:
+    """How a demo run ended, for the caller to show (the demo itself prints nothing).
+
+    Attributes:
+        code: the Negotiator's exit code (0 = every task done).
+        message: the Negotiator's closing sentence.
+        queue: the final queue as read after the run.
+        wall_seconds: time from the start of set-up to the end of the run.
+        root: the demo repository.
+    """
+
+    code: int
+    message: str
+    queue: Queue
+    wall_seconds: float
+    root: Path
+
+
 def run_demo(path: Path, *, model: str | None = None, max_seconds: float | None = 1800,
-             console: Console | None = None) -> int:
-    """Set up and run the demo sprint; returns the Negotiator's exit code (0 = every task done)."""
-    from oodatcaa.cli.render import status_table
+             progress: Callable[[str], None] | None = None) -> DemoOutcome:
+    """Set up and run the demo sprint at ``path``; returns its :class:`DemoOutcome`.
+
+    ``progress`` receives a plain-text line at each stage (model preparation, sprint start); it is
+    text, not markup. Raises :class:`WorkspaceError` when ``path`` is a non-empty directory that
+    is not an earlier demo, and what the sprint start raises for a bad backlog.
+    """
     from oodatcaa.roles.base import AgentContext, install_signal_handlers
     from oodatcaa.roles.negotiator import Negotiator
     from oodatcaa.sprints import init_workspace, new_sprint
 
-    console = console or Console()
+    say = progress or (lambda line: None)
     started = time.monotonic()
     ws = prepare_demo_repo(path)
     if model:
@@ -71,21 +99,13 @@ def run_demo(path: Path, *, model: str | None = None, max_seconds: float | None 
         from oodatcaa.mlmodels.default_model import ensure_default_model
 
         t0 = time.monotonic()
-        console.print("preparing the default model (SmolLM2-135M-Instruct, converted once and cached)...")
+        say("preparing the default model (SmolLM2-135M-Instruct, converted once and cached)...")
         model_dir = ensure_default_model()
-        console.print(f"default model: {model_dir} ({time.monotonic() - t0:.1f} s)")
+        say(f"default model: {model_dir} ({time.monotonic() - t0:.1f} s)")
     sprint = new_sprint(ws, ws.backlog_path)
-    console.print(f"{sprint.id} initiated in {ws.root}; running the agents...")
+    say(f"{sprint.id} initiated in {ws.root}; running the agents...")
     ctx = AgentContext.open(ws, "negotiator")
     install_signal_handlers(ctx)
     code, message = Negotiator(ctx, max_seconds=max_seconds).run()
     queue = QueueStore.for_workspace(ws).read()
-    console.print(status_table(queue))
-    for task in queue.tasks:
-        figures = ", ".join(f"{k}={v}" for k, v in sorted(task.metrics.items()))
-        console.print(f"[bold]{task.id}[/] {task.status.value} — loops {task.adapt_loops} — {figures}")
-    wall = time.monotonic() - started
-    (console.print if code == 0 else console.print)(
-        f"demo {'completed' if code == 0 else 'FAILED'} in {wall:.0f} s: {message}")
-    console.print(f"inspect: cd {ws.root} && git log --graph --oneline --all && git tag -n9 && oodatcaa status")
-    return code
+    return DemoOutcome(code, message, queue, time.monotonic() - started, ws.root)

@@ -1,4 +1,10 @@
-"""``oodatcaa`` command line: a thin layer over the library (the core never imports it)."""
+"""``oodatcaa`` command line: a thin layer over the library (the core never imports it).
+
+Output rules: text that comes from files (titles, log lines, error messages, paths) is printed
+literally, never as rich markup (:func:`say`, :func:`warn`, and :class:`~rich.text.Text` cells in
+:mod:`oodatcaa.cli.render`); machine-readable output (``--json``) bypasses rich entirely, so the
+terminal width never changes it.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,45 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from oodatcaa import __version__
 from oodatcaa.core.errors import OodatcaaError
+from oodatcaa.core.statuses import AGENT_ROLES, PROCESS_ROLES
 from oodatcaa.core.workspace import Workspace, find_workspace
 
-ROLE_CHOICES = ("planner", "builder", "tester", "refiner", "integrator")
-SUPERVISED_ROLES = (*ROLE_CHOICES, "negotiator")
+#: Roles that write reports and claim items (``report --role``).
+ROLE_CHOICES: tuple[str, ...] = tuple(r.value for r in AGENT_ROLES)
+#: Roles that run as supervised processes (``agent ROLE``, ``agents start ROLE``).
+SUPERVISED_ROLES: tuple[str, ...] = tuple(r.value for r in PROCESS_ROLES)
+
+# Replaced by fresh ones at every main() call (see _new_consoles).
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _new_consoles() -> None:
+    """Make this invocation's consoles.
+
+    rich reads ``COLUMNS`` when a console is made (and fixes its width from it), so consoles made
+    at import time would keep the environment of the import; made per call, ``COLUMNS=200 oodatcaa
+    status | less`` is 200 wide. Without ``COLUMNS`` and without a terminal rich uses 80 columns.
+    """
+    global console, err_console
+    console = Console()
+    err_console = Console(stderr=True)
+
+
+def say(text: str) -> None:
+    """Print ``text`` on stdout literally (never as markup)."""
+    console.print(text, markup=False, highlight=False)
+
+
+def warn(text: str) -> None:
+    """Print ``text`` on stderr literally, unwrapped (paths and messages stay copyable)."""
+    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _ws(args: argparse.Namespace) -> Workspace:
@@ -30,8 +62,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     base = Path(args.workspace) if args.workspace else Path.cwd()
     ws = init_workspace(base / args.path)
-    console.print(f"workspace ready: {ws.dir}")
-    console.print("next: write a backlog (docs/backlog-format.md), then `oodatcaa sprint new --backlog FILE`")
+    say(f"workspace ready: {ws.dir}")
+    say("next: write a backlog (docs/backlog-format.md), then `oodatcaa sprint new --backlog FILE`")
     return 0
 
 
@@ -40,7 +72,7 @@ def cmd_sprint_new(args: argparse.Namespace) -> int:
 
     ws = _ws(args)
     sprint = new_sprint(ws, Path(args.backlog), force=args.force)
-    console.print(f"{sprint.id} initiated (Sprint {sprint.number}); run `oodatcaa run` to start the agents")
+    say(f"{sprint.id} initiated (Sprint {sprint.number}); run `oodatcaa run` to start the agents")
     return 0
 
 
@@ -51,7 +83,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = AgentContext.open(_ws(args), "negotiator")
     install_signal_handlers(ctx)
     code, message = Negotiator(ctx, max_seconds=args.max_seconds).run()
-    (console if code == 0 else err_console).print(("" if code == 0 else "error: ") + message, markup=False, soft_wrap=True)
+    if code == 0:
+        console.print(message, markup=False, highlight=False, soft_wrap=True)
+    else:
+        warn("error: " + message)
     return code
 
 
@@ -78,6 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     queue = QueueStore.for_workspace(_ws(args)).read()
     if args.json:
+        # plain print, not rich: JSON must not depend on the terminal width
         data = {
             "sprint": queue.sprint.model_dump(mode="json") if queue.sprint else None,
             "counters": queue.counters,
@@ -103,14 +139,9 @@ def cmd_log(args: argparse.Namespace) -> int:
         entries = [e for e in entries if e.task == args.task or e.task.startswith(args.task + "-")]
     if args.tail:
         entries = entries[-args.tail:]
-    from rich.table import Table
+    from oodatcaa.cli.render import log_table
 
-    table = Table(show_header=True)
-    for col in ("time", "agent", "task", "from -> to", "what"):
-        table.add_column(col, overflow="fold")
-    for e in entries:
-        table.add_row(e.time.strftime("%H:%M:%S"), e.agent, e.task, e.change, e.what)
-    console.print(table)
+    console.print(log_table(entries))
     return 0
 
 
@@ -123,7 +154,7 @@ def _rotate(ws: Workspace, dry_run: bool) -> int:
     number = sprint.number if sprint else 0
     for log in (EventLog(ws.agent_log_path, ws.lock_path("agent_log")),
                 EventLog(ws.sprint_log_path, ws.lock_path("sprint_log"), header=SPRINT_LOG_HEADER)):
-        console.print(rotate_log(log, ws.sprint_archive_dir(number), dry_run=dry_run).describe())
+        say(rotate_log(log, ws.sprint_archive_dir(number), dry_run=dry_run).describe())
     return 0
 
 
@@ -133,30 +164,27 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
     if args.queue_cmd == "validate":
         path = Path(args.file) if args.file else _ws(args).queue_path
-        violations = validate_queue_file(path)
+        violations = validate_queue_file(path)  # reads only: the file is never changed
         for v in violations:
-            err_console.print(f"{path}: {v}", markup=False, soft_wrap=True)
+            warn(f"{path}: {v}")
         if violations:
-            err_console.print(f"{len(violations)} problem(s) in {path}", markup=False)
+            warn(f"{len(violations)} problem(s) in {path}")
             return 1
-        console.print(f"{path}: valid (schema and invariants)")
+        say(f"{path}: valid (schema and invariants)")
         return 0
     store = QueueStore.for_workspace(_ws(args))
     if args.queue_cmd == "history":
-        from rich.table import Table
+        from datetime import UTC, datetime
 
-        table = Table(title="kept queue versions (oldest first)")
-        for col in ("revision", "saved", "file"):
-            table.add_column(col)
-        for path in store.history():
-            from datetime import datetime, timezone
+        from oodatcaa.cli.render import history_table
 
-            saved = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            table.add_row(str(int(path.stem.split(".r")[1])), saved, str(path))
-        console.print(table)
+        versions = [(int(p.stem.split(".r")[1]),
+                     datetime.fromtimestamp(p.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M:%S"), p)
+                    for p in store.history()]
+        console.print(history_table(versions))
         return 0
     restored = store.restore(args.revision, actor=os.environ.get("USER", "person"))
-    console.print(f"revision {args.revision} restored; the queue is now at revision {restored.revision}")
+    say(f"revision {args.revision} restored; the queue is now at revision {restored.revision}")
     return 0
 
 
@@ -175,7 +203,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
     if args.agents_cmd in ("stop", "restart"):
         for rec in records:
             if rec.role in roles:
-                console.print(f"{rec.owner} (pid {rec.pid}): {stop_agent(ws, rec, args.grace)}")
+                say(f"{rec.owner} (pid {rec.pid}): {stop_agent(ws, rec, args.grace)}")
     if args.agents_cmd in ("start", "restart"):
         config = load_config(ws.config_path, ws.agents_dir)
         for role in roles:
@@ -184,13 +212,12 @@ def cmd_agents(args: argparse.Namespace) -> int:
             for _ in range(max(0, wanted - len(running))):
                 owner = next_owner(ws, role)
                 proc = spawn_agent(ws, role, owner, detach=True)
-                console.print(f"started {owner} (pid {proc.pid}); log {ws.agents_state_dir / (owner + '.log')}")
+                say(f"started {owner} (pid {proc.pid}); log {ws.agents_state_dir / (owner + '.log')}")
     return 0
 
 
 def _agents_status(ws: Workspace, records: list, as_json: bool) -> int:
-    from rich.table import Table
-
+    from oodatcaa.cli.render import agents_table
     from oodatcaa.core.store import QueueStore
 
     held: dict[str, tuple[str, str]] = {}
@@ -207,15 +234,9 @@ def _agents_status(ws: Workspace, records: list, as_json: bool) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        console.print(f"no agents recorded in {ws.agents_state_dir} (start some with `oodatcaa agents start`)")
+        say(f"no agents recorded in {ws.agents_state_dir} (start some with `oodatcaa agents start`)")
         return 0
-    table = Table(title="agents")
-    for col in ("owner", "role", "pid", "alive", "task held", "last heartbeat", "started"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["owner"], r["role"], str(r["pid"]), "[green]yes[/]" if r["alive"] else "[red]no[/]",
-                      r["task"] or "", r["last_heartbeat"] or "", r["started_at"])
-    console.print(table)
+    console.print(agents_table(rows))
     return 0
 
 
@@ -228,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     validate_story_id(args.task)
     paths = reports_for(ws, args.task, args.role)
     if not paths:
-        err_console.print(f"error: no reports for {args.task}" + (f" from {args.role}" if args.role else ""))
+        warn(f"error: no reports for {args.task}" + (f" from {args.role}" if args.role else ""))
         return 1
     for path in paths:
         print_markdown(console, path.read_text(encoding="utf-8"))
@@ -237,9 +258,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from oodatcaa.cli.render import status_table, task_figures
     from oodatcaa.demo import run_demo
 
-    return run_demo(Path(args.path), model=args.model, max_seconds=args.max_seconds, console=console)
+    outcome = run_demo(Path(args.path), model=args.model, max_seconds=args.max_seconds, progress=say)
+    console.print(status_table(outcome.queue))
+    for line in task_figures(outcome.queue):
+        console.print(line)
+    verdict = f"in {outcome.wall_seconds:.0f} s: {outcome.message}"
+    if outcome.code == 0:
+        say(f"demo completed {verdict}")
+    else:
+        warn(f"demo FAILED {verdict}")
+    say(f"inspect: cd {outcome.root} && git log --graph --oneline --all && git tag -n9 && oodatcaa status")
+    return outcome.code
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -247,7 +279,7 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     if args.model_cmd == "prepare":
         path = ensure_default_model()
-        console.print(f"default model ready: {path}")
+        say(f"default model ready: {path}")
     else:
         print(json.dumps(default_model_info(), indent=2, default=str))
     return 0
@@ -354,10 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``oodatcaa`` console script; returns the exit code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    _new_consoles()
     try:
         return int(args.func(args) or 0)
     except OodatcaaError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        warn(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130

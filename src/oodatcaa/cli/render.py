@@ -1,18 +1,39 @@
-"""Rich rendering of the queue, logs and reports for the terminal (CLI only)."""
+"""Rich rendering of the queue, logs, agents and reports for the terminal (CLI only).
+
+Everything shown here comes from files a person or an agent wrote: backlog titles, log text, error
+messages, pid files. None of it is ever parsed as rich markup — a title such as ``Fix the [/] parser``
+would otherwise crash the view (``MarkupError``) or lose its brackets. Cells are :class:`~rich.text.Text`
+objects (taken literally) and styles are applied as styles, never spliced into a markup string.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
+from rich.text import Text
 
+from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.models import Queue
+
+#: Colour of a status cell; other statuses are unstyled.
+STATUS_COLOURS = {"done": "green", "needs_manual": "red", "needs_adapt": "yellow", "cancelled": "grey50"}
+
+
+def cell(value: object, style: str = "") -> Text:
+    """A table cell showing ``value`` literally (``None`` -> empty), optionally styled."""
+    return Text("" if value is None else str(value), style=style)
 
 
 def status_rows(queue: Queue) -> list[dict[str, Any]]:
-    """One row per story and subtask: id, kind, status, owner, branch, last metric, loops."""
+    """One row per story and subtask: id, kind, status, owner, branch, last metric, loops, failure.
+
+    Plain JSON-ready dicts (``status --json`` prints them as they are).
+    """
     rows: list[dict[str, Any]] = []
     for task in queue.tasks:
         metric = ""
@@ -45,22 +66,66 @@ def status_rows(queue: Queue) -> list[dict[str, Any]]:
 
 
 def status_table(queue: Queue) -> Table:
+    """The ``oodatcaa status`` table: one line per story (bold) and subtask (dim, indented)."""
     sprint = queue.sprint
-    title = f"{sprint.id} — {sprint.title} [{sprint.status.value}]" if sprint else "no sprint"
-    table = Table(title=title, show_lines=False)
+    title = Text(f"{sprint.id} — {sprint.title} [{sprint.status.value}]" if sprint else "no sprint")
+    # a title wraps at the table's width, and the table is only as wide as its cells: let it be as
+    # wide as the title (rich still caps it at the console width)
+    table = Table(title=title, show_lines=False, min_width=title.cell_len)
     for col in ("task", "status", "owner", "branch", "last metric"):
         table.add_column(col, overflow="fold")
     for row in status_rows(queue):
         name = row["id"] if row["kind"] == "story" else f"  {row['id']}"
         style = "bold" if row["kind"] == "story" else "dim"
         status = row["status"]
-        colour = {"done": "green", "needs_manual": "red", "needs_adapt": "yellow", "cancelled": "grey50"}.get(status)
-        table.add_row(name, f"[{colour}]{status}[/]" if colour else status, row["owner"] or "",
-                      row["branch"] or "", row["last_metric"] or "", style=style)
+        table.add_row(cell(name), cell(status, STATUS_COLOURS.get(status, "")), cell(row["owner"]),
+                      cell(row["branch"]), cell(row["last_metric"]), style=style)
     c = queue.counters["totals"]
-    table.caption = f"{c['done']}/{c['stories']} stories done · {c['subtasks']} subtasks · revision {queue.revision}"
+    table.caption = Text(f"{c['done']}/{c['stories']} stories done · {c['subtasks']} subtasks · revision {queue.revision}")
+    return table
+
+
+def task_figures(queue: Queue) -> list[Text]:
+    """One line per story: ``T001 done — loops 0 — key=value, ...`` (the demo's closing figures)."""
+    lines: list[Text] = []
+    for task in queue.tasks:
+        figures = ", ".join(f"{k}={v}" for k, v in sorted(task.metrics.items()))
+        lines.append(Text.assemble((task.id, "bold"), f" {task.status.value} — loops {task.adapt_loops} — {figures}"))
+    return lines
+
+
+def log_table(entries: Iterable[LogEntry]) -> Table:
+    """``AGENT_LOG.md`` entries as a table: time, agent, task, change, what."""
+    table = Table(show_header=True)
+    for col in ("time", "agent", "task", "from -> to", "what"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        table.add_row(cell(e.time.strftime("%H:%M:%S")), cell(e.agent), cell(e.task), cell(e.change), cell(e.what))
+    return table
+
+
+def agents_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """``agents status``: rows as built by the CLI (owner, role, pid, alive, task, last_heartbeat, started_at)."""
+    table = Table(title="agents")
+    for col in ("owner", "role", "pid", "alive", "task held", "last heartbeat", "started"):
+        table.add_column(col)
+    for r in rows:
+        alive = cell("yes", "green") if r["alive"] else cell("no", "red")
+        table.add_row(cell(r["owner"]), cell(r["role"]), cell(r["pid"]), alive, cell(r["task"]),
+                      cell(r["last_heartbeat"]), cell(r["started_at"]))
+    return table
+
+
+def history_table(versions: Iterable[tuple[int, str, Path]]) -> Table:
+    """``queue history``: (revision, saved at, file) per kept version, oldest first."""
+    table = Table(title="kept queue versions (oldest first)")
+    for col in ("revision", "saved", "file"):
+        table.add_column(col)
+    for revision, saved, path in versions:
+        table.add_row(cell(revision), cell(saved), cell(path))
     return table
 
 
 def print_markdown(console: Console, text: str) -> None:
+    """Render a Markdown report. rich's Markdown never reads rich markup, so brackets stay literal."""
     console.print(Markdown(text))

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock
-from pydantic import ValidationError
 
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import Clock
@@ -26,36 +25,12 @@ from oodatcaa.core.errors import QueueFileError
 from oodatcaa.core.eventlog import EventLog, LogEntry
 from oodatcaa.core.invariants import check_invariants
 from oodatcaa.core.models import Item, Queue, Task
+from oodatcaa.core.queuefile import RESTORE_FIX, format_loc, parse_queue
 from oodatcaa.core.statuses import TaskStatus, check_transition
 from oodatcaa.core.workspace import Workspace
 
-RESTORE_FIX = "fix the file by hand, or restore a previous version from state/queue_history/"
-
-
-def format_loc(loc: tuple) -> str:
-    """Pydantic error location -> ``tasks[2].subtasks[0].status``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def parse_queue(text: str, path: Path) -> Queue:
-    """Validate queue JSON text; raise :class:`QueueFileError` naming the file and the field."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise QueueFileError(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                             fix=RESTORE_FIX) from None
-    try:
-        return Queue.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise QueueFileError(path, f"{err['msg']}{more}", field=format_loc(err["loc"]), fix=RESTORE_FIX) from None
+# the parser moved to queuefile (shared with the invariants without a cycle); re-exported for old imports
+__all__ = ["RESTORE_FIX", "QueueStore", "Transaction", "format_loc", "parse_queue"]
 
 
 class Transaction:
@@ -112,7 +87,7 @@ class QueueStore:
         self.history_keep = history_keep
 
     @classmethod
-    def for_workspace(cls, ws: Workspace, clock: Clock | None = None) -> "QueueStore":
+    def for_workspace(cls, ws: Workspace, clock: Clock | None = None) -> QueueStore:
         """The store of a workspace, with its standard lock, log and history paths."""
         ws.locks_dir.mkdir(parents=True, exist_ok=True)
         log = EventLog(ws.agent_log_path, ws.lock_path("agent_log"))
