@@ -16,15 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import git as gitpython
-
 from oodatcaa.core.config import bundled_dir
 from oodatcaa.core.errors import WorkspaceError
 from oodatcaa.core.models import Queue
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
+from oodatcaa.gitops import DEFAULT_TRUNK, GitRepo, init_repository
 
 MARKER = ".oodatcaa-demo"
+#: The demo repository's trunk (a fresh repository, so the branch is ours to name).
+DEMO_TRUNK = DEFAULT_TRUNK
+#: The demo workspace definition copied from the bundled ``.oodatcaa/``.
+DEFINITION_FILES = ("config.toml", "objectives/OBJECTIVE.md", "work/SPRINT_BACKLOG.md")
 
 
 def prepare_demo_repo(path: Path) -> Workspace:
@@ -37,10 +40,10 @@ def prepare_demo_repo(path: Path) -> Workspace:
             raise WorkspaceError(f"{path} exists and is not an earlier oodatcaa demo (no {MARKER}); choose another path")
     path.mkdir(parents=True, exist_ok=True)
     (path / MARKER).write_text("created by `oodatcaa demo`; the directory is replaced by the next demo run\n")
-    gitpython.Repo.init(path, initial_branch="main")
+    init_repository(path, DEMO_TRUNK)
     source = bundled_dir("demo")
     ws = Workspace(path)
-    for rel in ("config.toml", "objectives/OBJECTIVE.md", "work/SPRINT_BACKLOG.md"):
+    for rel in DEFINITION_FILES:
         target = ws.dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / rel, target)
@@ -89,12 +92,12 @@ def run_demo(path: Path, *, model: str | None = None, max_seconds: float | None 
     if model:
         cfg = ws.config_path.read_text(encoding="utf-8")
         ws.config_path.write_text(cfg.replace('default_model = "default"', f'default_model = "{Path(model).resolve()}"'))
-    init_workspace(ws.root)
-    repo = gitpython.Repo(ws.root)
-    repo.git.add("-A", "--", "data", "README.md", MARKER)
-    repo.git.commit("-m", "[docs] demo: dataset and readme", env={
-        "GIT_AUTHOR_NAME": "oodatcaa demo", "GIT_AUTHOR_EMAIL": "demo@oodatcaa.local",
-        "GIT_COMMITTER_NAME": "oodatcaa demo", "GIT_COMMITTER_EMAIL": "demo@oodatcaa.local"})
+    # the first commit carries the demo definition, so `init` finds a branch with history (it
+    # refuses an unborn HEAD) and keeps the demo's own config
+    definition = [ws.relative(ws.dir / rel) for rel in DEFINITION_FILES]
+    GitRepo.for_workspace(ws, "demo", trunk=DEMO_TRUNK).commit_all(["data", "README.md", MARKER, *definition],
+                                                                  "[docs] demo: dataset, readme and sprint definition")
+    init_workspace(ws.root, force=True)
     if not model:
         from oodatcaa.mlmodels.default_model import ensure_default_model
 

@@ -65,6 +65,12 @@ def head_state(path: Path) -> tuple[str | None, str]:
     return branch, "branch"
 
 
+def init_repository(path: Path, branch: str = DEFAULT_TRUNK) -> Path:
+    """``git init`` at ``path`` with ``branch`` as the unborn first branch; returns the path."""
+    git.Repo.init(Path(path), initial_branch=branch)
+    return Path(path)
+
+
 def identity_env(owner: str) -> dict[str, str]:
     """Author environment for commits made by agent ``owner``; committer falls back likewise."""
     env = {"GIT_AUTHOR_NAME": f"oodatcaa {owner}", "GIT_AUTHOR_EMAIL": f"{owner}@oodatcaa.local"}

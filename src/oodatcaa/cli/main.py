@@ -61,7 +61,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from oodatcaa.sprints import init_workspace
 
     base = Path(args.workspace) if args.workspace else Path.cwd()
-    ws = init_workspace(base / args.path)
+    ws = init_workspace(base / args.path, force=args.force)
     say(f"workspace ready: {ws.dir}")
     say("next: write a backlog (docs/backlog-format.md), then `oodatcaa sprint new --backlog FILE`")
     return 0
@@ -302,8 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-C", "--workspace", metavar="DIR", help="repository containing .oodatcaa/ (default: cwd)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create the .oodatcaa/ workspace in a git repository")
+    p = sub.add_parser("init", help="create the .oodatcaa/ workspace in a git repository; the current branch "
+                                   "becomes the trunk ([git] trunk)")
     p.add_argument("path", nargs="?", default=".", help="a directory inside the git repository (default: .)")
+    p.add_argument("--force", action="store_true",
+                   help="add what is missing to an existing workspace (existing files are kept)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("sprint", help="sprint commands")
