@@ -293,6 +293,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``oodatcaa`` argument parser: one sub-parser per command, each bound to its ``cmd_*``."""
     parser = argparse.ArgumentParser(
         prog="oodatcaa",
         description="Multi-agent orchestrator for the OODATCAA loop: a backlog of MLX experiments goes in; "
@@ -301,7 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"oodatcaa {__version__}")
     parser.add_argument("-C", "--workspace", metavar="DIR", help="repository containing .oodatcaa/ (default: cwd)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_loop_commands(sub)
+    _add_view_commands(sub)
+    _add_operation_commands(sub)
+    return parser
 
+
+def _add_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """init, sprint new, run, agent: what runs the loop."""
     p = sub.add_parser("init", help="create the .oodatcaa/ workspace in a git repository; the current branch "
                                    "becomes the trunk ([git] trunk)")
     p.add_argument("path", nargs="?", default=".", help="a directory inside the git repository (default: .)")
@@ -327,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="handle at most one item, then exit")
     p.set_defaults(func=cmd_agent)
 
+
+def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """status, log, report: what people read."""
     p = sub.add_parser("status", help="table of tasks: status, owner, branch, last metric")
     p.add_argument("--json", action="store_true", help="print the same data as JSON")
     p.set_defaults(func=cmd_status)
@@ -340,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="rotate: say what would move, change nothing")
     p.set_defaults(func=cmd_log)
 
+    p = sub.add_parser("report", help="render a task's reports in the terminal")
+    p.add_argument("task", help="story ID, e.g. T001")
+    p.add_argument("--role", choices=ROLE_CHOICES, help="only this role's reports")
+    p.set_defaults(func=cmd_report)
+
+
+def _add_operation_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """queue, agents, demo, model, schema: keeping a workspace healthy."""
     p = sub.add_parser("queue", help="inspect, validate and restore SPRINT_QUEUE.json")
     queue_sub = p.add_subparsers(dest="queue_cmd", required=True, metavar="SUBCOMMAND")
     q = queue_sub.add_parser("validate", help="check schema and invariants; every problem with its location (exit 1)")
@@ -365,11 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", action="store_true", help="status: print JSON")
         q.set_defaults(func=cmd_agents)
 
-    p = sub.add_parser("report", help="render a task's reports in the terminal")
-    p.add_argument("task", help="story ID, e.g. T001")
-    p.add_argument("--role", choices=ROLE_CHOICES, help="only this role's reports")
-    p.set_defaults(func=cmd_report)
-
     p = sub.add_parser("demo", help="copy the bundled demo sprint into a fresh repository at PATH and run it")
     p.add_argument("path", help="where to create the demo repository (replaced if it is an earlier demo)")
     p.add_argument("--model", default=None, help="local mlx-lm model dir instead of the default SmolLM2")
@@ -382,7 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of SPRINT_QUEUE.json")
     p.set_defaults(func=cmd_schema)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
