@@ -35,6 +35,7 @@ from oodatcaa.core.models import Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.gitops import GitRepo
+from oodatcaa.jobs.registry import training_kinds
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
 
@@ -83,7 +84,7 @@ def failure_of(task: Task) -> Failure:
 
 
 #: Job kinds that train and so take the memory rule's batch / checkpointing fields.
-TRAINING_KINDS = ("lora_train", "memory_profile")
+TRAINING_KINDS = training_kinds()
 
 
 def _pick_step(task: Task, failure: Failure, kinds: tuple[str, ...]) -> Subtask | None:
