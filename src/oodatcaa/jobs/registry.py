@@ -233,11 +233,11 @@ def mlx_kinds() -> tuple[str, ...]:
     return tuple(k.name for k in _REGISTRY if k.uses_mlx)
 
 
-def metrics_of(job_kinds: Iterable[str]) -> set[str]:
+def metrics_of(kinds: Iterable[str]) -> set[str]:
     """Every documented ``namespace.key`` metric of the given kinds (unregistered names are skipped:
     a bad ``kind`` is reported by spec validation, not here)."""
     out: set[str] = set()
-    for name in job_kinds:
+    for name in kinds:
         kind = _BY_NAME.get(name)
         if kind is not None:
             out.update(kind.metrics)
