@@ -153,7 +153,8 @@ BAD_SPECS = [
 ]
 
 
-@pytest.mark.parametrize(("data", "field", "text"), BAD_SPECS, ids=[f"{d.get('kind', '-')}:{f}:{i}" for i, (d, f, _) in enumerate(BAD_SPECS)])
+@pytest.mark.parametrize(("data", "field", "text"), BAD_SPECS,
+                         ids=[f"{d.get('kind', '-')}:{f}:{i}" for i, (d, f, _) in enumerate(BAD_SPECS)])
 def test_bad_spec_names_source_field_and_fix(data: dict, field: str, text: str) -> None:
     with pytest.raises(JobSpecError) as info:
         parse_job_spec(data, source="backlog.yaml#jobs[3]")
@@ -193,7 +194,8 @@ def test_defaults() -> None:
 
     bench = parse_job_spec(BENCH)
     assert isinstance(bench, InferenceBenchJob)
-    assert (bench.max_tokens, bench.trials, bench.warmup, bench.adapter, bench.temperature, bench.seed) == (64, 1, True, None, 0.0, 0)
+    assert (bench.max_tokens, bench.trials, bench.warmup, bench.adapter, bench.temperature, bench.seed) == (
+        64, 1, True, None, 0.0, 0)
     assert bench.prompts
 
     lora = parse_job_spec(LORA)
@@ -229,14 +231,16 @@ def test_profiles_fill_defaults_and_the_spec_overrides_them() -> None:
 def test_new_kind_defaults() -> None:
     lora = parse_job_spec(LORA)
     assert (lora.fine_tune_type, lora.quantize, lora.quantize_group_size, lora.lr_schedule) == ("lora", None, 64, None)
-    assert (lora.save_every, lora.resume, lora.resume_from, lora.keep_best, lora.early_stopping) == (100, "auto", None, False, None)
+    assert (lora.save_every, lora.resume, lora.resume_from, lora.keep_best, lora.early_stopping) == (
+        100, "auto", None, False, None)
     assert parse_job_spec({**LORA, "early_stopping": {"patience": 3}}).early_stopping.min_delta == 0.0
     sched = parse_job_spec({**LORA, "lr_schedule": {"name": "cosine_decay", "warmup": 5}}).lr_schedule
     assert (sched.warmup, sched.warmup_init, sched.end_lr, sched.arguments) == (5, 0.0, 0.0, None)
     mem = parse_job_spec({"kind": "memory_profile"})
     assert (mem.steps, mem.target_gb, mem.data, mem.batch_size, mem.max_seq_length, mem.max_tokens) == (3, None, None, 4, 512, 32)
     ev = parse_job_spec({"kind": "evaluate", "data": "d"})
-    assert (ev.split, ev.adapter, ev.batch_size, ev.max_batches, ev.num_prompts, ev.compare_base) == ("test", None, 4, -1, 3, True)
+    assert (ev.split, ev.adapter, ev.batch_size, ev.max_batches, ev.num_prompts, ev.compare_base) == (
+        "test", None, 4, -1, 3, True)
     ds = parse_job_spec({"kind": "dataset", "source": "raw.jsonl", "output": "data"})
     assert (ds.split.train, ds.split.valid, ds.split.test, ds.model, ds.dedupe, ds.strict) == (0.8, 0.1, 0.1, None, True, False)
     q = parse_job_spec({"kind": "quantize"})

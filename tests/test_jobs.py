@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from oodatcaa.jobs import cpu_fastpath, runner
-from oodatcaa.jobs.runner import JobResult, run_job
-
 from conftest import write_tiny_dataset
+from oodatcaa.jobs import cpu_fastpath, runner
+from oodatcaa.jobs._common import DivergedError, JobFailure, OutOfMemoryJobError
+from oodatcaa.jobs.runner import JobResult, run_job
 
 MODEL_KEYS = {
     "parameters_total", "parameters_millions", "dtype", "quantization", "load_seconds", "tokenizer_roundtrip",
@@ -114,7 +114,8 @@ def test_not_a_model_dir_fails_clearly(tmp_path: Path) -> None:
 
 def test_inference_bench_on_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
     events: list[dict] = []
-    spec = {"kind": "inference_bench", "model": str(tiny_model), "prompts": ["Hello", "What is the capital of France?"], "max_tokens": 12, "trials": 3}
+    spec = {"kind": "inference_bench", "model": str(tiny_model), "prompts": ["Hello", "What is the capital of France?"],
+            "max_tokens": 12, "trials": 3}
     result = _run(spec, tmp_path, on_progress=events.append)
     assert result.ok, result.error
     inference = result.summary["inference"]
@@ -321,6 +322,96 @@ def test_exit_zero_without_summary_is_not_ok(tmp_path: Path, monkeypatch: pytest
     result = _run({"kind": "command", "run": "true"}, tmp_path)
     assert not result.ok and result.returncode == 0 and result.summary == {}
     assert "wrote no summary.json" in (result.error or "") and "did nothing" in (result.error or "")
+
+
+# ---------------------------------------------------------------- typed failures (error.json)
+
+
+def _run_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raise_: BaseException) -> tuple[int, dict]:
+    """Run a command job through the worker in this process, its ``run`` replaced by one raising ``raise_``
+    (a command job: the worker neither re-executes itself nor wraps stdout for it)."""
+    from oodatcaa.jobs import command, worker
+
+    def failing_run(spec: object, ctx: object) -> dict:
+        raise raise_
+
+    monkeypatch.setattr(command, "run", failing_run)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    jobfile = run_dir / "job.json"
+    jobfile.write_text(json.dumps({"spec": {"kind": "command", "run": "true"}, "workdir": str(tmp_path),
+                                   "run_dir": str(run_dir), "artifacts_dir": str(tmp_path / "artifacts")}))
+    status = worker.run_jobfile(jobfile)
+    return status, json.loads((run_dir / "error.json").read_text())
+
+
+def test_diverged_is_typed_whatever_the_message_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+    import string
+
+    message = "".join(random.choice(string.ascii_letters + " ") for _ in range(40))
+    status, error = _run_in_process(tmp_path, monkeypatch,
+                                    DivergedError(message, iteration=7, loss=float("nan"), initial_loss=2.5))
+    assert status == 1
+    assert error == {"error": message, "type": "job_failure", "failure_kind": "diverged",
+                     "details": {"iteration": 7, "loss": None, "initial_loss": 2.5}}
+
+
+def _job_failure_from_memory_error() -> BaseException:
+    """A loader's JobFailure wrapping the MemoryError it caught (``raise ... from exc``)."""
+    try:
+        try:
+            raise MemoryError()
+        except MemoryError as exc:
+            raise JobFailure("could not load model /m: MemoryError") from exc
+    except JobFailure as wrapped:
+        return wrapped
+
+
+# (error.json type, the exception the job raises, failure_kind, details)
+FAILURES = {
+    "job-failure": ("job_failure", lambda: JobFailure("data directory does not exist: /x"), "job_error", {}),
+    "job-failure-details": ("job_failure", lambda: JobFailure("x", details={"file": "train.jsonl"}), "job_error",
+                            {"file": "train.jsonl"}),
+    "oom-job-error": ("job_failure", lambda: OutOfMemoryJobError("needs 9 GB", details={"requested_gb": 9}), "oom",
+                      {"requested_gb": 9}),
+    "job-failure-from-memory-error": ("job_failure", _job_failure_from_memory_error, "oom", {"exception": "MemoryError"}),
+    "memory-error": ("exception", MemoryError, "oom", {"exception": "MemoryError"}),
+    "mlx-malloc": ("exception", lambda: RuntimeError("[malloc] Unable to allocate 68719476736 bytes."), "oom",
+                   {"exception": "RuntimeError"}),
+    "bad-alloc": ("exception", lambda: RuntimeError("std::bad_alloc"), "oom", {"exception": "RuntimeError"}),
+    "other": ("exception", lambda: ValueError("shapes (2,3) and (4,5) cannot be broadcast"), "job_error",
+              {"exception": "ValueError"}),
+    "interrupt": ("exception", KeyboardInterrupt, "job_error", {"exception": "KeyboardInterrupt"}),
+}
+
+
+@pytest.mark.parametrize("case", FAILURES)
+def test_error_json_failure_kinds(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    type_, make, kind, details = FAILURES[case]
+    status, error = _run_in_process(tmp_path, monkeypatch, make())
+    assert status == 1
+    assert (error["type"], error["failure_kind"], error["details"]) == (type_, kind, details)
+    assert error["error"]
+
+
+def test_unreadable_job_file_is_a_job_error(tmp_path: Path) -> None:
+    from oodatcaa.jobs import worker
+
+    jobfile = tmp_path / "job.json"
+    jobfile.write_text("{not json")
+    assert worker.run_jobfile(jobfile) == 2
+    error = json.loads((tmp_path / "error.json").read_text())
+    assert error["type"] == "job_file" and error["failure_kind"] == "job_error"
+    assert error["details"] == {"exception": "JSONDecodeError"} and "cannot read job file" in error["error"]
+
+
+def test_failed_job_reports_its_failure_kind_end_to_end(tmp_path: Path) -> None:
+    result = _run({"kind": "model_check", "model": str(tmp_path / "nope")}, tmp_path)
+    assert not result.ok
+    error = json.loads((result.run_dir / "error.json").read_text())
+    assert error["failure_kind"] == "job_error" and error["type"] == "job_failure"
+    assert error["error"].startswith("model path does not exist")
 
 
 # ---------------------------------------------------------------- cpu fast path

@@ -9,10 +9,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from conftest import TINY_QA, chat_record, write_tiny_dataset
 from oodatcaa.jobs import dataset as ds
 from oodatcaa.jobs.runner import JobResult, run_job
-
-from conftest import TINY_QA, chat_record, write_tiny_dataset
 
 
 def _run(spec: dict, base: Path, name: str = "job") -> JobResult:
@@ -78,7 +77,8 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 
 def test_build_splits_reports_every_problem_with_its_line(tmp_path: Path) -> None:
-    good = [json.dumps(chat_record(f"Question {i} about the topic number {i * 7}?", f"Answer {i} is {i * 13}.")) for i in range(40)]
+    good = [json.dumps(chat_record(f"Question {i} about the topic number {i * 7}?", f"Answer {i} is {i * 13}."))
+            for i in range(40)]
     near = json.dumps(chat_record("question 5 about the TOPIC number 35", "Answer 5 is 65!"))
     lines = good + [
         good[2],                                                       # 41 exact duplicate of line 3
@@ -119,7 +119,8 @@ def test_build_splits_reports_every_problem_with_its_line(tmp_path: Path) -> Non
     with_pair = [name for name, v in written.items() if near in v or good[5] in v]
     assert len(with_pair) == 1
     # deterministic for a seed
-    again = _run({"kind": "dataset", "source": "raw.jsonl", "output": "data/again", "max_tokens": 40, "seed": 1}, tmp_path, "again")
+    again = _run({"kind": "dataset", "source": "raw.jsonl", "output": "data/again", "max_tokens": 40, "seed": 1},
+                 tmp_path, "again")
     assert again.ok
     for name in ("train", "valid", "test"):
         assert (tmp_path / "data" / "again" / f"{name}.jsonl").read_text() == (out / f"{name}.jsonl").read_text()

@@ -87,7 +87,8 @@ def test_fuse_with_gguf_export(tiny_model: Path, tiny_adapter: Path, tmp_path: P
     assert "fused/ggml-model-f16.gguf" in result.artifacts
     # the fused model generates what base + adapter generates
     prompts = ["What color is the sky?"]
-    fused = _run({"kind": "inference_bench", "model": str(out), "prompts": prompts, "max_tokens": 8, "warmup": False}, tmp_path, "b1")
+    fused = _run({"kind": "inference_bench", "model": str(out), "prompts": prompts, "max_tokens": 8, "warmup": False},
+                 tmp_path, "b1")
     adapted = _run({"kind": "inference_bench", "model": str(tiny_model), "adapter": str(tiny_adapter), "prompts": prompts,
                     "max_tokens": 8, "warmup": False}, tmp_path, "b2")
     assert fused.ok and adapted.ok

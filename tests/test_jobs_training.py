@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from oodatcaa.jobs._training import KILL_AFTER_CHECKPOINT_ENV
-from oodatcaa.jobs.runner import JobResult, run_job
-
 from conftest import write_tiny_dataset
+from job_hooks.sitecustomize import arm as arm_kill_after_checkpoint
+from job_hooks.sitecustomize import disarm as disarm_kill_after_checkpoint
+from oodatcaa.jobs.runner import JobResult, run_job
 
 #: Resumed and uninterrupted loss curves must agree within this (nats/token). Measured: 0.0 on CPU
 #: (bit-identical), see docs/jobs.md.
@@ -57,10 +57,10 @@ def test_killed_run_resumes_with_the_same_loss_curve(tiny_model: Path, data_dir:
 
     # Killed (SIGKILL, no clean-up) right after the checkpoint of iteration 15 -- mid report window,
     # mid gradient accumulation (15 is odd), mid epoch (8 batches per epoch).
-    monkeypatch.setenv(KILL_AFTER_CHECKPOINT_ENV, "15")
+    arm_kill_after_checkpoint(monkeypatch, 15)
     killed = _run(spec, tmp_path, "resumed")
     assert not killed.ok and killed.returncode == -9
-    monkeypatch.delenv(KILL_AFTER_CHECKPOINT_ENV)
+    disarm_kill_after_checkpoint(monkeypatch)
     assert (tmp_path / "resumed" / "artifacts" / "checkpoints" / "step-0000015" / "optimizer.safetensors").is_file()
     assert (tmp_path / "resumed" / "artifacts" / "checkpoints" / "step-0000015" / "grad_accum.safetensors").is_file()
 
@@ -91,9 +91,10 @@ def test_resume_rules(tiny_model: Path, data_dir: Path, tmp_path: Path, monkeypa
     result = _run({**spec, "resume": True}, tmp_path, "a")
     assert not result.ok and "no checkpoint" in (result.error or "")
 
-    monkeypatch.setenv(KILL_AFTER_CHECKPOINT_ENV, "4")
-    assert not _run(spec, tmp_path, "b").ok
-    monkeypatch.delenv(KILL_AFTER_CHECKPOINT_ENV)
+    arm_kill_after_checkpoint(monkeypatch, 4)
+    killed = _run(spec, tmp_path, "b")
+    assert not killed.ok and killed.returncode == -9
+    disarm_kill_after_checkpoint(monkeypatch)
     # another set-up: explicit resume refuses and names what differs; auto starts over
     result = _run({**spec, "resume": True, "learning_rate": 1e-3}, tmp_path, "b")
     assert not result.ok and "learning_rate differ" in (result.error or "")
@@ -149,7 +150,8 @@ def test_dora_and_full_fine_tuning(tiny_model: Path, data_dir: Path, tmp_path: P
         config = json.loads((tmp_path / name / "artifacts" / "adapters" / "adapter_config.json").read_text())
         assert config["fine_tune_type"] == name
         bench = _run({"kind": "inference_bench", "model": str(tiny_model), "max_tokens": 4, "warmup": False,
-                      "adapter": str(tmp_path / name / "artifacts" / "adapters"), "prompts": ["Say hello."]}, tmp_path, f"b-{name}")
+                      "adapter": str(tmp_path / name / "artifacts" / "adapters"), "prompts": ["Say hello."]},
+                     tmp_path, f"b-{name}")
         assert bench.ok, bench.error
 
 
@@ -189,7 +191,8 @@ def test_early_stopping_keeps_the_best_weights(tiny_model: Path, data_dir: Path,
     assert train["adapters_selected"] == "best"
     art = tmp_path / "es" / "artifacts"
     assert (art / "adapters_last" / "adapter_config.json").is_file()
-    assert (art / "adapters" / "adapters.safetensors").read_bytes() == (art / "checkpoints" / "best" / "adapters.safetensors").read_bytes()
+    best = (art / "checkpoints" / "best" / "adapters.safetensors").read_bytes()
+    assert (art / "adapters" / "adapters.safetensors").read_bytes() == best
     events = [m["event"] for m in _metrics(result)]
     assert "early_stop" in events
     # the best adapters really have the best validation loss

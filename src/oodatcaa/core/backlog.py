@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from oodatcaa.core.criteria import Criterion, parse_criterion_line
 from oodatcaa.core.errors import BacklogError, InvalidIdError
 from oodatcaa.core.ids import validate_story_id
+from oodatcaa.jobs.registry import kinds as job_kinds
 
 __all__ = [
     "FIELD_LABELS",
@@ -191,10 +192,8 @@ _LIST_PREFIX = re.compile(r"^\s*(?:[-*+][ \t]+)?")
 _LABEL = re.compile(r"\*\*[ \t]*(?P<name>[^*\n]+?)[ \t]*(?::[ \t]*\*\*|\*\*[ \t]*:)")
 _ITEM_HEADING = re.compile(r"^(?P<id>.+?):(?:[ \t]+(?P<title>.*))?$")
 _ID_LIKE = re.compile(r"^[A-Za-z]{1,3}[-_]?[0-9]+(?![A-Za-z])")
-_JOB_KINDS_TEXT = "model_check, inference_bench, memory_profile, lora_train, evaluate, dataset, quantize, fuse, command"
-_JOB_LIKE = re.compile(
-    r"^kind:[ \t]*(model_check|inference_bench|memory_profile|lora_train|evaluate|dataset|quantize|fuse|command)\b",
-    re.M)
+_JOB_KINDS_TEXT = ", ".join(job_kinds())
+_JOB_LIKE = re.compile(rf"^kind:[ \t]*({'|'.join(map(re.escape, job_kinds()))})\b", re.M)
 
 
 def _heading(line: str) -> tuple[int, str] | None:

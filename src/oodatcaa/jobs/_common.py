@@ -1,4 +1,5 @@
-"""Helpers shared by the job kinds and the worker (stdlib only; runs inside the job child process)."""
+"""Helpers shared by the job kinds and the worker (stdlib and :mod:`oodatcaa.core.failures` only; runs
+inside the job child process)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oodatcaa.core.failures import FailureKind
+
 DEFAULT_MODEL_ENV = "OODATCAA_DEFAULT_MODEL"
 
 
 class JobFailure(Exception):
     """A job failed for a reason worth showing the user as is (written to error.json, exit status 1).
 
-    ``summary`` (optional) is still written to summary.json, e.g. a failed command's return code.
+    Attributes:
+        kind: what policies route on (:class:`~oodatcaa.core.failures.FailureKind`); the message is for
+            people and may be reworded freely. Subclasses fix it (:class:`DivergedError`, ...).
+        details: structured facts for ``kind``, JSON-serialisable (see ``FailureKind``).
+        summary: (optional) still written to summary.json, e.g. a failed command's return code.
     """
 
-    def __init__(self, message: str, *, summary: dict[str, dict[str, Any]] | None = None):
+    kind: FailureKind = FailureKind.JOB_ERROR
+
+    def __init__(self, message: str, *, summary: dict[str, dict[str, Any]] | None = None,
+                 details: dict[str, Any] | None = None, kind: FailureKind | None = None):
         super().__init__(message)
         self.summary = summary
+        self.details: dict[str, Any] = dict(details or {})
+        if kind is not None:
+            self.kind = FailureKind(kind)
+
+
+class DivergedError(JobFailure):
+    """Training diverged (a non-finite loss, or one far above where it started): ``FailureKind.DIVERGED``.
+
+    ``details``: ``iteration`` (the step where it was detected), ``loss`` (the offending value, None when
+    not finite in JSON) and ``initial_loss`` (the first report's loss), each present when known.
+    """
+
+    kind = FailureKind.DIVERGED
+
+    def __init__(self, message: str, *, iteration: int | None = None, loss: float | None = None,
+                 initial_loss: float | None = None, summary: dict[str, dict[str, Any]] | None = None):
+        facts = {"iteration": iteration, "loss": loss, "initial_loss": initial_loss}
+        super().__init__(message, summary=summary, details={k: v for k, v in facts.items() if v is not None})
+
+
+class OutOfMemoryJobError(JobFailure):
+    """The job ran out of memory (an allocation refused, ``MemoryError``): ``FailureKind.OOM``.
+
+    ``details`` are free-form (e.g. ``{"exception": "MemoryError"}``, ``{"requested_gb": 3.2}``).
+    """
+
+    kind = FailureKind.OOM
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

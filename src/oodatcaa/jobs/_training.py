@@ -40,8 +40,6 @@ PAD_TO = 32
 KEEP_CHECKPOINTS = 2
 #: Checkpoint format version written to ``state.json``.
 CHECKPOINT_FORMAT = 1
-#: Test hook: SIGKILL the job process right after writing the checkpoint of this iteration.
-KILL_AFTER_CHECKPOINT_ENV = "OODATCAA_TEST_KILL_AFTER_CHECKPOINT"
 
 
 # ---------------------------------------------------------------- model set-up
@@ -112,7 +110,9 @@ def resolve_num_layers(requested: int | None, available: int, cap: int = 16) -> 
     if requested == -1:
         return available
     if requested > available:
-        raise JobFailure(f"num_layers={requested} but the model has only {available} layers; use at most {available} or -1 for all")
+        raise JobFailure(
+            f"num_layers={requested} but the model has only {available} layers; use at most {available} or -1 for all"
+        )
     return requested
 
 
@@ -232,7 +232,7 @@ def make_batch(dataset: Any, indices: list[int], max_seq_length: int) -> tuple[A
 
     items = [dataset[j] for j in indices]
     if isinstance(items[0], tuple) and len(items[0]) == 2:
-        seqs, offsets = zip(*items)
+        seqs, offsets = zip(*items, strict=True)
     else:
         seqs, offsets = items, [0] * len(items)
     lengths = [len(x) for x in seqs]
@@ -244,7 +244,7 @@ def make_batch(dataset: Any, indices: list[int], max_seq_length: int) -> tuple[A
         truncated += lengths[j] > max_seq_length
         arr[j, :n] = seq[:n]
         lengths[j] = n
-    return mx.array(arr), mx.array(list(zip(offsets, lengths))), truncated
+    return mx.array(arr), mx.array(list(zip(offsets, lengths, strict=True))), truncated
 
 
 def _length_sorted(dataset: Any) -> list[int]:
@@ -397,8 +397,9 @@ def _save_safetensors(path: Path, arrays: dict[str, Any]) -> None:
 def save_checkpoint(root: Path, iteration: int, *, model: Any, optimizer: Any, grad_accum: Any, state: dict[str, Any],
                     extra_files: dict[str, Path] | None = None) -> Path:
     """Write ``root/step-<iteration>/`` (adapters, optimizer state, pending accumulated gradient,
-    state.json, and copies of ``extra_files`` that exist, under their given names) atomically (a temp dir renamed into place), point ``root/latest.json`` at it and delete
-    all but the newest :data:`KEEP_CHECKPOINTS` step dirs. Returns the checkpoint dir."""
+    state.json, and copies of ``extra_files`` that exist, under their given names) atomically (a temp
+    dir renamed into place), point ``root/latest.json`` at it and delete all but the newest
+    :data:`KEEP_CHECKPOINTS` step dirs. Returns the checkpoint dir."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 

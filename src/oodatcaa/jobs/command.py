@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from oodatcaa.jobs._common import JobContext, JobFailure
+from oodatcaa.jobs.spec import CommandJob
 
 TAIL_CHARS = 2000
 TERM_GRACE_S = 3.0
@@ -42,7 +43,7 @@ def _argv(run: str | list[str]) -> list[str]:
     return [shell, "-c", run]
 
 
-def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+def run(spec: CommandJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run a ``command`` job; returns ``{"command": {...}}`` or raises JobFailure (with the summary)."""
     argv = _argv(spec.run)
     ctx.log(f"running {spec.run!r} in {ctx.workdir} (timeout {spec.timeout_s:g} s)")

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from oodatcaa.jobs._common import JobContext, JobFailure, record_format, sha256_file, write_json
+from oodatcaa.jobs.spec import DatasetJob
 
 SPLITS = ("train", "valid", "test")
 FORMATS = ("messages", "prompt/completion", "text")
@@ -255,7 +256,8 @@ def read_rows(path: Path, validators: dict[str, Any]) -> list[Row]:
             continue
         row.fmt = fmt
         # the most specific problem first (the deepest path), e.g. messages/0/role before messages
-        errors = sorted(validators[fmt].iter_errors(record), key=lambda e: (-len(e.absolute_path), [str(p) for p in e.absolute_path]))
+        errors = sorted(validators[fmt].iter_errors(record),
+                        key=lambda e: (-len(e.absolute_path), [str(p) for p in e.absolute_path]))
         if errors:
             err = errors[0]
             at = "/".join(str(p) for p in err.absolute_path) or "(record)"
@@ -323,7 +325,7 @@ def assign_splits(groups: list[list[int]], ratios: tuple[float, float, float], s
     return out
 
 
-def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run a ``dataset`` job; returns ``{"dataset": {...}}`` (see the module docstring).
 
     Raises:
@@ -342,6 +344,8 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
             raise JobFailure(f"data directory {data_dir} has none of train.jsonl, valid.jsonl, test.jsonl")
         out_dir = None
     else:
+        # DatasetJob's validator guarantees source and output when data is not given
+        assert spec.source is not None and spec.output is not None
         source = ctx.resolve(spec.source)
         if not source.is_file():
             raise JobFailure(f"source file does not exist: {source}")
@@ -396,7 +400,7 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         parent[find(ib)] = find(ia)
 
     problems: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
+    for row in rows:
         if row.problem is not None:
             problems.append({"file": row.file, "line": row.line, "problem": row.problem, "detail": row.detail})
         elif row.duplicate_of is not None:
@@ -422,7 +426,8 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         keep = [i for i, r in enumerate(rows) if r.problem is None and not (spec.dedupe and r.duplicate_of is not None)]
         clusters: dict[int, list[int]] = {}
         for i in keep:
-            root = find(i if rows[i].duplicate_of is None else rows[i].duplicate_of)
+            original = rows[i].duplicate_of
+            root = find(i if original is None else original)
             clusters.setdefault(root, []).append(i)
         ratios = (spec.split.train, spec.split.valid, spec.split.test)
         assignment = assign_splits(sorted(clusters.values()), ratios, spec.seed)

@@ -32,6 +32,7 @@ from typing import Any
 
 from oodatcaa.jobs import _training as T
 from oodatcaa.jobs._common import JobContext, JobFailure, sha256_file, write_json
+from oodatcaa.jobs.spec import EvaluateJob
 
 
 def prompts_from_split(path: Path, limit: int) -> list[str]:
@@ -57,7 +58,7 @@ def prompts_from_split(path: Path, limit: int) -> list[str]:
     return out
 
 
-def _generate(model: Any, tokenizer: Any, prompts: list[str], spec: Any) -> list[str]:
+def _generate(model: Any, tokenizer: Any, prompts: list[str], spec: EvaluateJob) -> list[str]:
     import mlx.core as mx
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
@@ -74,7 +75,7 @@ def _generate(model: Any, tokenizer: Any, prompts: list[str], spec: Any) -> list
     return texts
 
 
-def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+def run(spec: EvaluateJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run an ``evaluate`` job; returns ``{"eval": {...}}`` (see the module docstring).
 
     Raises:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from oodatcaa.jobs._common import JobContext, JobFailure
+from oodatcaa.jobs.spec import FuseJob
 
 #: Model types ``mlx_lm.gguf.convert_to_gguf`` supports (``mlx_lm.fuse`` checks the same list).
 GGUF_MODEL_TYPES = ("llama", "mistral", "mixtral")
@@ -61,7 +62,7 @@ def check_gguf_export(model_config: dict[str, Any], adapter_config: dict[str, An
                          "set dequantize: true. Nothing was written")
 
 
-def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+def run(spec: FuseJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run a ``fuse`` job; returns ``{"fuse": {...}}`` (see the module docstring).
 
     Raises:

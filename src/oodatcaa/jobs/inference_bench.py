@@ -26,6 +26,7 @@ from typing import Any
 
 from oodatcaa.jobs._common import JobContext, JobFailure, median, write_json
 from oodatcaa.jobs.model_check import load_model
+from oodatcaa.jobs.spec import InferenceBenchJob
 
 WARMUP_TOKENS = 8
 
@@ -45,7 +46,7 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / mid if mid else 0.0
 
 
-def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+def run(spec: InferenceBenchJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run an ``inference_bench`` job; returns ``{"inference": {...}}`` (see module docstring)."""
     model_path = ctx.resolve_model(spec.model)
     adapter = ctx.resolve_adapter(spec.adapter)
@@ -75,7 +76,7 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
         prompt_tokens = generated = 0
         prompt_seconds = generation_seconds = 0.0
         ttfts: list[float] = []
-        for index, (text_prompt, ids) in enumerate(zip(spec.prompts, prompts)):
+        for index, (text_prompt, ids) in enumerate(zip(spec.prompts, prompts, strict=True)):
             mx.random.seed(spec.seed)
             pieces: list[str] = []
             last = None
@@ -126,7 +127,8 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
             }
         )
 
-    write_json(ctx.run_dir / "outputs.json", {"model": str(model_path), "adapter": str(adapter) if adapter else None, "outputs": outputs})
+    write_json(ctx.run_dir / "outputs.json",
+               {"model": str(model_path), "adapter": str(adapter) if adapter else None, "outputs": outputs})
     summary = {
         "prompt_tps": round(median([t["prompt_tps"] for t in per_trial]), 3),
         "generation_tps": round(median([t["generation_tps"] for t in per_trial]), 3),

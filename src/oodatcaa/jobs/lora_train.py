@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from oodatcaa.jobs import _training as T
 from oodatcaa.jobs._common import (
+    DivergedError,
     JobContext,
     JobFailure,
     finite,
@@ -47,11 +47,9 @@ from oodatcaa.jobs._common import (
     write_json,
 )
 from oodatcaa.jobs._plot import Plotter, plot_loss_curve  # noqa: F401 - plot_loss_curve re-exported
-from oodatcaa.jobs.spec import MAX_DEFAULT_LORA_LAYERS
+from oodatcaa.jobs.spec import MAX_DEFAULT_LORA_LAYERS, LoraTrainJob
 
 _FORMATS = ("prompt/completion", "messages", "text")
-
-
 
 
 def check_jsonl(path: Path) -> int:
@@ -92,7 +90,7 @@ def check_jsonl(path: Path) -> int:
     return count
 
 
-def resolve_iters(spec: Any, train_records: int) -> int:
+def resolve_iters(spec: LoraTrainJob, train_records: int) -> int:
     """``spec.iters``, or for ``epochs``: ceil(epochs * (train_records // batch_size)) (at least 1).
 
     Raises:
@@ -103,10 +101,11 @@ def resolve_iters(spec: Any, train_records: int) -> int:
         raise JobFailure(f"train.jsonl has {train_records} records, fewer than batch_size={spec.batch_size}")
     if spec.iters is not None:
         return int(spec.iters)
+    assert spec.epochs is not None  # the spec sets iters when neither is given
     return max(1, math.ceil(spec.epochs * per_epoch - 1e-9))
 
 
-def fingerprint(spec: Any, *, model_path: Path, dataset: dict[str, Any], num_layers: int) -> dict[str, Any]:
+def fingerprint(spec: LoraTrainJob, *, model_path: Path, dataset: dict[str, Any], num_layers: int) -> dict[str, Any]:
     """What must be equal for a checkpoint to be resumed: everything that shapes the trajectory
     (``iters``, reporting, validation and checkpoint cadence may change)."""
     return {
@@ -129,7 +128,7 @@ def fingerprint(spec: Any, *, model_path: Path, dataset: dict[str, Any], num_lay
     }
 
 
-def _checkpoint_source(spec: Any, ctx: JobContext) -> Path:
+def _checkpoint_source(spec: LoraTrainJob, ctx: JobContext) -> Path:
     if spec.resume_from is None:
         return ctx.artifacts_dir / "checkpoints"
     path = ctx.resolve(spec.resume_from)
@@ -140,8 +139,12 @@ def _checkpoint_source(spec: Any, ctx: JobContext) -> Path:
     return path
 
 
-def _choose_resume(spec: Any, ctx: JobContext, fp: dict[str, Any]) -> T.Checkpoint | None:
-    """The checkpoint to resume from, or None for a fresh start (old own checkpoints then removed)."""
+def _choose_resume(spec: LoraTrainJob, ctx: JobContext, fp: dict[str, Any]) -> T.Checkpoint | None:
+    """The checkpoint to resume from, or None for a fresh start (old own checkpoints then removed).
+
+    Raises:
+        JobFailure: ``resume: true`` and no fitting checkpoint (none, a completed run, another set-up).
+    """
     own = ctx.artifacts_dir / "checkpoints"
     if spec.resume is False:
         shutil.rmtree(own, ignore_errors=True)
@@ -159,15 +162,18 @@ def _choose_resume(spec: Any, ctx: JobContext, fp: dict[str, Any]) -> T.Checkpoi
 
     found = T.find_checkpoint(source)
     if found is None:
-        return start_over(f"resume: no checkpoint in {source} (set resume: auto or false to start over)")
+        start_over(f"resume: no checkpoint in {source} (set resume: auto or false to start over)")
+        return None
     if (source / "completed.json").is_file():
-        return start_over(f"resume: the run in {source} already completed (completed.json); use resume: false to train again",
-                          f"checkpoints in {source} belong to a completed run: starting over")
+        start_over(f"resume: the run in {source} already completed (completed.json); use resume: false to train again",
+                   f"checkpoints in {source} belong to a completed run: starting over")
+        return None
     ckpt = T.load_checkpoint(found)
     diff = T.differences(ckpt.state.get("fingerprint", {}), fp)
     if diff:
-        return start_over(f"resume: checkpoint {found} was written with a different set-up ({', '.join(diff)} differ)",
-                          f"checkpoint {found} does not fit this spec ({', '.join(diff)} differ): starting over")
+        start_over(f"resume: checkpoint {found} was written with a different set-up ({', '.join(diff)} differ)",
+                   f"checkpoint {found} does not fit this spec ({', '.join(diff)} differ): starting over")
+        return None
     if source != own and own.exists():
         shutil.rmtree(own, ignore_errors=True)
     best = own / "best"
@@ -187,18 +193,182 @@ def _save_adapter_dir(directory: Path, weights: dict[str, Any], config: dict[str
     save_config(dict(config, adapter_path=str(directory)), directory / "adapter_config.json")
 
 
-def _kill_hook(iteration: int) -> None:
-    if os.environ.get(T.KILL_AFTER_CHECKPOINT_ENV) == str(iteration):
-        print(f"[oodatcaa job] test hook: killing the job after the checkpoint of iteration {iteration}", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+# ---------------------------------------------------------------- the run's fixed inputs and state
 
 
-def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What the loop does, resolved from the spec (the role of mlx-lm's ``TrainingArgs``).
+
+    Attributes are the spec's, except ``iters`` (resolved from ``epochs``) and ``steps_per_eval``
+    (default ``iters``). Counts are in steps (batches); ``min_delta`` in nats/token.
+    """
+
+    iters: int
+    batch_size: int
+    max_seq_length: int
+    steps_per_report: int
+    steps_per_eval: int
+    save_every: int
+    val_batches: int
+    grad_accumulation_steps: int
+    grad_checkpoint: bool
+    keep_best: bool
+    seed: int
+    patience: int | None = None
+    min_delta: float = 0.0
+
+    @classmethod
+    def of(cls, spec: LoraTrainJob, iters: int, steps_per_eval: int) -> TrainingPlan:
+        """The plan of ``spec`` with its resolved ``iters`` and ``steps_per_eval``."""
+        es = spec.early_stopping
+        return cls(
+            iters=iters, batch_size=spec.batch_size, max_seq_length=spec.max_seq_length,
+            steps_per_report=spec.steps_per_report, steps_per_eval=steps_per_eval, save_every=spec.save_every,
+            val_batches=spec.val_batches, grad_accumulation_steps=spec.grad_accumulation_steps,
+            grad_checkpoint=spec.grad_checkpoint, keep_best=spec.keep_best, seed=spec.seed,
+            patience=es.patience if es else None, min_delta=es.min_delta if es else 0.0,
+        )
+
+
+@dataclass
+class ReportWindow:
+    """The steps since the last train report: summed loss and tokens (mx scalars, or 0 when empty), steps, seconds."""
+
+    loss: Any = 0
+    tokens: Any = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+    def reset(self) -> None:
+        self.loss, self.tokens, self.steps, self.seconds = 0, 0, 0, 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"loss", "tokens", "steps", "seconds"}`` as plain numbers (a checkpoint's ``window``)."""
+        return {
+            "loss": float(self.loss.item()) if self.steps else 0.0,
+            "tokens": int(self.tokens.item()) if self.steps else 0,
+            "steps": self.steps,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReportWindow:
+        """The window :meth:`to_json` wrote; the sums become float32 / int32 mx scalars again, as the
+        loop's own sums are, so a resumed window adds up to the same bits."""
+        import mlx.core as mx
+
+        if not data.get("steps"):
+            return cls()
+        return cls(mx.array(data["loss"], dtype=mx.float32), mx.array(data["tokens"], dtype=mx.int32),
+                   int(data["steps"]), float(data["seconds"]))
+
+
+@dataclass
+class TrainState:
+    """Everything the loop carries from step to step and a checkpoint restores (besides the arrays:
+    weights, Adam state and a pending accumulated gradient, which :func:`T.save_checkpoint` writes).
+
+    ``history`` is ``{"train": [report, ...], "val": [validation, ...]}`` (the metrics.jsonl records);
+    ``best`` ``{"val_loss", "iteration"}``; ``early_stopping`` ``{"reference", "bad_evals"}``;
+    ``data_position`` the batch stream's ``{"epoch", "index"}``; seconds and token counts are totals
+    over the run including any killed attempt it resumed.
+    """
+
+    iteration: int = 0
+    window: ReportWindow = field(default_factory=ReportWindow)
+    trained_tokens: int = 0
+    train_seconds: float = 0.0
+    val_seconds: float = 0.0
+    history: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"train": [], "val": []})
+    best: dict[str, Any] = field(default_factory=lambda: {"val_loss": None, "iteration": None})
+    early_stopping: dict[str, Any] = field(default_factory=lambda: {"reference": None, "bad_evals": 0})
+    data_position: dict[str, int] = field(default_factory=lambda: {"epoch": 0, "index": 0})
+    truncated: int = 0
+    checkpoints_saved: int = 0
+    grad_accum: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The checkpoint's ``state.json`` fields (without ``format`` / ``iteration``, which the writer adds)."""
+        return {
+            "window": self.window.to_json(), "trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds,
+            "val_seconds": self.val_seconds, "history": self.history, "best": self.best,
+            "early_stopping": self.early_stopping, "data_position": self.data_position, "truncated": self.truncated,
+            "checkpoints_saved": self.checkpoints_saved,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: T.Checkpoint, grad_accum: Any) -> TrainState:
+        """The state a checkpoint's ``state.json`` holds (fields it lacks keep their fresh-start values)."""
+        data = ckpt.state
+        fresh = cls()
+        return cls(
+            iteration=int(data["iteration"]),
+            window=ReportWindow.from_json(data.get("window") or {}),
+            trained_tokens=int(data.get("trained_tokens", 0)),
+            train_seconds=float(data.get("train_seconds", 0.0)),
+            val_seconds=float(data.get("val_seconds", 0.0)),
+            history=data.get("history", fresh.history),
+            best=data.get("best", fresh.best),
+            early_stopping=data.get("early_stopping", fresh.early_stopping),
+            data_position=data.get("data_position", fresh.data_position),
+            truncated=int(data.get("truncated", 0)),
+            checkpoints_saved=int(data.get("checkpoints_saved", 0)),
+            grad_accum=grad_accum,
+        )
+
+
+@dataclass
+class _Inputs:
+    """What :func:`run` checked before any mlx import: paths, record counts, the resolved length."""
+
+    model_path: Path
+    data_dir: Path
+    counts: dict[str, int]
+    dataset_info: dict[str, Any]
+    iters: int
+    steps_per_eval: int
+
+
+@dataclass
+class _Setup:
+    """What the set-up phase built: the model ready to train and the run's fixed facts."""
+
+    loaded: T.LoadedModel
+    train_set: Any
+    valid_set: Any
+    num_layers: int
+    trainable: int
+    adapters_dir: Path
+    adapter_cfg: dict[str, Any]
+    fingerprint: dict[str, Any]
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+
+@dataclass
+class _Outcome:
+    """How the loop ended: steps done, early stop, wall seconds (validation included), peak GB, truncations."""
+
+    iterations_done: int
+    stopped_early: bool
+    wall_seconds: float
+    peak_memory_gb: float
+    truncated: int
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run(spec: LoraTrainJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run a ``lora_train`` job; returns ``{"train": {...}}`` (see the module docstring and docs/jobs.md).
 
     Raises:
         JobFailure: missing/invalid data, a model that does not load, too many layers, a resume that
-            cannot be honoured, or a non-finite final loss (the summary is kept).
+            cannot be honoured.
+        DivergedError: a non-finite final training or validation loss (the summary is kept).
     """
     model_path = ctx.resolve_model(spec.model)
     data_dir = ctx.resolve(spec.data)
@@ -216,274 +386,318 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
     if counts["train.jsonl"] < spec.batch_size:
         raise JobFailure(f"train.jsonl has {counts['train.jsonl']} records, fewer than batch_size={spec.batch_size}")
     iters = resolve_iters(spec, counts["train.jsonl"])
-    steps_per_eval = spec.steps_per_eval or iters
+    inputs = _Inputs(model_path, data_dir, counts, dataset_info, iters, spec.steps_per_eval or iters)
 
     from oodatcaa.jobs.cpu_fastpath import describe_blas
 
     ctx.config_extra["blas"] = describe_blas()
     plotter = Plotter()  # imports matplotlib in a helper process while we load and train
     try:
-        return _train(spec, ctx, model_path=model_path, data_dir=data_dir, counts=counts, dataset_info=dataset_info,
-                      iters=iters, steps_per_eval=steps_per_eval, plotter=plotter)
+        return _train(spec, ctx, inputs, plotter)
     finally:
         plotter.close()
 
 
-def _train(spec: Any, ctx: JobContext, *, model_path: Path, data_dir: Path, counts: dict[str, int],
-           dataset_info: dict[str, Any], iters: int, steps_per_eval: int, plotter: Plotter) -> dict[str, dict[str, Any]]:
-    import mlx.core as mx
+def _train(spec: LoraTrainJob, ctx: JobContext, inputs: _Inputs, plotter: Plotter) -> dict[str, dict[str, Any]]:
+    """The four phases: set-up, resume, the loop, adapters + summary."""
     import mlx.optimizers as optim
 
-    accum = spec.grad_accumulation_steps
-    seed_everything(spec.seed)
-    loaded = T.load_for_training(model_path, quantize=spec.quantize, group_size=spec.quantize_group_size)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    ctx.log(f"loaded {model_path} in {loaded.load_seconds:.2f} s" + (f" (quantized to {spec.quantize} bits)" if loaded.quantized_here else ""))
-    train_set, valid_set, _test = T.load_splits(data_dir, tokenizer, spec.mask_prompt)
-
-    layers = len(model.layers)
-    num_layers = T.resolve_num_layers(spec.num_layers, layers, MAX_DEFAULT_LORA_LAYERS)
-    rank, alpha, dropout = spec.lora.rank, spec.lora.alpha, spec.lora.dropout
-    scale = alpha / rank  # Hu et al. 2021: the LoRA update is scaled by alpha / r
-    trainable = T.setup_fine_tune(model, spec.fine_tune_type, num_layers, rank, scale, dropout)
-    what = spec.fine_tune_type if spec.fine_tune_type == "full" else f"{spec.fine_tune_type} rank {rank} alpha {alpha:g} (scale {scale:g})"
-    ctx.log(f"{what} on the last {num_layers}/{layers} layers: {trainable} trainable parameters")
-
-    adapters_dir = ctx.artifacts_dir / "adapters"
-    adapter_cfg = T.adapter_config(
-        spec, model_path=model_path, data_dir=data_dir, adapters_dir=adapters_dir, num_layers=num_layers,
-        quantization=loaded.quantization, quantized_here=loaded.quantized_here, iters=iters,
-    )
-    from mlx_lm.utils import save_config
-
-    adapters_dir.mkdir(parents=True, exist_ok=True)
-    save_config(dict(adapter_cfg), adapters_dir / "adapter_config.json")
-
-    fp = fingerprint(spec, model_path=model_path, dataset=dataset_info, num_layers=num_layers)
-    ckpt = _choose_resume(spec, ctx, fp)
-    total_updates = iters // accum
-    lr = T.build_learning_rate(spec, total_updates)
-    optimizer = optim.Adam(learning_rate=lr)
-    st: dict[str, Any] = {
-        "window": {"loss": 0.0, "tokens": 0, "steps": 0, "seconds": 0.0},
-        "trained_tokens": 0, "train_seconds": 0.0, "val_seconds": 0.0,
-        "history": {"train": [], "val": []},
-        "best": {"val_loss": None, "iteration": None},
-        "early_stopping": {"reference": None, "bad_evals": 0},
-        "data_position": {"epoch": 0, "index": 0}, "truncated": 0, "checkpoints_saved": 0,
-    }
-    grad_accum = None
-    start_it = 0
-    if ckpt is not None:
-        from mlx.utils import tree_flatten
-
-        T.restore_tree(model.trainable_parameters(), ckpt.adapters, "adapter weights")
-        model.load_weights(list(ckpt.adapters.items()), strict=False)
-        optimizer.init(model.trainable_parameters())
-        optimizer.state = T.restore_tree(optimizer.state, ckpt.optimizer, "optimizer state")
-        if ckpt.grad_accum is not None:
-            grad_accum = T.restore_tree(model.trainable_parameters(), ckpt.grad_accum, "accumulated gradient")
-        start_it = int(ckpt.state["iteration"])
-        for key in st:
-            if key in ckpt.state:
-                st[key] = ckpt.state[key]
-        mx.eval(dict(tree_flatten(optimizer.state)))
-        ctx.log(f"resumed from {ckpt.path} at iteration {start_it} (optimizer step {int(optimizer.state['step'].item())})")
+    plan = TrainingPlan.of(spec, inputs.iters, inputs.steps_per_eval)
+    setup = _setup(spec, ctx, inputs)
+    total_updates = plan.iters // plan.grad_accumulation_steps
+    optimizer = optim.Adam(learning_rate=T.build_learning_rate(spec, total_updates))
+    ckpt, state = _resume(spec, ctx, setup, optimizer)
     ctx.config_extra["resolved"] = {
-        "iters": iters, "epochs": spec.epochs, "steps_per_eval": steps_per_eval, "optimizer_updates": total_updates,
-        "num_layers": num_layers, "scale": scale, "trainable_parameters": trainable, "profile": spec.profile,
-        "base_quantization": loaded.quantization, "resumed_from": str(ckpt.path) if ckpt else None,
-        "resumed_at_iteration": start_it,
+        "iters": plan.iters, "epochs": spec.epochs, "steps_per_eval": plan.steps_per_eval,
+        "optimizer_updates": total_updates, "num_layers": setup.num_layers, "scale": spec.lora.scale,
+        "trainable_parameters": setup.trainable, "profile": spec.profile, "base_quantization": setup.loaded.quantization,
+        "resumed_from": str(ckpt.path) if ckpt else None, "resumed_at_iteration": state.iteration,
     }
-
-    runner = T.StepRunner(model, optimizer, accum, spec.grad_checkpoint)
-    stream = T.BatchStream(train_set, spec.batch_size, spec.max_seq_length, spec.seed, start=st["data_position"])
-    stream.truncated = int(st["truncated"])
-    ckpt_root = ctx.artifacts_dir / "checkpoints"
-    best_dir = ckpt_root / "best"
-    history = st["history"]
-
-    ctx.metric("start", total_iterations=iters, start_iteration=start_it, batches_per_epoch=stream.batches_per_epoch,
-               resumed=int(ckpt is not None))
-    for record in history["train"]:
-        ctx.metric("train", **record, restored=True)
-    for record in history["val"]:
-        ctx.metric("val", **record, restored=True)
-
-    def validate(iteration: int) -> bool:
-        """Validate, record, update best / early stopping; True when training should stop."""
-        tic = time.perf_counter()
-        val_loss, _tokens = T.evaluate_loss(model, valid_set, spec.batch_size, spec.max_seq_length, spec.val_batches)
-        model.train()
-        seconds = time.perf_counter() - tic
-        st["val_seconds"] += seconds
-        best = st["best"]
-        improved = T.finite(val_loss) and (best["val_loss"] is None or val_loss < best["val_loss"])
-        if improved:
-            best.update(val_loss=val_loss, iteration=iteration)
-            if spec.keep_best:
-                from mlx.utils import tree_flatten
-
-                best_dir.mkdir(parents=True, exist_ok=True)
-                mx.save_safetensors(str(best_dir / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-                write_json(best_dir / "best.json", {"iteration": iteration, "val_loss": val_loss})
-        record = {"iteration": iteration, "val_loss": val_loss, "val_seconds": round(seconds, 4), "best": int(improved)}
-        history["val"].append(record)
-        ctx.metric("val", **record)
-        es = spec.early_stopping
-        if es is None:
-            return False
-        ref = st["early_stopping"]
-        if ref["reference"] is None or (T.finite(val_loss) and val_loss < ref["reference"] - es.min_delta):
-            ref.update(reference=val_loss, bad_evals=0)
-            return False
-        ref["bad_evals"] += 1
-        return ref["bad_evals"] >= es.patience
-
-    mx.reset_peak_memory()
-    start_wall = time.perf_counter()
-    model.train()
-    stopped_early = False
-    if start_it == 0:
-        stopped_early = validate(0)
-    window = st["window"]
-    losses: Any = mx.array(window["loss"], dtype=mx.float32) if window["steps"] else 0
-    n_tokens: Any = mx.array(window["tokens"], dtype=mx.int32) if window["steps"] else 0
-    steps, window_seconds = int(window["steps"]), float(window["seconds"])
-
-    def report(iteration: int) -> None:
-        """One train report over the current window (losses / n_tokens / steps / window_seconds)."""
-        window_tokens = int(n_tokens.item())
-        st["trained_tokens"] += window_tokens
-        st["train_seconds"] += window_seconds
-        record = {
-            "iteration": iteration,
-            "train_loss": losses.item() / steps,
-            "learning_rate": float(optimizer.learning_rate.item()),
-            "tokens_per_second": window_tokens / window_seconds if window_seconds > 0 else None,
-            "iterations_per_second": steps / window_seconds if window_seconds > 0 else None,
-            "trained_tokens": st["trained_tokens"],
-            "peak_memory_gb": mx.get_peak_memory() / 1e9,
-            "window_seconds": round(window_seconds, 6),
-        }
-        history["train"].append(record)
-        ctx.metric("train", **record)
-
-    it = start_it
-    while it < iters and not stopped_early:
-        it += 1
-        tic = time.perf_counter()
-        batch = stream.next()
-        mx.random.seed(T.step_seed(spec.seed, it))
-        lvalue, toks, grad_accum = runner.step(batch, grad_accum, it % accum == 0)
-        losses += lvalue
-        n_tokens += toks
-        steps += 1
-        mx.eval(runner.state, losses, n_tokens, grad_accum)
-        window_seconds += time.perf_counter() - tic
-
-        if it % spec.steps_per_report == 0 or it == iters:
-            report(it)
-            losses, n_tokens, steps, window_seconds = 0, 0, 0, 0.0
-
-        if it % steps_per_eval == 0 or it == iters:
-            stopped_early = validate(it)
-
-        if it % spec.save_every == 0 and it < iters and not stopped_early:
-            st["window"] = {
-                "loss": float(losses.item()) if steps else 0.0,
-                "tokens": int(n_tokens.item()) if steps else 0,
-                "steps": steps,
-                "seconds": window_seconds,
-            }
-            st["data_position"] = stream.position()
-            st["truncated"] = stream.truncated
-            st["checkpoints_saved"] += 1
-            extra = {"best_adapters.safetensors": best_dir / "adapters.safetensors"}
-            path = T.save_checkpoint(ckpt_root, it, model=model, optimizer=optimizer, grad_accum=grad_accum,
-                                     state={**st, "fingerprint": fp}, extra_files=extra)
-            ctx.metric("checkpoint", iteration=it, path=str(path.relative_to(ctx.artifacts_dir)))
-            _kill_hook(it)
-    iterations_done = it
-    stopped_early = stopped_early and iterations_done < iters
-    if steps:  # stopped early inside a report window: report what was trained
-        report(iterations_done)
-    if stopped_early:
-        ctx.metric("early_stop", iteration=iterations_done, best_iteration=st["best"]["iteration"],
-                   best_val_loss=st["best"]["val_loss"])
-        ctx.log(f"early stopping at iteration {iterations_done}: no improvement for {spec.early_stopping.patience} validations")
-    wall = time.perf_counter() - start_wall
-    peak_gb = mx.get_peak_memory() / 1e9
-
-    from mlx.utils import tree_flatten
-
-    last_weights = dict(tree_flatten(model.trainable_parameters()))
-    selected = "last"
-    if spec.keep_best and (best_dir / "adapters.safetensors").is_file():
-        _save_adapter_dir(ctx.artifacts_dir / "adapters_last", last_weights, adapter_cfg)
-        shutil.copyfile(best_dir / "adapters.safetensors", adapters_dir / "adapters.safetensors")
-        selected = "best"
-    else:
-        mx.save_safetensors(str(adapters_dir / "adapters.safetensors"), last_weights)
-    write_json(ckpt_root / "completed.json", {"iteration": iterations_done, "iters": iters})
-
-    if not history["train"]:
+    start_it = state.iteration
+    loop = _Loop(plan, ctx, setup, optimizer, state)
+    outcome = loop.run(resumed=ckpt is not None)
+    if outcome.stopped_early:
+        ctx.log(f"early stopping at iteration {outcome.iterations_done}: no improvement for {plan.patience} validations")
+    selected = _save_adapters(ctx, setup, keep_best=plan.keep_best, best_dir=loop.best_dir)
+    write_json(loop.ckpt_root / "completed.json", {"iteration": outcome.iterations_done, "iters": plan.iters})
+    if not state.history["train"]:
         raise JobFailure("training produced no loss report")
-    train_seconds = st["train_seconds"]
-    trained_tokens = st["trained_tokens"]
-    val = history["val"]
     png = plotter.plot(
-        ctx.run_dir / "loss_curve.png", history["train"], val,
-        f"{spec.fine_tune_type} r={rank} alpha={alpha:g} lr={spec.learning_rate:g} bs={spec.batch_size}",
+        ctx.run_dir / "loss_curve.png", state.history["train"], state.history["val"],
+        f"{spec.fine_tune_type} r={spec.lora.rank} alpha={spec.lora.alpha:g} lr={spec.learning_rate:g} bs={spec.batch_size}",
     )
-    summary = {
-        "first_loss": history["train"][0]["train_loss"],
-        "final_loss": history["train"][-1]["train_loss"],
-        "first_val_loss": val[0]["val_loss"] if val else None,
-        "final_val_loss": val[-1]["val_loss"] if val else None,
-        "best_val_loss": st["best"]["val_loss"],
-        "best_iteration": st["best"]["iteration"],
-        "adapters_selected": selected,
-        "tokens_per_second": trained_tokens / train_seconds if train_seconds > 0 else None,
-        "iterations_per_second": iterations_done / train_seconds if train_seconds > 0 else None,
-        "peak_memory_gb": round(peak_gb, 6),
-        "iters": iters,
-        "iterations_done": iterations_done,
-        "epochs": spec.epochs,
-        "stopped_early": int(stopped_early),
-        "resumed_at_iteration": start_it,
-        "checkpoints_saved": st["checkpoints_saved"],
-        "trained_tokens": trained_tokens,
-        "truncated_sequences": stream.truncated,
-        "train_seconds": round(train_seconds, 4),
-        "val_seconds": round(st["val_seconds"], 4),
-        "wall_seconds": round(wall, 4),
-        "load_seconds": round(loaded.load_seconds, 4),
-        "profile": spec.profile,
-        "fine_tune_type": spec.fine_tune_type,
-        "quantize_bits": loaded.quantization["bits"] if loaded.quantization else None,
-        "rank": rank,
-        "alpha": alpha,
-        "scale": scale,
-        "dropout": dropout,
-        "batch_size": spec.batch_size,
-        "grad_accumulation_steps": accum,
-        "grad_checkpoint": int(spec.grad_checkpoint),
-        "num_layers": num_layers,
-        "trainable_parameters": trainable,
-        "learning_rate": spec.learning_rate,
-        "lr_schedule": spec.lr_schedule.name if spec.lr_schedule else "constant",
-        "final_learning_rate": history["train"][-1]["learning_rate"],
-        "train_examples": counts["train.jsonl"],
-        "valid_examples": counts["valid.jsonl"],
-        "loss_curve_png": int(png),
-    }
+    summary = _summary(spec, inputs, setup, state, outcome, start_it=start_it, selected=selected, png=png)
     result = {"train": summary}
-    for key in ("final_loss", "final_val_loss"):
-        value = summary[key]
-        if value is not None and not finite(value):
-            raise JobFailure(f"training diverged: {key} is {value} (try a lower learning_rate)", summary=result)
+    _check_diverged(summary, outcome.iterations_done, result)
     if summary["final_val_loss"] is not None:
         ctx.log(f"final train loss {summary['final_loss']:.4f}, val loss {summary['final_val_loss']:.4f}")
     return result
 
+
+def _setup(spec: LoraTrainJob, ctx: JobContext, inputs: _Inputs) -> _Setup:
+    """Seed, load (and quantize) the model, read the splits, add the LoRA/DoRA layers (or unfreeze
+    blocks) and write ``adapters/adapter_config.json``. The order matters: the LoRA weights are drawn
+    from ``mx.random`` right after seeding and loading, as in an uninterrupted run."""
+    from mlx_lm.utils import save_config
+
+    seed_everything(spec.seed)
+    loaded = T.load_for_training(inputs.model_path, quantize=spec.quantize, group_size=spec.quantize_group_size)
+    model = loaded.model
+    ctx.log(f"loaded {inputs.model_path} in {loaded.load_seconds:.2f} s"
+            + (f" (quantized to {spec.quantize} bits)" if loaded.quantized_here else ""))
+    train_set, valid_set, _test = T.load_splits(inputs.data_dir, loaded.tokenizer, spec.mask_prompt)
+
+    layers = len(model.layers)
+    num_layers = T.resolve_num_layers(spec.num_layers, layers, MAX_DEFAULT_LORA_LAYERS)
+    lora = spec.lora
+    trainable = T.setup_fine_tune(model, spec.fine_tune_type, num_layers, lora.rank, lora.scale, lora.dropout)
+    what = (spec.fine_tune_type if spec.fine_tune_type == "full"
+            else f"{spec.fine_tune_type} rank {lora.rank} alpha {lora.alpha:g} (scale {lora.scale:g})")
+    ctx.log(f"{what} on the last {num_layers}/{layers} layers: {trainable} trainable parameters")
+
+    adapters_dir = ctx.artifacts_dir / "adapters"
+    adapter_cfg = T.adapter_config(
+        spec, model_path=inputs.model_path, data_dir=inputs.data_dir, adapters_dir=adapters_dir, num_layers=num_layers,
+        quantization=loaded.quantization, quantized_here=loaded.quantized_here, iters=inputs.iters,
+    )
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    save_config(dict(adapter_cfg), adapters_dir / "adapter_config.json")
+    fp = fingerprint(spec, model_path=inputs.model_path, dataset=inputs.dataset_info, num_layers=num_layers)
+    return _Setup(loaded, train_set, valid_set, num_layers, trainable, adapters_dir, adapter_cfg, fp)
+
+
+def _resume(spec: LoraTrainJob, ctx: JobContext, setup: _Setup, optimizer: Any) -> tuple[T.Checkpoint | None, TrainState]:
+    """The checkpoint resumed (None for a fresh start) and the state to continue from; on resume the
+    model's weights and ``optimizer``'s state (moments, step, hence the schedule) are restored in place.
+
+    Raises:
+        JobFailure: see :func:`_choose_resume`; or the checkpoint's arrays do not fit this model set-up.
+    """
+    ckpt = _choose_resume(spec, ctx, setup.fingerprint)
+    if ckpt is None:
+        return None, TrainState()
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    model = setup.model
+    T.restore_tree(model.trainable_parameters(), ckpt.adapters, "adapter weights")
+    model.load_weights(list(ckpt.adapters.items()), strict=False)
+    optimizer.init(model.trainable_parameters())
+    optimizer.state = T.restore_tree(optimizer.state, ckpt.optimizer, "optimizer state")
+    grad_accum = None
+    if ckpt.grad_accum is not None:
+        grad_accum = T.restore_tree(model.trainable_parameters(), ckpt.grad_accum, "accumulated gradient")
+    state = TrainState.from_checkpoint(ckpt, grad_accum)
+    mx.eval(dict(tree_flatten(optimizer.state)))
+    ctx.log(f"resumed from {ckpt.path} at iteration {state.iteration} (optimizer step {int(optimizer.state['step'].item())})")
+    return ckpt, state
+
+
+class _Loop:
+    """The training loop (what ``mlx_lm.tuner.trainer.train`` does per step) with validation, best
+    weights, early stopping and checkpoints. Mutates ``state`` (and the model and optimizer)."""
+
+    def __init__(self, plan: TrainingPlan, ctx: JobContext, setup: _Setup, optimizer: Any, state: TrainState):
+        self.plan, self.ctx, self.setup, self.optimizer, self.state = plan, ctx, setup, optimizer, state
+        self.model = setup.model
+        self.ckpt_root = ctx.artifacts_dir / "checkpoints"
+        self.best_dir = self.ckpt_root / "best"
+        # built after the optimizer state is restored: its compile capture list holds that state
+        self.runner = T.StepRunner(self.model, optimizer, plan.grad_accumulation_steps, plan.grad_checkpoint)
+        self.stream = T.BatchStream(setup.train_set, plan.batch_size, plan.max_seq_length, plan.seed,
+                                    start=state.data_position)
+        self.stream.truncated = int(state.truncated)
+
+    def run(self, *, resumed: bool) -> _Outcome:
+        """Train from ``state.iteration`` to ``plan.iters`` (or an early stop); see the module docstring."""
+        import mlx.core as mx
+
+        plan, state, ctx = self.plan, self.state, self.ctx
+        ctx.metric("start", total_iterations=plan.iters, start_iteration=state.iteration,
+                   batches_per_epoch=self.stream.batches_per_epoch, resumed=int(resumed))
+        for record in state.history["train"]:
+            ctx.metric("train", **record, restored=True)
+        for record in state.history["val"]:
+            ctx.metric("val", **record, restored=True)
+        mx.reset_peak_memory()
+        start_wall = time.perf_counter()
+        self.model.train()
+        stopped_early = self.validate(0) if state.iteration == 0 else False
+        it = state.iteration
+        while it < plan.iters and not stopped_early:
+            it += 1
+            self.step(it)
+            if it % plan.steps_per_report == 0 or it == plan.iters:
+                self.report(it)
+            if it % plan.steps_per_eval == 0 or it == plan.iters:
+                stopped_early = self.validate(it)
+            if it % plan.save_every == 0 and it < plan.iters and not stopped_early:
+                self.checkpoint(it)
+        state.iteration = it
+        stopped_early = stopped_early and it < plan.iters
+        if state.window.steps:  # stopped early inside a report window: report what was trained
+            self.report(it)
+        if stopped_early:
+            ctx.metric("early_stop", iteration=it, best_iteration=state.best["iteration"],
+                       best_val_loss=state.best["val_loss"])
+        return _Outcome(it, stopped_early, time.perf_counter() - start_wall, mx.get_peak_memory() / 1e9,
+                        self.stream.truncated)
+
+    def step(self, it: int) -> None:
+        """One training step (batch ``it``, 1-based): the optimizer updates every ``grad_accumulation_steps``."""
+        import mlx.core as mx
+
+        window, state = self.state.window, self.state
+        tic = time.perf_counter()
+        batch = self.stream.next()
+        mx.random.seed(T.step_seed(self.plan.seed, it))
+        lvalue, toks, state.grad_accum = self.runner.step(batch, state.grad_accum,
+                                                          it % self.plan.grad_accumulation_steps == 0)
+        window.loss += lvalue
+        window.tokens += toks
+        window.steps += 1
+        mx.eval(self.runner.state, window.loss, window.tokens, state.grad_accum)
+        window.seconds += time.perf_counter() - tic
+
+    def report(self, it: int) -> None:
+        """One train report over the current window, which is then emptied."""
+        import mlx.core as mx
+
+        window, state = self.state.window, self.state
+        window_tokens = int(window.tokens.item())
+        state.trained_tokens += window_tokens
+        state.train_seconds += window.seconds
+        record = {
+            "iteration": it,
+            "train_loss": window.loss.item() / window.steps,
+            "learning_rate": float(self.optimizer.learning_rate.item()),
+            "tokens_per_second": window_tokens / window.seconds if window.seconds > 0 else None,
+            "iterations_per_second": window.steps / window.seconds if window.seconds > 0 else None,
+            "trained_tokens": state.trained_tokens,
+            "peak_memory_gb": mx.get_peak_memory() / 1e9,
+            "window_seconds": round(window.seconds, 6),
+        }
+        state.history["train"].append(record)
+        self.ctx.metric("train", **record)
+        window.reset()
+
+    def validate(self, it: int) -> bool:
+        """Validate, record, update the best weights and early stopping; True when training should stop."""
+        plan, state = self.plan, self.state
+        tic = time.perf_counter()
+        val_loss, _tokens = T.evaluate_loss(self.model, self.setup.valid_set, plan.batch_size, plan.max_seq_length,
+                                            plan.val_batches)
+        self.model.train()
+        seconds = time.perf_counter() - tic
+        state.val_seconds += seconds
+        best = state.best
+        improved = T.finite(val_loss) and (best["val_loss"] is None or val_loss < best["val_loss"])
+        if improved:
+            best.update(val_loss=val_loss, iteration=it)
+            if plan.keep_best:
+                self._save_best(it, val_loss)
+        record = {"iteration": it, "val_loss": val_loss, "val_seconds": round(seconds, 4), "best": int(improved)}
+        state.history["val"].append(record)
+        self.ctx.metric("val", **record)
+        if plan.patience is None:
+            return False
+        ref = state.early_stopping
+        if ref["reference"] is None or (T.finite(val_loss) and val_loss < ref["reference"] - plan.min_delta):
+            ref.update(reference=val_loss, bad_evals=0)
+            return False
+        ref["bad_evals"] += 1
+        return bool(ref["bad_evals"] >= plan.patience)
+
+    def _save_best(self, it: int, val_loss: float) -> None:
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        self.best_dir.mkdir(parents=True, exist_ok=True)
+        mx.save_safetensors(str(self.best_dir / "adapters.safetensors"), dict(tree_flatten(self.model.trainable_parameters())))
+        write_json(self.best_dir / "best.json", {"iteration": it, "val_loss": val_loss})
+
+    def checkpoint(self, it: int) -> None:
+        """Write the resumable checkpoint of iteration ``it`` (state, weights, optimizer, pending gradient)."""
+        state = self.state
+        state.data_position = self.stream.position()
+        state.truncated = self.stream.truncated
+        state.checkpoints_saved += 1
+        extra = {"best_adapters.safetensors": self.best_dir / "adapters.safetensors"}
+        path = T.save_checkpoint(self.ckpt_root, it, model=self.model, optimizer=self.optimizer,
+                                 grad_accum=state.grad_accum, state={**state.to_json(), "fingerprint": self.setup.fingerprint},
+                                 extra_files=extra)
+        self.ctx.metric("checkpoint", iteration=it, path=str(path.relative_to(self.ctx.artifacts_dir)))
+
+
+def _save_adapters(ctx: JobContext, setup: _Setup, *, keep_best: bool, best_dir: Path) -> str:
+    """Write ``adapters/adapters.safetensors``: the best weights with ``keep_best`` (the last ones then go
+    to ``adapters_last/``), else the last. Returns ``"best"`` or ``"last"``."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    last_weights = dict(tree_flatten(setup.model.trainable_parameters()))
+    if keep_best and (best_dir / "adapters.safetensors").is_file():
+        _save_adapter_dir(ctx.artifacts_dir / "adapters_last", last_weights, setup.adapter_cfg)
+        shutil.copyfile(best_dir / "adapters.safetensors", setup.adapters_dir / "adapters.safetensors")
+        return "best"
+    mx.save_safetensors(str(setup.adapters_dir / "adapters.safetensors"), last_weights)
+    return "last"
+
+
+def _summary(spec: LoraTrainJob, inputs: _Inputs, setup: _Setup, state: TrainState, outcome: _Outcome, *,
+             start_it: int, selected: str, png: bool) -> dict[str, Any]:
+    """The ``train`` namespace of the summary (docs/jobs.md lists every key)."""
+    train, val = state.history["train"], state.history["val"]
+    train_seconds, trained_tokens, done = state.train_seconds, state.trained_tokens, outcome.iterations_done
+    lora, quantization = spec.lora, setup.loaded.quantization
+    return {
+        "first_loss": train[0]["train_loss"],
+        "final_loss": train[-1]["train_loss"],
+        "first_val_loss": val[0]["val_loss"] if val else None,
+        "final_val_loss": val[-1]["val_loss"] if val else None,
+        "best_val_loss": state.best["val_loss"],
+        "best_iteration": state.best["iteration"],
+        "adapters_selected": selected,
+        "tokens_per_second": trained_tokens / train_seconds if train_seconds > 0 else None,
+        "iterations_per_second": done / train_seconds if train_seconds > 0 else None,
+        "peak_memory_gb": round(outcome.peak_memory_gb, 6),
+        "iters": inputs.iters,
+        "iterations_done": done,
+        "epochs": spec.epochs,
+        "stopped_early": int(outcome.stopped_early),
+        "resumed_at_iteration": start_it,
+        "checkpoints_saved": state.checkpoints_saved,
+        "trained_tokens": trained_tokens,
+        "truncated_sequences": outcome.truncated,
+        "train_seconds": round(train_seconds, 4),
+        "val_seconds": round(state.val_seconds, 4),
+        "wall_seconds": round(outcome.wall_seconds, 4),
+        "load_seconds": round(setup.loaded.load_seconds, 4),
+        "profile": spec.profile,
+        "fine_tune_type": spec.fine_tune_type,
+        "quantize_bits": quantization["bits"] if quantization else None,
+        "rank": lora.rank,
+        "alpha": lora.alpha,
+        "scale": lora.scale,
+        "dropout": lora.dropout,
+        "batch_size": spec.batch_size,
+        "grad_accumulation_steps": spec.grad_accumulation_steps,
+        "grad_checkpoint": int(spec.grad_checkpoint),
+        "num_layers": setup.num_layers,
+        "trainable_parameters": setup.trainable,
+        "learning_rate": spec.learning_rate,
+        "lr_schedule": spec.lr_schedule.name if spec.lr_schedule else "constant",
+        "final_learning_rate": train[-1]["learning_rate"],
+        "train_examples": inputs.counts["train.jsonl"],
+        "valid_examples": inputs.counts["valid.jsonl"],
+        "loss_curve_png": int(png),
+    }
+
+
+def _check_diverged(summary: dict[str, Any], iteration: int, result: dict[str, dict[str, Any]]) -> None:
+    """Raise :class:`DivergedError` (with ``result`` as the kept summary) for a non-finite final loss."""
+    for key, initial in (("final_loss", "first_loss"), ("final_val_loss", "first_val_loss")):
+        value = summary[key]
+        if value is not None and not finite(value):
+            raise DivergedError(f"training diverged: {key} is {value} (try a lower learning_rate)", iteration=iteration,
+                                loss=value, initial_loss=summary[initial], summary=result)

@@ -32,7 +32,7 @@ from typing import Any
 
 from oodatcaa.jobs import _training as T
 from oodatcaa.jobs._common import JobContext, JobFailure, seed_everything, sha256_file
-from oodatcaa.jobs.spec import MAX_DEFAULT_LORA_LAYERS
+from oodatcaa.jobs.spec import MAX_DEFAULT_LORA_LAYERS, MemoryProfileJob
 
 
 def max_rss_gb() -> float:
@@ -59,7 +59,7 @@ class _SyntheticBatches:
         return mx.array(tokens), mx.array(lengths)
 
 
-def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+def run(spec: MemoryProfileJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run a ``memory_profile`` job; returns ``{"memory": {...}}`` (see the module docstring).
 
     Raises:
@@ -95,9 +95,9 @@ def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
     mx.clear_cache()
     mx.reset_peak_memory()
     last = None
-    for last in stream_generate(model, tokenizer, _prompt_tokens(tokenizer, spec.prompt), max_tokens=spec.max_tokens,
-                                sampler=make_sampler(temp=0.0)):
-        pass
+    for response in stream_generate(model, tokenizer, _prompt_tokens(tokenizer, spec.prompt), max_tokens=spec.max_tokens,
+                                    sampler=make_sampler(temp=0.0)):
+        last = response  # only the last response's counters matter
     inference_peak = mx.get_peak_memory() / 1e9
     generated = last.generation_tokens if last is not None else 0
     ctx.metric("inference", peak_memory_gb=inference_peak, generation_tokens=generated,

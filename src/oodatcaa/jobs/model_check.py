@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from oodatcaa.jobs._common import JobContext, JobFailure, device_name
+from oodatcaa.jobs.spec import ModelCheckJob
 
 ROUNDTRIP_TEXT = "Hello, world! The quick brown fox jumps over 13 lazy dogs."
 
@@ -90,7 +91,7 @@ def _adapter_base_quantization(adapter_path: str | None) -> dict[str, Any] | Non
     return quant if isinstance(quant, dict) and "bits" in quant else None
 
 
-def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+def run(spec: ModelCheckJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run a ``model_check`` job; returns ``{"model": {...}}`` (see module docstring)."""
     model_path = ctx.resolve_model(spec.model)
     ctx.config_extra["model_path"] = str(model_path)

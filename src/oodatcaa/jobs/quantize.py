@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from oodatcaa.jobs._common import JobContext, JobFailure
+from oodatcaa.jobs.spec import QuantizeJob
 
 #: The text whose next-token predictions are compared before and after quantization / fusing.
 REFERENCE_TEXT = (
@@ -55,7 +56,7 @@ def compare_logits(a: Any, b: Any) -> dict[str, float]:
     }
 
 
-def run(spec: Any, ctx: JobContext) -> dict[str, dict[str, Any]]:
+def run(spec: QuantizeJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run a ``quantize`` job; returns ``{"quantize": {...}}`` (see the module docstring).
 
     Raises:

@@ -22,8 +22,8 @@ Kinds (see ``docs/jobs.md`` for every field, default, unit and the summary keys 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Mapping, Sized
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     BaseModel,
@@ -57,6 +57,7 @@ __all__ = [
     "QuantizeJob",
     "SplitRatios",
     "job_spec_json_schema",
+    "model_of_kind",
     "parse_job_spec",
 ]
 
@@ -219,7 +220,9 @@ class LrSchedule(_Job):
             counts = " or ".join(str(n) for n in allowed)
             raise _FieldError("arguments", f"arguments of {self.name} takes {counts} values, got {len(self.arguments)}")
         elif self.arguments[0] <= 0:
-            raise _FieldError("arguments", f"arguments[0] is the initial learning rate and must be > 0, got {_show(self.arguments[0])}")
+            raise _FieldError(
+                "arguments", f"arguments[0] is the initial learning rate and must be > 0, got {_show(self.arguments[0])}"
+            )
         return self
 
 
@@ -265,7 +268,9 @@ class _TrainingFields(_ModelJob):
     def _check_fine_tune(self, explicit_lora: bool) -> None:
         if self.fine_tune_type == "full":
             if self.quantize is not None:
-                raise _FieldError("quantize", "quantize (QLoRA) needs fine_tune_type lora or dora; full fine-tuning trains float weights")
+                raise _FieldError(
+                    "quantize", "quantize (QLoRA) needs fine_tune_type lora or dora; full fine-tuning trains float weights"
+                )
             if explicit_lora:
                 raise _FieldError("lora", "lora settings apply to fine_tune_type lora or dora, not full; remove lora")
 
@@ -293,7 +298,8 @@ class LoraTrainJob(_TrainingFields):
     val_batches: Int = Field(-1, description="-1 = the whole valid.jsonl, else a positive number of batches")
     save_every: Int = Field(100, ge=1, description="steps between resumable checkpoints")
     resume: bool | Literal["auto"] = Field(
-        "auto", description="auto: resume from a checkpoint in the artifacts dir if one fits; true: must resume; false: start over"
+        "auto",
+        description="auto: resume from a checkpoint in the artifacts dir if one fits; true: must resume; false: start over",
     )
     resume_from: str | None = Field(
         None, min_length=1,
@@ -499,27 +505,38 @@ class CommandJob(_Job):
 
 
 #: Any job spec model (usable with isinstance and in annotations).
-JobSpec = Union[
-    ModelCheckJob, InferenceBenchJob, LoraTrainJob, MemoryProfileJob, EvaluateJob, DatasetJob, QuantizeJob, FuseJob,
-    CommandJob,
-]
+JobSpec = (
+    ModelCheckJob | InferenceBenchJob | LoraTrainJob | MemoryProfileJob | EvaluateJob | DatasetJob | QuantizeJob | FuseJob
+    | CommandJob
+)
 JobSpecModel = JobSpec  # alias
 #: The discriminated union for pydantic fields (``kind`` selects the model), e.g. ``list[JobSpecField]``.
 JobSpecField = Annotated[JobSpec, Field(discriminator="kind")]
 
-_MODELS: dict[str, type[_Job]] = {
-    "model_check": ModelCheckJob,
-    "inference_bench": InferenceBenchJob,
-    "lora_train": LoraTrainJob,
-    "memory_profile": MemoryProfileJob,
-    "evaluate": EvaluateJob,
-    "dataset": DatasetJob,
-    "quantize": QuantizeJob,
-    "fuse": FuseJob,
-    "command": CommandJob,
-}
-#: The known job kinds, in documentation order.
+
+
+def _kind_of(model: type[_Job]) -> str:
+    (kind,) = get_args(model.model_fields["kind"].annotation)
+    return str(kind)
+
+
+# Derived from the union so that a new kind is added in one place here (its class and its entry in
+# JobSpec); oodatcaa.jobs.registry, which imports this module, checks its own table against this one.
+_MODELS: dict[str, type[_Job]] = {_kind_of(model): model for model in get_args(JobSpec)}
+#: The known job kinds, in documentation order (the order of :data:`JobSpec`, and of the registry).
 JOB_KINDS: tuple[str, ...] = tuple(_MODELS)
+
+
+def model_of_kind(kind: str) -> type[BaseModel]:
+    """The spec model of a job kind (``"lora_train"`` -> :class:`LoraTrainJob`).
+
+    Raises:
+        JobSpecError: unknown kind (the message lists the known kinds).
+    """
+    model = _MODELS.get(kind)
+    if model is None:
+        raise JobSpecError("<job>", "kind", f"unknown job kind {_show(kind)}; known kinds: {', '.join(JOB_KINDS)}")
+    return model
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpecField)
 
@@ -580,7 +597,8 @@ def _message(err: Mapping[str, Any], field: str, kind: str | None) -> str:
     if etype in ("too_short", "string_too_short"):
         if isinstance(value, str):
             return f"{name} must not be empty"
-        return f"{name} must have at least {ctx.get('min_length', 1)} item(s), got {len(value) if hasattr(value, '__len__') else _show(value)}"
+        got = len(value) if isinstance(value, Sized) else _show(value)
+        return f"{name} must have at least {ctx.get('min_length', 1)} item(s), got {got}"
     if etype in ("too_long", "string_too_long"):
         return f"{name} is too long (at most {ctx.get('max_length')})"
     if etype in ("int_parsing", "int_type", "int_from_float"):
@@ -639,7 +657,7 @@ def parse_job_spec(data: Any, *, source: str = "<job>") -> JobSpec:
             unknown field, wrong type or out-of-range value.
     """
     if isinstance(data, tuple(_MODELS.values())):
-        return data
+        return cast(JobSpec, data)
     if not isinstance(data, Mapping):
         raise JobSpecError(source, "", f"a job spec must be a mapping with a 'kind', got {type(data).__name__}")
     known = ", ".join(JOB_KINDS)

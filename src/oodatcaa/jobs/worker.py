@@ -2,11 +2,15 @@
 
 Started by :func:`oodatcaa.jobs.runner.run_job` in its own process group, with stdout+stderr going to
 ``run_dir/job.log``. Reads ``job.json`` (``spec``, ``workdir``, ``run_dir``, ``artifacts_dir``), runs the
-job kind's module (``oodatcaa.jobs.<kind>.run(spec, ctx)``) and writes into run_dir:
+job kind's ``run(spec, ctx)`` (the module named in :mod:`oodatcaa.jobs.registry`) and writes into run_dir:
 
 - ``config.json``  the resolved spec, library versions, seed, BLAS in use, dataset sha256 (lora_train);
 - ``summary.json`` the namespaced summary, on success (and for a failed command, with its return code);
-- ``error.json``   ``{"error": message, "type": ...}`` on failure.
+- ``error.json``   on failure, ``{"error": message, "type": ..., "failure_kind": ..., "details": {...}}``:
+  ``type`` is ``job_failure`` (the job raised :class:`~oodatcaa.jobs._common.JobFailure` or a subclass),
+  ``exception`` (anything else) or ``job_file`` (the job file could not be read); ``failure_kind`` is a
+  :class:`~oodatcaa.core.failures.FailureKind` value (see :func:`classify`), which is what callers
+  route on; ``details`` are its structured facts. ``error`` is for people and may be reworded.
 
 Exit status: 0 on success, 1 on a job failure, 2 for an unreadable job file. Signals (SIGTERM from the
 runner on cancel/timeout) end the process with the default action.
@@ -17,7 +21,6 @@ with :func:`oodatcaa.jobs.cpu_fastpath.fastpath_env` so that OpenBLAS is preload
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import os
@@ -28,12 +31,19 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from oodatcaa.core.failures import FailureKind
 from oodatcaa.jobs._common import JobContext, JobFailure, versions, write_json
+from oodatcaa.jobs.registry import job_kind, mlx_kinds
 from oodatcaa.jobs.spec import JobSpecError, parse_job_spec
 
-MLX_KINDS = ("model_check", "inference_bench", "lora_train", "memory_profile", "evaluate", "dataset", "quantize", "fuse")
+#: Job kinds that import mlx (from the registry): they get the CPU fast path and colour-free logs.
+MLX_KINDS = mlx_kinds()
+#: Lower-cased fragments of the messages MLX (C++ ``std::bad_alloc``, its allocator's ``[malloc]``
+#: errors) and other libraries raise when an allocation is refused; they raise RuntimeError, not
+#: MemoryError, so the message is all there is to go on.
+_OOM_MARKERS = ("std::bad_alloc", "[malloc]", "out of memory")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
 
@@ -41,7 +51,7 @@ class _PlainText(io.TextIOBase):
     """A text stream that drops ANSI escape sequences (mlx-lm's rich console forces truecolor even when
     writing to a file), so that job.log, which is committed, stays readable."""
 
-    def __init__(self, inner: io.TextIOBase):
+    def __init__(self, inner: TextIO):
         self._inner = inner
 
     def write(self, s: str) -> int:
@@ -63,7 +73,7 @@ class _PlainText(io.TextIOBase):
 
     @property
     def buffer(self) -> object:
-        return self._inner.buffer  # type: ignore[attr-defined]
+        return self._inner.buffer
 
 
 def _maybe_reexec_with_fastpath(jobfile: Path, kind: str) -> None:
@@ -83,6 +93,59 @@ def _maybe_reexec_with_fastpath(jobfile: Path, kind: str) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "oodatcaa.jobs.worker", str(jobfile)], env)
 
 
+def _says_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in _OOM_MARKERS)
+
+
+def classify(exc: BaseException) -> tuple[FailureKind, dict[str, Any]]:
+    """The :class:`FailureKind` and details that ``error.json`` reports for an exception a job raised.
+
+    - a :class:`JobFailure` (or subclass) -> its own ``kind`` and ``details``; but a plain
+      ``job_error`` JobFailure raised *from* an out-of-memory error (a loader wrapping MLX's
+      exception in a sentence) is ``oom``;
+    - ``MemoryError`` -> ``oom``; then, since MLX raises RuntimeError for a refused allocation, any
+      other exception whose message says ``std::bad_alloc``, ``[malloc]`` or ``out of memory`` -> ``oom``;
+    - anything else -> ``job_error``.
+
+    Non-JobFailure results carry ``{"exception": <type name>}`` in the details.
+    """
+    if isinstance(exc, JobFailure):
+        if exc.kind is FailureKind.JOB_ERROR:
+            cause = _oom_cause(exc)
+            if cause is not None:
+                return FailureKind.OOM, {**exc.details, "exception": type(cause).__name__}
+        return exc.kind, dict(exc.details)
+    details = {"exception": type(exc).__name__}
+    if isinstance(exc, MemoryError) or _says_out_of_memory(exc):
+        return FailureKind.OOM, details
+    return FailureKind.JOB_ERROR, details
+
+
+def _oom_cause(exc: BaseException) -> BaseException | None:
+    """The first exception in ``exc``'s cause/context chain that is an out-of-memory error, or None."""
+    seen: set[int] = set()
+    current = _cause(exc)
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or (not isinstance(current, JobFailure) and _says_out_of_memory(current)):
+            return current
+        current = _cause(current)
+    return None
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    # As traceback prints it: the explicit cause, else the context unless ``raise ... from None`` hid it.
+    if exc.__cause__ is not None:
+        return exc.__cause__
+    return None if exc.__suppress_context__ else exc.__context__
+
+
+def _error_report(message: str, type_: str, kind: FailureKind, details: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``error.json`` (see the module docstring)."""
+    return {"error": message, "type": type_, "failure_kind": kind.value, "details": details}
+
+
 def run_jobfile(jobfile: Path) -> int:
     """Run the job described by ``jobfile``; returns the process exit status (see module docstring)."""
     try:
@@ -96,15 +159,16 @@ def run_jobfile(jobfile: Path) -> int:
     except (OSError, ValueError, KeyError, JobSpecError) as exc:
         print(f"[oodatcaa job] cannot read job file {jobfile}: {exc}", file=sys.stderr, flush=True)
         try:
-            write_json(jobfile.parent / "error.json", {"error": f"cannot read job file: {exc}", "type": "job_file"})
+            write_json(jobfile.parent / "error.json", _error_report(f"cannot read job file: {exc}", "job_file",
+                                                                    FailureKind.JOB_ERROR, {"exception": type(exc).__name__}))
         except OSError:
             pass
         return 2
 
     _maybe_reexec_with_fastpath(jobfile, spec.kind)
     if spec.kind in MLX_KINDS:
-        sys.stdout = _PlainText(sys.stdout)  # type: ignore[assignment]
-        sys.stderr = _PlainText(sys.stderr)  # type: ignore[assignment]
+        sys.stdout = _PlainText(sys.stdout)
+        sys.stderr = _PlainText(sys.stderr)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
     started_wall = time.time()
@@ -126,19 +190,20 @@ def run_jobfile(jobfile: Path) -> int:
     status = 0
     summary: dict[str, Any] | None = None
     try:
-        module = importlib.import_module(f"oodatcaa.jobs.{spec.kind}")
-        summary = module.run(spec, ctx)
+        summary = job_kind(spec.kind).run()(spec, ctx)
     except JobFailure as exc:
         status = 1
         summary = exc.summary
-        write_json(ctx.run_dir / "error.json", {"error": str(exc), "type": "job_failure"})
-        ctx.log(f"job failed: {exc}")
+        kind, details = classify(exc)
+        write_json(ctx.run_dir / "error.json", _error_report(str(exc), "job_failure", kind, details))
+        ctx.log(f"job failed ({kind.value}): {exc}")
     except BaseException as exc:  # noqa: BLE001 - report every crash, then exit non-zero
         status = 1
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}".strip()
-        write_json(ctx.run_dir / "error.json", {"error": message, "type": "exception"})
-        ctx.log(f"job crashed: {message}")
+        kind, details = classify(exc)
+        write_json(ctx.run_dir / "error.json", _error_report(message, "exception", kind, details))
+        ctx.log(f"job crashed ({kind.value}): {message}")
     finally:
         config.update(ctx.config_extra)
         config["wall_seconds"] = round(time.time() - started_wall, 3)

@@ -26,6 +26,7 @@ from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.core.workspace import run_dir_in_branch
 from oodatcaa.gitops import GitRepo
+from oodatcaa.jobs.registry import key_metrics  # the headline metrics of each job kind
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
 
@@ -34,31 +35,6 @@ if TYPE_CHECKING:
 
 S = TaskStatus
 
-#: Per namespace, the summary keys worth showing in `status` and the CHANGELOG.
-KEY_METRICS = {
-    "model": ("parameters_millions", "load_seconds"),
-    "inference": ("generation_tps", "prompt_tps", "peak_memory_gb"),
-    "train": ("first_loss", "final_loss", "tokens_per_second", "peak_memory_gb"),
-    "memory": ("peak_memory_gb", "headroom_gb"),
-    "eval": ("loss", "perplexity"),
-    "dataset": ("rows_ok", "problems"),
-    "quantize": ("bits_per_weight", "compression_ratio"),
-    "fuse": ("max_abs_logit_diff",),
-    "command": ("returncode",),
-}
-
-
-def key_metrics(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Flat ``namespace.key -> value`` of the headline metrics in a job summary."""
-    out: dict[str, Any] = {}
-    for ns, keys in KEY_METRICS.items():
-        for key in keys:
-            value = summary.get(ns, {}).get(key)
-            if isinstance(value, float):
-                out[f"{ns}.{key}"] = round(value, 4)
-            elif isinstance(value, int) and not isinstance(value, bool):
-                out[f"{ns}.{key}"] = value
-    return out
 
 
 def _metrics_table(summary: dict[str, dict[str, Any]]) -> str:
