@@ -454,18 +454,61 @@ def test_command_runs_in_workdir_with_env(tmp_path):
 
 def test_command_timeout_kills_the_process_group(tmp_path):
     start = time.monotonic()
-    r = evaluate_criterion(crit(CommandCheck(run="echo started; sleep 30 & sleep 30", timeout_s=0.5)),
+    r = evaluate_criterion(crit(CommandCheck(run="echo started; sleep 30 & echo $! > bg.pid; sleep 30", timeout_s=0.5)),
                            ctx(tmp_path))
     assert time.monotonic() - start < 10
     assert r.outcome == "FAIL"
     assert r.observed == "timed out after 0.5 s"
+    assert r.timed_out  # the Tester can tell a hung check from a failing one without reading text
     assert "started" in r.detail
+    bg = int((tmp_path / "bg.pid").read_text())
+
+    def gone() -> bool:  # no such process, or only a zombie left (Linux /proc)
+        try:
+            return Path(f"/proc/{bg}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except OSError:
+            return True
+
+    deadline = time.monotonic() + 10
+    while not gone():
+        assert time.monotonic() < deadline, "the background grandchild survived the timeout"
+        time.sleep(0.05)
+
+
+def test_command_not_timed_out_unless_it_was(tmp_path):
+    assert not evaluate_criterion(crit(CommandCheck(run="exit 1")), ctx(tmp_path)).timed_out
+    assert not evaluate_criterion(crit(CommandCheck(run="true")), ctx(tmp_path)).timed_out
+    assert not evaluate_criterion(crit(MetricCheck(metric="train.final_loss", op="<", value=1)), ctx(tmp_path)).timed_out
+
+
+def test_command_runs_under_bash_with_the_child_env_rules(tmp_path, monkeypatch):
+    # a bashism that /bin/sh (dash) rejects
+    r = evaluate_criterion(crit(CommandCheck(run='[[ 1 == 1 ]] && set -o pipefail && echo "$BASH_VERSION"')), ctx(tmp_path))
+    assert r.outcome == "PASS", r.detail
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    r = evaluate_criterion(crit(CommandCheck(run='test "$MLX_DISABLE_COMPILE$HF_HUB_OFFLINE$PYTHONUNBUFFERED" = 111')),
+                           ctx(tmp_path))
+    assert r.outcome == "PASS", r.detail
+
+
+def test_command_killed_by_a_signal_is_fail(tmp_path):
+    r = evaluate_criterion(crit(CommandCheck(run="kill -KILL $$")), ctx(tmp_path))
+    assert r.outcome == "FAIL" and r.observed == "killed by SIGKILL" and not r.timed_out
+
+
+def test_command_without_bash_is_fail_not_exception(tmp_path):
+    r = evaluate_criterion(crit(CommandCheck(run="true")), ctx(tmp_path, env={"PATH": str(tmp_path)}))
+    assert r.outcome == "FAIL" and r.observed == "error"
+    assert "could not run" in r.detail and "bash" in r.detail
 
 
 def test_command_output_tail_is_bounded(tmp_path):
     r = evaluate_criterion(crit(CommandCheck(run=f'"{PY}" -c "print(\'y\' * 10000)"')), ctx(tmp_path))
     assert r.outcome == "PASS"
     assert len(r.detail) < 2200
+    # 10 MB of output: still only the tail, and the real end of it
+    r = evaluate_criterion(crit(CommandCheck(run=f'"{PY}" -c "print(\'z\' * 10_000_000); print(\'END\')"')), ctx(tmp_path))
+    assert r.outcome == "PASS" and len(r.detail) < 2200 and r.detail.endswith("END")
 
 
 def test_broken_workdir_is_fail_not_exception(tmp_path):

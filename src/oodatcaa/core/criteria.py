@@ -16,18 +16,14 @@ files are looked up, the working directory of commands). :func:`decide` turns th
 all criteria passing → accept; 60–80 % → a recorded decision; below 60 % → adapt.
 ``UNVERIFIED`` never counts as passing.
 
-This module imports only the standard library and pydantic.
+This module imports only the standard library, pydantic and :mod:`oodatcaa.core.process` (stdlib).
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
-import signal
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal, Union
@@ -35,6 +31,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from oodatcaa.core.errors import BacklogError
+from oodatcaa.core.process import child_env, run_process
 
 __all__ = [
     "OPERATORS",
@@ -357,8 +354,9 @@ class CheckContext:
     (units as the job reports them: GB = 1e9 bytes, seconds, tokens/s). ``file_roots``: a
     :class:`FileCheck` passes when its path exists under any of them; when empty, ``workdir`` is
     the only root. ``workdir``: the working directory of commands. ``env``: extra environment
-    variables for commands, added to (and overriding) the current environment; ``None`` keeps
-    the current environment unchanged.
+    variables for commands, added last to the environment every child gets
+    (:func:`oodatcaa.core.process.child_env`: the current environment plus ``MLX_DISABLE_COMPILE=1``,
+    ``HF_HUB_OFFLINE=1``, ...), so they override it; ``None`` adds nothing.
     """
 
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -368,7 +366,12 @@ class CheckContext:
 
 
 class CriterionResult(_Strict):
-    """The outcome of one criterion: ``PASS``, ``FAIL`` or ``UNVERIFIED`` (needs a person)."""
+    """The outcome of one criterion: ``PASS``, ``FAIL`` or ``UNVERIFIED`` (needs a person).
+
+    ``timed_out`` is true only for a command check whose command was killed at its ``timeout_s``
+    (then ``outcome`` is ``FAIL``): the Tester can tell a hung check from a failing one without
+    reading ``observed``, which is for people.
+    """
 
     criterion_id: str
     text: str
@@ -377,6 +380,7 @@ class CriterionResult(_Strict):
     observed: str
     expected: str
     detail: str = ""
+    timed_out: bool = False
 
 
 def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResult:
@@ -386,11 +390,14 @@ def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResu
     - metric → ``FAIL`` when the metric (or the compared metric) is missing — the detail names
       the available metrics — or is not a finite number;
     - file → ``PASS`` when ``root / path`` exists under any root;
-    - command → run with ``subprocess`` (``shell=True``, cwd ``ctx.workdir``); ``PASS`` when the
-      exit status equals ``expect_exit``; a timeout (``timeout_s`` seconds) kills the command's
-      whole process group and is a ``FAIL``; the detail holds the output tail (2000 characters).
+    - command → run by ``bash -c`` (:func:`oodatcaa.core.process.run_process`: cwd ``ctx.workdir``,
+      the child environment rules plus ``ctx.env``, its own process group); ``PASS`` when the exit
+      status equals ``expect_exit``; past ``timeout_s`` seconds the command's whole process group
+      gets SIGTERM, then SIGKILL 5 s later, and the result is a ``FAIL`` with ``timed_out`` set; the
+      detail holds the output tail (at most 2000 characters, the rest is never kept in memory). A
+      command that cannot start (no bash, a missing workdir) is a ``FAIL`` whose detail says so.
     """
-    base = {"criterion_id": criterion.id, "text": criterion.text, "critical": criterion.critical}
+    base: dict[str, Any] = {"criterion_id": criterion.id, "text": criterion.text, "critical": criterion.critical}
     check = criterion.check
     if check is None:
         return CriterionResult(
@@ -400,16 +407,18 @@ def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResu
             expected=criterion.text or "(prose criterion)",
             detail="needs a person: prose-only criterion (add a `metric:`, `file:` or `command:` check to automate it)",
         )
+    timed_out = False
     try:
         if isinstance(check, MetricCheck):
             outcome, observed, detail = _eval_metric(check, ctx)
         elif isinstance(check, FileCheck):
             outcome, observed, detail = _eval_file(check, ctx)
         else:
-            outcome, observed, detail = _eval_command(check, ctx)
+            outcome, observed, detail, timed_out = _eval_command(check, ctx)
     except Exception as exc:  # noqa: BLE001 - a broken environment is a FAIL, reported truthfully
         outcome, observed, detail = "FAIL", "error", f"check could not run: {type(exc).__name__}: {exc}"
-    return CriterionResult(**base, outcome=outcome, observed=observed, expected=_expected(check), detail=detail)
+    return CriterionResult(**base, outcome=outcome, observed=observed, expected=_expected(check), detail=detail,
+                           timed_out=timed_out)
 
 
 def _expected(check: MetricCheck | FileCheck | CommandCheck) -> str:
@@ -508,56 +517,29 @@ def _eval_file(check: FileCheck, ctx: CheckContext) -> tuple[Outcome, str, str]:
     return "FAIL", "missing", f"{check.path} not found under: {where}"
 
 
-def _eval_command(check: CommandCheck, ctx: CheckContext) -> tuple[Outcome, str, str]:
-    env = None if ctx.env is None else {**os.environ, **{str(k): str(v) for k, v in ctx.env.items()}}
-    posix = os.name == "posix"
-    start = time.monotonic()
-    proc = subprocess.Popen(
+def _eval_command(check: CommandCheck, ctx: CheckContext) -> tuple[Outcome, str, str, bool]:
+    """Run the check's command line; returns (outcome, observed, detail, timed_out).
+
+    Raises what :func:`oodatcaa.core.process.run_process` raises when the command cannot start (no
+    bash, a missing workdir); :func:`evaluate_criterion` reports that as a ``FAIL`` that could not run.
+    """
+    result = run_process(
         check.run,
-        shell=True,
-        cwd=str(ctx.workdir),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=posix,
+        cwd=ctx.workdir,
+        env=child_env(ctx.env),
+        timeout_s=check.timeout_s,
+        tail_chars=_OUTPUT_TAIL_CHARS,
     )
-    try:
-        out, _ = proc.communicate(timeout=check.timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_tree(proc, posix)
-        try:
-            out, _ = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            out = b""
-        tail = _tail(out)
-        return (
-            "FAIL",
-            f"timed out after {check.timeout_s:g} s",
-            f"command killed after {check.timeout_s:g} s" + (f"; output tail:\n{tail}" if tail else ""),
-        )
-    elapsed = time.monotonic() - start
-    tail = _tail(out)
-    ok = proc.returncode == check.expect_exit
-    detail = f"exit {proc.returncode} after {elapsed:.2f} s" + (f"; output tail:\n{tail}" if tail else "")
-    return ("PASS" if ok else "FAIL"), f"exit {proc.returncode}", detail
-
-
-def _kill_tree(proc: subprocess.Popen[bytes], posix: bool) -> None:
-    try:
-        if posix:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:  # pragma: no cover - not exercised on POSIX
-            proc.kill()
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _tail(out: bytes | None) -> str:
-    if not out:
-        return ""
-    text = out.decode("utf-8", errors="replace").rstrip()
-    return text[-_OUTPUT_TAIL_CHARS:]
+    tail = result.output_tail.rstrip()
+    shown = f"; output tail:\n{tail}" if tail else ""
+    if result.timed_out:
+        return "FAIL", f"timed out after {check.timeout_s:g} s", f"command killed after {check.timeout_s:g} s{shown}", True
+    if result.signal_name is not None:
+        observed = f"killed by {result.signal_name}"
+    else:
+        observed = f"exit {result.returncode}"
+    ok = result.returncode == check.expect_exit
+    return ("PASS" if ok else "FAIL"), observed, f"{observed} after {result.duration_s:.2f} s{shown}", False
 
 
 # --------------------------------------------------------------------------------------------
