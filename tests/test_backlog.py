@@ -1,4 +1,4 @@
-"""Unit tests of oodatcaa.core.backlog: the Markdown backlog parser and writer."""
+"""Unit tests of oodatcaa.backlog: the Markdown backlog parser and writer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oodatcaa.core.backlog import (
+from oodatcaa.backlog import (
     Backlog,
     BacklogItem,
     JobBlock,
@@ -545,7 +545,7 @@ def test_core_imports_stay_light():
     import subprocess
     import sys
 
-    code = ("import sys, oodatcaa.core.backlog, oodatcaa.core.criteria; "
+    code = ("import sys, oodatcaa.backlog, oodatcaa.core.criteria; "
             "heavy = [m for m in ('mlx', 'numpy', 'git', 'mlx_lm') if m in sys.modules]; "
             "assert not heavy, heavy")
     src = Path(__file__).resolve().parents[1] / "src"

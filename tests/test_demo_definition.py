@@ -1,6 +1,6 @@
 """The bundled demo sprint is well-formed: its backlog parses, every job spec validates, its config loads."""
 
-from oodatcaa.core.backlog import load_backlog
+from oodatcaa.backlog import load_backlog
 from oodatcaa.core.config import bundled_dir, load_config
 from oodatcaa.demo import prepare_demo_repo
 from oodatcaa.jobs.spec import parse_job_spec

@@ -21,7 +21,8 @@ line and the fix. Job blocks are checked only for being a YAML mapping with a st
 ``oodatcaa.jobs.spec`` validates their fields. The format is documented for users in
 ``docs/backlog-format.md``.
 
-This module imports only the standard library, pydantic and PyYAML.
+It sits above the core because it reads the job-kind registry (for its hints); both import only the
+standard library, pydantic and PyYAML.
 """
 
 from __future__ import annotations
