@@ -30,14 +30,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from oodatcaa.core.clock import FakeClock
 from oodatcaa.core.errors import LeaseError, QueueFileError
-from oodatcaa.core.eventlog import LogEntry
+from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim, claim_next, complete, heartbeat, reclaim_stale, release, update_claimed
 from oodatcaa.core.models import Subtask
 from oodatcaa.core.statuses import ItemKind, TaskStatus, allowed_next, valid_statuses
 from oodatcaa.core.store import QueueStore, Transaction, parse_queue
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.roles.negotiator import promote
-
 from support import add_steps, sample_queue
 
 S = TaskStatus
@@ -239,7 +238,7 @@ class QueueMachine(RuleBasedStateMachine):
         claim = self.pick(self.live_claims(), n)
 
         def put(tx: Transaction, item) -> None:
-            item.last_error = f"progress {claim.claim_id[:8]}"
+            item.failure = Failure.of(FailureKind.JOB_ERROR, f"progress {claim.claim_id[:8]}")
 
         update_claimed(self.store, claim, put)
 
@@ -455,7 +454,8 @@ class QueueMachine(RuleBasedStateMachine):
                     complete(self.store, claim, LEASED.get((self.m[claim.item_id].kind, CLAIM_FROM[claim.role][2]),
                                                            S.CANCELLED), "late write")
                 else:
-                    update_claimed(self.store, claim, lambda tx, item: setattr(item, "last_error", "late"))
+                    late = Failure.of(FailureKind.JOB_ERROR, "late")
+                    update_claimed(self.store, claim, lambda tx, item: setattr(item, "failure", late))
             except LeaseError as exc:
                 assert "superseded" in str(exc)
             else:

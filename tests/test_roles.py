@@ -327,10 +327,10 @@ def test_a_later_step_uses_an_earlier_steps_adapter(tmp_path, tiny_model):
 
 
 def test_start_over_gate_resets_branches_and_replans(tmp_path):
-    from support import store_with
+    from support import configure, store_with
 
     ws = workspace(tmp_path)
-    ws.config_path.write_text(ws.config_path.read_text().replace('on_limit = "needs_manual"', 'on_limit = "start_over"'))
+    configure(ws.config_path, loop={"on_limit": "start_over"})
     git(ws, "tag", "-a", "pre/T001-20260101T000000Z", "-m", "baseline")
     task = _lora_task(batch_size=16)
     branch = task.subtasks[0].branch
