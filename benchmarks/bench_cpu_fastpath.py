@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from oodatcaa.jobs import cpu_fastpath  # noqa: E402
 from oodatcaa.jobs.runner import run_job  # noqa: E402
 
+
 def configs() -> list[tuple[str, dict[str, str]]]:
     """off (baseline), on with the default thread count, on with every core (if that differs)."""
     cores = os.cpu_count() or 1
@@ -99,7 +100,8 @@ def write_dataset(directory: Path, repeats: int = 8) -> Path:
         with open(directory / name, "w", encoding="utf-8") as fh:
             for _ in range(n):
                 for q, a in QA:
-                    fh.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+                    chat = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                    fh.write(json.dumps({"messages": chat}) + "\n")
     return directory
 
 
@@ -139,7 +141,8 @@ def main() -> int:
         tiny = make_tiny_model(tmpdir / "tiny")
         data = write_dataset(tmpdir / "data")
         for name, overrides in configs():
-            s = lora(str(tiny), data, tmpdir / f"tiny-{len(rows)}", overrides, iters=args.iters, batch_size=4, steps_per_report=10)
+            s = lora(str(tiny), data, tmpdir / f"tiny-{len(rows)}", overrides, iters=args.iters, batch_size=4,
+                     steps_per_report=10)
             rows.append(("lora tiny (0.4M) b4", name, s["iterations_per_second"], "it/s"))
             rows.append(("lora tiny (0.4M) b4", name, s["tokens_per_second"], "tokens/s"))
         if args.default_model:

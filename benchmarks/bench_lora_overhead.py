@@ -66,7 +66,8 @@ def write_dataset(directory: Path, repeats: int = 8) -> Path:
         with open(directory / name, "w", encoding="utf-8") as fh:
             for _ in range(n):
                 for q, a in QA:
-                    fh.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+                    chat = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                    fh.write(json.dumps({"messages": chat}) + "\n")
     return directory
 
 
@@ -106,7 +107,8 @@ def run_baseline(model: Path, data: Path, work: Path, cfg: dict) -> dict:
 def run_ours(model: Path, data: Path, work: Path, cfg: dict, save_every: int) -> dict:
     spec = {
         "kind": "lora_train", "model": str(model), "data": str(data), "iters": cfg["iters"], "batch_size": cfg["batch_size"],
-        "num_layers": cfg["num_layers"], "learning_rate": cfg["learning_rate"], "lora": {"rank": cfg["rank"], "alpha": cfg["alpha"]},
+        "num_layers": cfg["num_layers"], "learning_rate": cfg["learning_rate"],
+        "lora": {"rank": cfg["rank"], "alpha": cfg["alpha"]},
         "steps_per_report": cfg["iters"], "steps_per_eval": cfg["iters"], "val_batches": cfg["val_batches"],
         "max_seq_length": cfg["max_seq_length"], "seed": cfg["seed"], "save_every": save_every, "resume": False,
     }
@@ -126,7 +128,7 @@ def bench(label: str, model: Path, data: Path, tmp: Path, cfg: dict, repeat: int
         ("oodatcaa + checkpoints", lambda w: run_ours(model, data, w, cfg, max(1, cfg["iters"] // 4))),
     ]
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
-    for r in range(repeat):
+    for _ in range(repeat):
         for name, fn in variants:  # alternate, so that load changes hit every variant alike
             results[name].append(fn(tmp / f"{label}-{len(results[name])}-{abs(hash(name)) % 10**6}"))
     rows = []

@@ -28,7 +28,6 @@ from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore, parse_queue
 from oodatcaa.core.workspace import Workspace
-
 from support import configure, git_repo
 
 #: Set to False once a crash between the queue write and its AGENT_LOG append can no longer lose rows

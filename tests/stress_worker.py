@@ -28,9 +28,10 @@ import random
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from oodatcaa.core.errors import IllegalTransitionError, LeaseError
 from oodatcaa.core.leases import claim_next, complete, heartbeat, reclaim_stale, release, update_claimed

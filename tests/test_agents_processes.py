@@ -12,7 +12,6 @@ import pytest
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.sprints import new_sprint
-
 from support import configure, workspace
 
 S = TaskStatus

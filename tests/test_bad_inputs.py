@@ -14,7 +14,6 @@ from oodatcaa.core.invariants import validate_queue_file
 from oodatcaa.core.store import QueueStore
 from oodatcaa.jobs.spec import JobSpecError, parse_job_spec
 from oodatcaa.sprints import new_sprint
-
 from support import add_steps, sample_queue, store_with, workspace
 
 
@@ -248,7 +247,7 @@ def test_half_merge_left_by_a_killed_integrator_is_aborted_not_committed(tmp_pat
 
 
 def test_a_persons_merge_in_progress_is_never_aborted(tmp_path):
-    from test_roles import git, queue, run_agent
+    from test_roles import queue, run_agent
 
     ws = planned_and_built(tmp_path)
     run_agent(ws, "tester")

@@ -179,9 +179,8 @@ def test_files_and_config(built):
 
 @pytest.mark.slow
 def test_tokenizer_round_trip_and_ids(built):
-    from tokenizers import Tokenizer
-
     import mlx.core as mx
+    from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(built["model_dir"] / "tokenizer.json"))
     _, meta = mx.load(str(dm.find_source_gguf()), return_metadata=True)

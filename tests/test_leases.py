@@ -6,7 +6,6 @@ from oodatcaa.core.clock import FakeClock
 from oodatcaa.core.errors import LeaseError
 from oodatcaa.core.leases import claim_next, complete, heartbeat, reclaim_stale, release
 from oodatcaa.core.statuses import TaskStatus
-
 from support import add_steps, sample_queue, store_with, workspace
 
 S = TaskStatus

@@ -8,7 +8,6 @@ from oodatcaa.core.store import QueueStore
 from oodatcaa.roles.base import AgentContext
 from oodatcaa.roles.negotiator import EXIT_AGENT_DIED, EXIT_STUCK, Negotiator, promote
 from oodatcaa.sprints import new_sprint
-
 from support import add_steps, configure, sample_queue, store_with, workspace
 
 S = TaskStatus

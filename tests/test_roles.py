@@ -16,7 +16,6 @@ from oodatcaa.roles.base import AgentContext
 from oodatcaa.roles.negotiator import promote, stuck_reason
 from oodatcaa.roles.refiner import choose_adaptation
 from oodatcaa.sprints import new_sprint
-
 from support import add_steps, sample_queue, workspace
 
 S = TaskStatus
@@ -163,7 +162,8 @@ def test_failed_job_goes_to_needs_adapt_with_the_message_and_agent_keeps_running
 def test_merge_conflict_sends_task_to_adapt_and_leaves_main_untouched(ws):
     store = QueueStore.for_workspace(ws)
     with store.transaction("test") as tx:
-        tx.queue.item("T001").jobs = [{"kind": "command", "run": "mkdir -p out && echo hi > out/marker.txt && echo branch > shared.txt"}]
+        run = "mkdir -p out && echo hi > out/marker.txt && echo branch > shared.txt"
+        tx.queue.item("T001").jobs = [{"kind": "command", "run": run}]
     run_agent(ws, "planner")
     negotiate(ws)
     run_agent(ws, "builder")
@@ -181,6 +181,10 @@ def test_merge_conflict_sends_task_to_adapt_and_leaves_main_untouched(ws):
     assert git(ws, "rev-parse", "main") == main_before
     assert not (Path(ws.root) / ".git" / "MERGE_HEAD").exists()
     assert (ws.root / "shared.txt").read_text() == "main\n"
+
+
+LOSS_FAILED = Failure.of(FailureKind.CRITERIA_FAILED, "AC2 FAIL", item="T001-T01",
+                         failed_metrics=["train.final_loss", "train.first_loss"])
 
 
 def _lora_task(peak_target: float = 1.0, batch_size: int = 4):
@@ -208,7 +212,7 @@ def test_refiner_memory_rule_keeps_the_effective_batch():
 
 def test_refiner_loss_rule_and_no_rule():
     task = _lora_task()
-    task.failure = Failure.of(FailureKind.CRITERIA_FAILED, "AC2 FAIL", item="T001-T01", failed_metrics=["train.final_loss", "train.first_loss"])
+    task.failure = LOSS_FAILED
     adaptation = choose_adaptation(task)
     assert adaptation.rule == "stabilise_loss" and adaptation.after["learning_rate"] == pytest.approx(1e-4)
     task.failure = Failure.of(FailureKind.JOB_ERROR, "something nobody planned for")
@@ -377,7 +381,7 @@ def test_a_rerun_training_step_resumes_from_the_killed_attempts_checkpoints(tmp_
 def test_loss_rule_halves_what_the_profile_really_used():
     task = _lora_task()
     task.subtasks[0].job = {"kind": "lora_train", "data": "d", "profile": "max_quality"}
-    task.failure = Failure.of(FailureKind.CRITERIA_FAILED, "AC2 FAIL", item="T001-T01", failed_metrics=["train.final_loss", "train.first_loss"])
+    task.failure = LOSS_FAILED
     adaptation = choose_adaptation(task)
     assert adaptation.after["learning_rate"] == pytest.approx(5e-5) and adaptation.after["epochs"] == 6
     assert "iters" not in adaptation.after

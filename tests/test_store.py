@@ -11,7 +11,6 @@ from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.models import Queue, queue_json_schema
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore
-
 from support import sample_queue, store_with, workspace
 
 S = TaskStatus

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import pytest
 
+import stress_worker as sw
 from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.leases import reclaim_stale
 from oodatcaa.core.models import Queue
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import parse_queue
-
-import stress_worker as sw
 from support import add_steps, sample_queue, store_with, workspace
 
 S = TaskStatus

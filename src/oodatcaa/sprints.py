@@ -6,8 +6,8 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.backlog import Backlog, load_backlog
+from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import Clock, utc_stamp
 from oodatcaa.core.config import default_config_toml, load_config, load_role_definitions
 from oodatcaa.core.criteria import MetricCheck

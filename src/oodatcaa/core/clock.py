@@ -6,7 +6,7 @@ Lease expiry and heartbeats read time only through a :class:`Clock`, so tests ne
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 class Clock:
@@ -14,14 +14,14 @@ class Clock:
 
     def now(self) -> datetime:
         """Current time, UTC."""
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class FakeClock(Clock):
     """A clock that only moves when told to (thread-safe). Starts at ``start`` (UTC)."""
 
     def __init__(self, start: datetime | None = None):
-        self._now = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
@@ -37,9 +37,9 @@ class FakeClock(Clock):
 
 def utc_stamp(moment: datetime) -> str:
     """ISO-8601 UTC stamp to the second, e.g. ``2026-11-21T18:40:01Z``."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def tag_stamp(moment: datetime) -> str:
     """Compact stamp for git refs, ``YYYYMMDDTHHMMSSZ`` (git forbids ``:`` in ref names)."""
-    return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -26,7 +26,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -148,7 +148,7 @@ class CommandCheck(_Strict):
     expect_exit: int = 0
 
 
-Check = Annotated[Union[MetricCheck, FileCheck, CommandCheck], Field(discriminator="kind")]
+Check = Annotated[MetricCheck | FileCheck | CommandCheck, Field(discriminator="kind")]
 
 
 class Criterion(_Strict):
@@ -330,9 +330,9 @@ def _parse_metric(expr: str, content: str, fail: Any) -> MetricCheck:
         number = float(value)
         if not math.isfinite(number):
             raise fail(f"value {value!r} in `{content}` is out of range; use a finite number")
-        return MetricCheck(metric=name, op=op, value=number)
+        return MetricCheck(metric=name, op=cast(Op, op), value=number)
     if _METRIC_NAME.fullmatch(value):
-        return MetricCheck(metric=name, op=op, value=value)
+        return MetricCheck(metric=name, op=cast(Op, op), value=value)
     number_like = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", value)
     if number_like and number_like.group(0):
         fix = f"write a plain number without units, like `metric: {name} {op} {number_like.group(0)}`"
@@ -559,7 +559,7 @@ class CheckPolicy(_Strict):
     gray_zone_decision: Decision = "adapt"
 
     @model_validator(mode="after")
-    def _ordered(self) -> "CheckPolicy":
+    def _ordered(self) -> CheckPolicy:
         if self.gray_zone_ratio > self.accept_ratio:
             raise ValueError(
                 f"gray_zone_ratio ({self.gray_zone_ratio}) must not exceed accept_ratio ({self.accept_ratio})"

@@ -46,7 +46,7 @@ class LogEntry:
         return "| " + " | ".join(_cell(c) for c in cells) + " |\n"
 
     @classmethod
-    def parse(cls, line: str) -> "LogEntry | None":
+    def parse(cls, line: str) -> LogEntry | None:
         """Parse a row written by :meth:`render`; ``None`` for header or foreign lines."""
         if not line.startswith("| ") or line.startswith("| time ") or line.startswith("|---"):
             return None

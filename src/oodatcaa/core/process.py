@@ -47,9 +47,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 __all__ = [
+    "CancelSignal",
     "DEFAULT_ENV",
     "FORCED_ENV",
     "KILL_GRACE_S",
@@ -83,6 +84,13 @@ _BYTES_PER_CHAR = 4
 # How long to wait for the output pipe to reach EOF after the group is gone (a process that left the
 # group with setsid may still hold it; we stop waiting rather than hang).
 _READER_JOIN_S = 5.0
+
+
+class CancelSignal(Protocol):
+    """Anything with ``is_set() -> bool``: a ``threading.Event``, or an agent's abort signal that is
+    set when it is stopping or lost its lease. Polled every ``poll_s`` seconds; no thread is needed."""
+
+    def is_set(self) -> bool: ...
 
 
 class ShellNotFoundError(FileNotFoundError):
@@ -295,7 +303,7 @@ def run_process(
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelSignal | None = None,
     kill_grace_s: float = KILL_GRACE_S,
     tail_chars: int = TAIL_CHARS,
     log_file: str | os.PathLike[str] | None = None,
@@ -396,7 +404,7 @@ def _wait(
     proc: subprocess.Popen[bytes],
     start: float,
     timeout_s: float | None,
-    cancel: threading.Event | None,
+    cancel: CancelSignal | None,
     kill_grace_s: float,
     on_poll: Callable[[], None] | None,
     poll_s: float,

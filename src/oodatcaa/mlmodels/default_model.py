@@ -405,7 +405,7 @@ def _build(source: Path, out_dir: Path) -> dict[str, Any]:
         "mlx_version": mx.__version__,
         "mlx_lm_version": getattr(mlx_lm, "__version__", None),
         "tokenizers_version": tokenizers.__version__,
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "built_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "built_by_pid": os.getpid(),
     }
     _write_json(out_dir / MARKER_FILENAME, marker)  # last: its presence means "complete"
