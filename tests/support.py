@@ -23,7 +23,7 @@ def git_repo(path: Path, branch: str = "main", *, first_commit: bool = True) -> 
     subprocess.run(["git", "-C", str(path), "config", "user.name", "test"], check=True)
     subprocess.run(["git", "-C", str(path), "config", "user.email", "test@example.com"], check=True)
     if first_commit:
-        subprocess.run(["git", "-C", str(path), "commit", "-q", "--allow-empty", "-m", "initial commit"], check=True)
+        subprocess.run(["git", "-C", str(path), "commit", "-q", "--allow-empty", "-m", "[docs] test: initial commit"], check=True)
     return path
 
 

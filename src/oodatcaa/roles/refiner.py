@@ -255,7 +255,9 @@ class Refiner(RoleAgent):
             return
         adaptation = choose_adaptation(task)
         if adaptation is None:
-            reason = f"no adaptation rule applies to: {task.last_error or 'unknown failure'}"
+            failure = failure_of(task)
+            what = failure.short(500) if failure else "an unknown failure (nothing recorded)"
+            reason = f"no adaptation rule applies to {what}"
             self._manual(claim, task, reason, title, iteration)
             return
         if adaptation.reset_to_trunk:
