@@ -37,14 +37,17 @@ class RoleDefinition(_Strict):
 
     ``lease_ttl_minutes`` (minutes, > 0) and ``wip_limit`` (>= 0 concurrent claims) are the role's
     defaults; a workspace's ``.oodatcaa/agents/<role>.md`` replaces the bundled file and
-    ``config.toml``'s ``[wip]`` / ``[lease_ttl_minutes]`` override both. ``consumes`` is optional
-    documentation: when present it must equal :data:`ROLE_CONSUMES` (what a role claims is fixed by
-    the state machine, so a definition cannot silently disagree with it).
+    ``config.toml``'s ``[wip]`` / ``[lease_ttl_minutes]`` override both. What a role claims is not part
+    of its definition: the state machine fixes it (:data:`oodatcaa.core.statuses.CLAIMS`). A
+    ``consumes`` key, which definitions copied from earlier versions carry, is accepted only when it
+    equals that fixed value (:data:`ROLE_CONSUMES`) and is refused otherwise, so a definition can
+    never claim something the code does not do.
     """
 
     role: Role
     summary: str
-    consumes: dict[str, Any] | None = Field(default=None, description="{kind: story|build|test, status: <TaskStatus>}")
+    consumes: dict[str, Any] | None = Field(
+        default=None, description="Deprecated restatement of CLAIMS[role]: {kind: story|build|test, status: <TaskStatus>}")
     produces: list[str]
     lease_ttl_minutes: float = Field(gt=0, description="Lease time-to-live in minutes; must be positive.")
     wip_limit: int = Field(ge=0, description="Concurrent claims of this role; 0 disables it.")
