@@ -57,7 +57,8 @@ class Plotter:
         except OSError:
             self.proc = None
 
-    def plot(self, path: Path, train: list[dict[str, Any]], val: list[dict[str, Any]], title: str, timeout_s: float = 60.0) -> bool:
+    def plot(self, path: Path, train: list[dict[str, Any]], val: list[dict[str, Any]], title: str,
+             timeout_s: float = 60.0) -> bool:
         """Write the PNG at ``path``; True when it exists afterwards."""
         request = json.dumps({"path": str(path), "train": train, "val": val, "title": title}).encode()
         if self.proc is not None:

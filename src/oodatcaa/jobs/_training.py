@@ -27,12 +27,14 @@ import math
 import os
 import shutil
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from oodatcaa.jobs._common import JobFailure, write_json
+from oodatcaa.jobs._mlx import flat_tree, load_arrays, parameter_count, real_item
 
 #: mlx-lm pads each batch to 1 + a multiple of this many tokens (``iterate_batches``).
 PAD_TO = 32
@@ -126,7 +128,6 @@ def setup_fine_tune(model: Any, fine_tune_type: str, num_layers: int, rank: int,
         JobFailure: full fine-tuning of a quantized model (its packed weights cannot be trained).
     """
     import mlx.nn as nn
-    from mlx.utils import tree_flatten
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
     model.freeze()
@@ -139,7 +140,7 @@ def setup_fine_tune(model: Any, fine_tune_type: str, num_layers: int, rank: int,
         linear_to_lora_layers(
             model, num_layers, {"rank": rank, "scale": scale, "dropout": dropout}, use_dora=fine_tune_type == "dora"
         )
-    return int(sum(v.size for _, v in tree_flatten(model.trainable_parameters())))
+    return parameter_count(model.trainable_parameters())
 
 
 def adapter_config(spec: Any, *, model_path: Path, data_dir: Path | None, adapters_dir: Path, num_layers: int,
@@ -231,6 +232,8 @@ def make_batch(dataset: Any, indices: list[int], max_seq_length: int) -> tuple[A
     import numpy as np
 
     items = [dataset[j] for j in indices]
+    seqs: Sequence[Any]  # token id lists
+    offsets: Sequence[int]  # where each sequence's loss starts (0 without prompt masking)
     if isinstance(items[0], tuple) and len(items[0]) == 2:
         seqs, offsets = zip(*items, strict=True)
     else:
@@ -325,8 +328,8 @@ def evaluate_loss(model: Any, dataset: Any, batch_size: int, max_seq_length: int
         total += loss * toks
         ntokens += toks
         mx.eval(total, ntokens)
-    n = int(ntokens.item())
-    return (float(total.item()) / n if n else float("nan")), n
+    n = int(real_item(ntokens))
+    return (float(real_item(total)) / n if n else float("nan")), n
 
 
 # ---------------------------------------------------------------- the step
@@ -457,10 +460,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         if state.get("format") != CHECKPOINT_FORMAT:
             raise JobFailure(f"checkpoint {path} has format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-        adapters = mx.load(str(path / "adapters.safetensors"))
-        optimizer = mx.load(str(path / "optimizer.safetensors"))
+        adapters = load_arrays(path / "adapters.safetensors")
+        optimizer = load_arrays(path / "optimizer.safetensors")
         grad_file = path / "grad_accum.safetensors"
-        grad = mx.load(str(grad_file)) if grad_file.is_file() else None
+        grad = load_arrays(grad_file) if grad_file.is_file() else None
         mx.eval(adapters, optimizer, grad or {})  # read now: older step dirs may be pruned later
     except JobFailure:
         raise
@@ -475,9 +478,9 @@ def restore_tree(template: Any, flat: dict[str, Any], what: str) -> Any:
     Raises:
         JobFailure: the names differ (the checkpoint was written for another model set-up).
     """
-    from mlx.utils import tree_flatten, tree_map_with_path
+    from mlx.utils import tree_map_with_path
 
-    names = {k for k, _ in tree_flatten(template)}
+    names = {k for k, _ in flat_tree(template)}
     if names != set(flat):
         missing, extra = sorted(names - set(flat))[:3], sorted(set(flat) - names)[:3]
         raise JobFailure(f"checkpoint {what} does not match this model set-up (missing {missing}, unexpected {extra})")

@@ -47,6 +47,7 @@ import math
 import random
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,8 +326,44 @@ def assign_splits(groups: list[list[int]], ratios: tuple[float, float, float], s
     return out
 
 
+#: Problems that make a row invalid (``rows_invalid``); ``empty`` and ``too_long`` are counted apart.
+INVALID_PROBLEMS = ("invalid_json", "not_object", "no_format", "format_mismatch", "schema", "tokenize")
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a run reads and writes: the JSONL files to validate, in order (``data`` mode: the splits
+    that exist; ``source`` mode: the one file) and, in ``source`` mode, the output directory."""
+
+    files: list[Path]
+    out_dir: Path | None  # None in ``data`` mode (validate only, nothing written but the report)
+
+
+class _NearGroups:
+    """Union-find over row indices (path halving): rows joined by near-duplicate pairs share a root."""
+
+    def __init__(self, members: list[int]) -> None:
+        self.parent = {i: i for i in members}
+
+    def find(self, i: int) -> int:
+        """The root of row ``i``'s group."""
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(self, earlier: int, later: int) -> None:
+        """Put ``later``'s group under ``earlier``'s root."""
+        root = self.find(earlier)
+        self.parent[self.find(later)] = root
+
+
 def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run a ``dataset`` job; returns ``{"dataset": {...}}`` (see the module docstring).
+
+    Phases: inputs, rows (parse, schema, tokens), duplicates, splits (``source`` mode writes them),
+    summary and report.
 
     Raises:
         JobFailure: missing files, an output directory that is the source's own directory with
@@ -335,6 +372,32 @@ def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     import jsonschema
 
     validators = {fmt: jsonschema.Draft202012Validator(schema) for fmt, schema in SCHEMAS.items()}
+    inputs = _inputs(spec, ctx)
+    counter = TokenCounter(ctx.resolve_model(spec.model) if spec.model else None)
+    ctx.log(f"token lengths by {counter.name}")
+    rows = _read_and_measure(inputs.files, validators, counter, spec.max_tokens)
+    groups = _mark_duplicates(rows, spec.near_duplicate_threshold)
+    problems = _problems(rows)
+    if inputs.out_dir is None:
+        split_rows = _rows_per_split_file(rows)
+    else:
+        split_rows = _write_splits(spec, ctx, rows, groups, inputs.out_dir)
+    stats = token_stats([r.tokens for r in rows if r.problem is None and r.tokens is not None])
+    summary = _summary(rows, problems, inputs.files, stats, split_rows, counter.name)
+    _write_report(ctx, rows, inputs.files, summary, stats, problems, counter.name)
+    result = {"dataset": summary}
+    if spec.strict:
+        _check_strict(summary, problems, result)
+    return result
+
+
+def _inputs(spec: DatasetJob, ctx: JobContext) -> _Inputs:
+    """Resolve and check ``data`` or ``source`` + ``output``; records the files' sha256 in the config.
+
+    Raises:
+        JobFailure: a missing data directory or source file, a data directory with none of the splits,
+            an output that is a file.
+    """
     if spec.data is not None:
         data_dir = ctx.resolve(spec.data)
         if not data_dir.is_dir():
@@ -354,11 +417,17 @@ def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
         if out_dir.exists() and not out_dir.is_dir():
             raise JobFailure(f"output is not a directory: {out_dir}")
     ctx.config_extra["dataset"] = {str(f): {"sha256": sha256_file(f)} for f in files}
+    return _Inputs(files, out_dir)
 
-    model_path = ctx.resolve_model(spec.model) if spec.model else None
-    counter = TokenCounter(model_path)
-    ctx.log(f"token lengths by {counter.name}")
 
+def _read_and_measure(files: list[Path], validators: dict[str, Any], counter: TokenCounter,
+                      max_tokens: int | None) -> list[Row]:
+    """Every line of ``files`` as a :class:`Row` (:func:`read_rows`), with the token length of each row
+    without a problem; a tokenizer error marks the row ``tokenize``, more than ``max_tokens`` ``too_long``.
+
+    Raises:
+        JobFailure: a file cannot be read.
+    """
     rows: list[Row] = []
     for path in files:
         rows.extend(read_rows(path, validators))
@@ -369,10 +438,18 @@ def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
             except Exception as exc:  # noqa: BLE001 - a tokenizer / chat template error for this row
                 row.problem, row.detail = "tokenize", f"{type(exc).__name__}: {exc}"
                 continue
-            if spec.max_tokens is not None and row.tokens > spec.max_tokens:
-                row.problem, row.detail = "too_long", f"{row.tokens} tokens > max_tokens {spec.max_tokens}"
+            if max_tokens is not None and row.tokens > max_tokens:
+                row.problem, row.detail = "too_long", f"{row.tokens} tokens > max_tokens {max_tokens}"
+    return rows
 
-    # duplicates among rows without a problem
+
+def _mark_duplicates(rows: list[Row], threshold: float) -> _NearGroups:
+    """Among the rows without a problem: set ``duplicate_of`` on each exact duplicate (the same JSON
+    value, keys sorted) of an earlier row, and ``near_of`` (the earlier row, its Jaccard similarity;
+    the most similar one) on each other row that is a near duplicate (>= ``threshold``) of an earlier one.
+
+    Returns the near-duplicate groups over the rows that are no exact duplicate.
+    """
     good = [i for i, r in enumerate(rows) if r.problem is None]
     first_seen: dict[str, int] = {}
     for i in good:
@@ -382,23 +459,22 @@ def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
         else:
             first_seen[key] = i
     unique = [i for i in good if rows[i].duplicate_of is None]
+    # rows without a problem have their record and format
     sets = [shingles(record_text(rows[i].record, rows[i].fmt)) for i in unique]  # type: ignore[arg-type]
-    pairs = near_duplicate_pairs(sets, spec.near_duplicate_threshold)
-    parent = {i: i for i in unique}
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b, jac in pairs:
+    groups = _NearGroups(unique)
+    for a, b, jac in near_duplicate_pairs(sets, threshold):
         ia, ib = unique[a], unique[b]
         later = rows[ib]
         if later.near_of is None or jac > later.near_of[1]:
             later.near_of = (ia, jac)
-        parent[find(ib)] = find(ia)
+        groups.join(ia, ib)
+    return groups
 
+
+def _problems(rows: list[Row]) -> list[dict[str, Any]]:
+    """One entry per row with a problem or a duplicate, in file and line order: ``{"file", "line",
+    "problem", "detail"}``, or ``"of"`` (``file:line`` of the earlier row) for duplicates, plus
+    ``"similarity"`` (Jaccard, 4 decimals) for near duplicates."""
     problems: list[dict[str, Any]] = []
     for row in rows:
         if row.problem is not None:
@@ -408,49 +484,70 @@ def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
         elif row.near_of is not None:
             problems.append({"file": row.file, "line": row.line, "problem": "near_duplicate", "of": rows[row.near_of[0]].where,
                              "similarity": round(row.near_of[1], 4)})
+    return problems
 
-    invalid_kinds = ("invalid_json", "not_object", "no_format", "format_mismatch", "schema", "tokenize")
-    count = lambda pred: sum(1 for r in rows if pred(r))  # noqa: E731
+
+def _rows_per_split_file(rows: list[Row]) -> dict[str, int]:
+    """``data`` mode: rows without a problem in each of train / valid / test.jsonl (duplicates included)."""
+    split_rows = {name: 0 for name in SPLITS}
+    for r in rows:
+        if r.problem is None:
+            split_rows[r.file.removesuffix(".jsonl")] += 1
+    return split_rows
+
+
+def _write_splits(spec: DatasetJob, ctx: JobContext, rows: list[Row], groups: _NearGroups, out_dir: Path) -> dict[str, int]:
+    """``source`` mode: write ``out_dir/{train,valid,test}.jsonl`` and return the rows in each.
+
+    Rows with a problem and (with ``dedupe``) exact duplicates are left out; an exact duplicate that is
+    kept goes with its original's near-duplicate group, and each group into one split
+    (:func:`assign_splits`); each split is shuffled with ``random.Random(f"{seed}-{name}")``. A split
+    with no rows has no file (an old one is removed). Records the written files' sha256 in the config.
+    """
+    keep = [i for i, r in enumerate(rows) if r.problem is None and not (spec.dedupe and r.duplicate_of is not None)]
+    clusters: dict[int, list[int]] = {}
+    for i in keep:
+        original = rows[i].duplicate_of
+        root = groups.find(i if original is None else original)
+        clusters.setdefault(root, []).append(i)
+    ratios = (spec.split.train, spec.split.valid, spec.split.test)
+    assignment = assign_splits(sorted(clusters.values()), ratios, spec.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split_rows = {name: 0 for name in SPLITS}
+    for name in SPLITS:
+        chosen = [i for i in keep if assignment[i] == name]
+        random.Random(f"{spec.seed}-{name}").shuffle(chosen)
+        split_rows[name] = len(chosen)
+        target = out_dir / f"{name}.jsonl"
+        if chosen:
+            target.write_text("".join(rows[i].raw.strip() + "\n" for i in chosen), encoding="utf-8")
+        else:
+            target.unlink(missing_ok=True)
+    ctx.config_extra["dataset_output"] = {
+        str(out_dir / f"{n}.jsonl"): sha256_file(out_dir / f"{n}.jsonl") for n in SPLITS if split_rows[n]
+    }
+    ctx.log(f"wrote {split_rows['train']} / {split_rows['valid']} / {split_rows['test']} rows to {out_dir}")
+    return split_rows
+
+
+def _summary(rows: list[Row], problems: list[dict[str, Any]], files: list[Path], stats: dict[str, Any],
+             split_rows: dict[str, int], token_counter: str) -> dict[str, Any]:
+    """The ``dataset`` namespace of the summary (the module docstring lists every key); ``stats`` is
+    :func:`token_stats` of the rows without a problem."""
+
+    def count(pred: Callable[[Row], bool]) -> int:
+        return sum(1 for r in rows if pred(r))
+
     ok_rows = [r for r in rows if r.problem is None]
     formats = {fmt: sum(1 for r in ok_rows if r.fmt == fmt) for fmt in FORMATS}
     used = [fmt for fmt, n in formats.items() if n]
     cross_dup = count(lambda r: r.duplicate_of is not None and rows[r.duplicate_of].file != r.file)
     cross_near = count(lambda r: r.duplicate_of is None and r.near_of is not None and rows[r.near_of[0]].file != r.file)
-    stats = token_stats([r.tokens for r in ok_rows if r.tokens is not None])
-
-    split_rows = {name: 0 for name in SPLITS}
-    if out_dir is None:
-        for r in ok_rows:
-            split_rows[r.file.removesuffix(".jsonl")] += 1
-    else:
-        keep = [i for i, r in enumerate(rows) if r.problem is None and not (spec.dedupe and r.duplicate_of is not None)]
-        clusters: dict[int, list[int]] = {}
-        for i in keep:
-            original = rows[i].duplicate_of
-            root = find(i if original is None else original)
-            clusters.setdefault(root, []).append(i)
-        ratios = (spec.split.train, spec.split.valid, spec.split.test)
-        assignment = assign_splits(sorted(clusters.values()), ratios, spec.seed)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in SPLITS:
-            chosen = [i for i in keep if assignment[i] == name]
-            random.Random(f"{spec.seed}-{name}").shuffle(chosen)
-            split_rows[name] = len(chosen)
-            target = out_dir / f"{name}.jsonl"
-            if chosen:
-                target.write_text("".join(rows[i].raw.strip() + "\n" for i in chosen), encoding="utf-8")
-            else:
-                target.unlink(missing_ok=True)
-        ctx.config_extra["dataset_output"] = {
-            str(out_dir / f"{n}.jsonl"): sha256_file(out_dir / f"{n}.jsonl") for n in SPLITS if split_rows[n]
-        }
-        ctx.log(f"wrote {split_rows['train']} / {split_rows['valid']} / {split_rows['test']} rows to {out_dir}")
-
     digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
-    summary: dict[str, Any] = {
+    return {
         "rows": len(rows),
         "rows_ok": len(ok_rows),
-        "rows_invalid": count(lambda r: r.problem in invalid_kinds),
+        "rows_invalid": count(lambda r: r.problem in INVALID_PROBLEMS),
         "rows_empty": count(lambda r: r.problem == "empty"),
         "rows_too_long": count(lambda r: r.problem == "too_long"),
         "rows_duplicate": count(lambda r: r.problem is None and r.duplicate_of is not None),
@@ -461,7 +558,7 @@ def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
         "rows_messages": formats["messages"],
         "rows_prompt_completion": formats["prompt/completion"],
         "rows_text": formats["text"],
-        "token_counter": counter.name,
+        "token_counter": token_counter,
         **{k: v for k, v in stats.items() if k != "histogram"},
         "train_rows": split_rows["train"],
         "valid_rows": split_rows["valid"],
@@ -469,6 +566,12 @@ def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
         "files": len(files),
         "dataset_sha256": digest,
     }
+
+
+def _write_report(ctx: JobContext, rows: list[Row], files: list[Path], summary: dict[str, Any], stats: dict[str, Any],
+                  problems: list[dict[str, Any]], token_counter: str) -> None:
+    """Write ``dataset_report.json`` (summary, schemas, histogram, per-file statistics and the first
+    :data:`MAX_REPORTED_PROBLEMS` problems) and log the first 20 problems."""
     by_file = {}
     for path in files:
         mine = [r for r in rows if r.file == path.name]
@@ -479,7 +582,7 @@ def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     write_json(ctx.run_dir / "dataset_report.json", {
         "summary": summary,
         "schemas": SCHEMAS,
-        "token_counter": counter.name,
+        "token_counter": token_counter,
         "histogram": stats["histogram"],
         "files": by_file,
         "problems_total": len(problems),
@@ -487,12 +590,18 @@ def run(spec: DatasetJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     })
     for p in problems[:20]:
         ctx.log(f"{p['file']}:{p['line']}: {p['problem']}: {p.get('detail') or 'of ' + str(p.get('of'))}")
-    result = {"dataset": summary}
+
+
+def _check_strict(summary: dict[str, Any], problems: list[dict[str, Any]], result: dict[str, dict[str, Any]]) -> None:
+    """``strict``: raise for any invalid, empty or too-long row (duplicates are allowed).
+
+    Raises:
+        JobFailure: naming the count and the first such row, with ``result`` kept as the summary.
+    """
     bad = summary["rows_invalid"] + summary["rows_empty"] + summary["rows_too_long"]
-    if spec.strict and bad:
+    if bad:
         first = next(p for p in problems if p["problem"] not in ("duplicate", "near_duplicate"))
         raise JobFailure(
             f"{bad} row(s) invalid, empty or too long (strict), first: {first['file']} line {first['line']}: "
             f"{first['problem']}: {first.get('detail', '')}", summary=result,
         )
-    return result

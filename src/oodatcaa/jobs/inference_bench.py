@@ -22,6 +22,8 @@ The summary (namespace ``inference``) holds the median of each over ``trials``, 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from oodatcaa.jobs._common import JobContext, JobFailure, median, write_json
@@ -46,14 +48,84 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / mid if mid else 0.0
 
 
+@dataclass(frozen=True)
+class _Bench:
+    """What every trial uses: the loaded model, the prompts' token ids (as generated from) and the sampler."""
+
+    model: Any
+    tokenizer: Any
+    prompts: list[list[int]]
+    sampler: Any
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """One measured generation: mlx-lm's counters of its last response, our wall clock and the text."""
+
+    prompt_tokens: int
+    generation_tokens: int
+    prompt_tps: float  # tokens/s
+    generation_tps: float  # tokens/s, timed from the first generated token
+    time_to_first_token_s: float  # prompt_tokens / prompt_tps (NaN when prompt_tps is 0)
+    generation_seconds: float  # generation_tokens / generation_tps (0 when generation_tps is 0)
+    total_seconds: float
+    peak_memory_gb: float
+    finish_reason: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """One trial over all prompts, token-weighted (see the module docstring)."""
+
+    prompt_tps: float
+    generation_tps: float
+    time_to_first_token_s: float
+    generated_tokens: int
+    prompt_tokens: int
+
+
 def run(spec: InferenceBenchJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
-    """Run an ``inference_bench`` job; returns ``{"inference": {...}}`` (see module docstring)."""
+    """Run an ``inference_bench`` job; returns ``{"inference": {...}}`` (see module docstring).
+
+    Phases: load, warm-up, ``trials`` measured trials, outputs.json and the summary of medians.
+
+    Raises:
+        JobFailure: the model or adapter does not load.
+    """
     model_path = ctx.resolve_model(spec.model)
     adapter = ctx.resolve_adapter(spec.adapter)
     ctx.config_extra.update({"model_path": str(model_path), "adapter_path": str(adapter) if adapter else None})
 
     import mlx.core as mx
-    from mlx_lm.generate import stream_generate
+
+    bench = _load(spec, ctx, model_path, adapter)
+    if spec.warmup:
+        _warm_up(spec, bench)
+    mx.reset_peak_memory()
+
+    trials: list[_Trial] = []
+    outputs: list[dict[str, Any]] = []
+    for trial in range(spec.trials):
+        generations = [_generate(spec, ctx, bench, ids, trial, index) for index, ids in enumerate(bench.prompts)]
+        trials.append(_totals(generations))
+        if trial == 0:
+            outputs = [{"prompt": text_prompt, "output": g.text, "prompt_tokens": g.prompt_tokens,
+                        "generation_tokens": g.generation_tokens, "finish_reason": g.finish_reason}
+                       for text_prompt, g in zip(spec.prompts, generations, strict=True)]
+
+    write_json(ctx.run_dir / "outputs.json",
+               {"model": str(model_path), "adapter": str(adapter) if adapter else None, "outputs": outputs})
+    return {"inference": _summary(spec, trials, mx.get_peak_memory() / 1e9, bench.load_seconds)}
+
+
+def _load(spec: InferenceBenchJob, ctx: JobContext, model_path: Path, adapter: Path | None) -> _Bench:
+    """Load the model (with the adapter), tokenize the prompts (chat template) and build the sampler.
+
+    Raises:
+        JobFailure: the model or adapter does not load.
+    """
     from mlx_lm.sample_utils import make_sampler
 
     from oodatcaa.jobs.cpu_fastpath import describe_blas
@@ -62,84 +134,92 @@ def run(spec: InferenceBenchJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     model, tokenizer, _config, load_seconds = load_model(str(model_path), str(adapter) if adapter else None)
     ctx.log(f"loaded {model_path} in {load_seconds:.2f} s")
     prompts = [_prompt_tokens(tokenizer, p) for p in spec.prompts]
-    sampler = make_sampler(temp=spec.temperature)
+    return _Bench(model, tokenizer, prompts, make_sampler(temp=spec.temperature), load_seconds)
 
-    if spec.warmup:
-        mx.random.seed(spec.seed)
-        for _ in stream_generate(model, tokenizer, prompts[0], max_tokens=min(WARMUP_TOKENS, spec.max_tokens), sampler=sampler):
-            pass
-    mx.reset_peak_memory()
 
-    per_trial: list[dict[str, float]] = []
-    outputs: list[dict[str, Any]] = []
-    for trial in range(spec.trials):
-        prompt_tokens = generated = 0
-        prompt_seconds = generation_seconds = 0.0
-        ttfts: list[float] = []
-        for index, (text_prompt, ids) in enumerate(zip(spec.prompts, prompts, strict=True)):
-            mx.random.seed(spec.seed)
-            pieces: list[str] = []
-            last = None
-            start = time.perf_counter()
-            for response in stream_generate(model, tokenizer, ids, max_tokens=spec.max_tokens, sampler=sampler):
-                pieces.append(response.text)
-                last = response
-            total_s = time.perf_counter() - start
-            if last is None:  # pragma: no cover - stream_generate always yields at least once
-                raise JobFailure("generation produced no response")
-            ttft = last.prompt_tokens / last.prompt_tps if last.prompt_tps > 0 else float("nan")
-            gen_s = last.generation_tokens / last.generation_tps if last.generation_tps > 0 else 0.0
-            prompt_tokens += last.prompt_tokens
-            generated += last.generation_tokens
-            prompt_seconds += ttft
-            generation_seconds += gen_s
-            ttfts.append(ttft)
-            ctx.metric(
-                "generation",
-                trial=trial,
-                prompt_index=index,
-                prompt_tokens=last.prompt_tokens,
-                generation_tokens=last.generation_tokens,
-                prompt_tps=last.prompt_tps,
-                generation_tps=last.generation_tps,
-                time_to_first_token_s=ttft,
-                total_seconds=total_s,
-                peak_memory_gb=last.peak_memory,
-                finish_reason=last.finish_reason,
-            )
-            if trial == 0:
-                outputs.append(
-                    {
-                        "prompt": text_prompt,
-                        "output": "".join(pieces),
-                        "prompt_tokens": last.prompt_tokens,
-                        "generation_tokens": last.generation_tokens,
-                        "finish_reason": last.finish_reason,
-                    }
-                )
-        per_trial.append(
-            {
-                "prompt_tps": prompt_tokens / prompt_seconds if prompt_seconds > 0 else float("nan"),
-                "generation_tps": generated / generation_seconds if generation_seconds > 0 else float("nan"),
-                "time_to_first_token_s": sum(ttfts) / len(ttfts),
-                "generated_tokens": generated,
-                "prompt_tokens": prompt_tokens,
-            }
-        )
+def _warm_up(spec: InferenceBenchJob, bench: _Bench) -> None:
+    """One unmeasured generation of :data:`WARMUP_TOKENS` (at most ``max_tokens``) from the first prompt."""
+    import mlx.core as mx
+    from mlx_lm.generate import stream_generate
 
-    write_json(ctx.run_dir / "outputs.json",
-               {"model": str(model_path), "adapter": str(adapter) if adapter else None, "outputs": outputs})
-    summary = {
-        "prompt_tps": round(median([t["prompt_tps"] for t in per_trial]), 3),
-        "generation_tps": round(median([t["generation_tps"] for t in per_trial]), 3),
-        "time_to_first_token_s": round(median([t["time_to_first_token_s"] for t in per_trial]), 6),
+    mx.random.seed(spec.seed)
+    for _ in stream_generate(bench.model, bench.tokenizer, bench.prompts[0], max_tokens=min(WARMUP_TOKENS, spec.max_tokens),
+                             sampler=bench.sampler):
+        pass
+
+
+def _generate(spec: InferenceBenchJob, ctx: JobContext, bench: _Bench, ids: list[int], trial: int,
+              index: int) -> _Generation:
+    """Generate from prompt ``index`` (``mx.random`` re-seeded with ``seed``) and emit its ``generation`` metric.
+
+    Raises:
+        JobFailure: ``stream_generate`` yielded nothing.
+    """
+    import mlx.core as mx
+    from mlx_lm.generate import stream_generate
+
+    mx.random.seed(spec.seed)
+    pieces: list[str] = []
+    last = None
+    start = time.perf_counter()
+    for response in stream_generate(bench.model, bench.tokenizer, ids, max_tokens=spec.max_tokens, sampler=bench.sampler):
+        pieces.append(response.text)
+        last = response
+    total_s = time.perf_counter() - start
+    if last is None:  # pragma: no cover - stream_generate always yields at least once
+        raise JobFailure("generation produced no response")
+    ttft = last.prompt_tokens / last.prompt_tps if last.prompt_tps > 0 else float("nan")
+    gen_s = last.generation_tokens / last.generation_tps if last.generation_tps > 0 else 0.0
+    ctx.metric(
+        "generation",
+        trial=trial,
+        prompt_index=index,
+        prompt_tokens=last.prompt_tokens,
+        generation_tokens=last.generation_tokens,
+        prompt_tps=last.prompt_tps,
+        generation_tps=last.generation_tps,
+        time_to_first_token_s=ttft,
+        total_seconds=total_s,
+        peak_memory_gb=last.peak_memory,
+        finish_reason=last.finish_reason,
+    )
+    return _Generation(last.prompt_tokens, last.generation_tokens, last.prompt_tps, last.generation_tps, ttft, gen_s,
+                       total_s, last.peak_memory, last.finish_reason, "".join(pieces))
+
+
+def _totals(generations: list[_Generation]) -> _Trial:
+    """A trial's token-weighted rates over its generations (NaN for a rate with no time measured)."""
+    prompt_tokens = generated = 0
+    prompt_seconds = generation_seconds = 0.0
+    for g in generations:
+        prompt_tokens += g.prompt_tokens
+        generated += g.generation_tokens
+        prompt_seconds += g.time_to_first_token_s
+        generation_seconds += g.generation_seconds
+    ttfts = [g.time_to_first_token_s for g in generations]
+    return _Trial(
+        prompt_tps=prompt_tokens / prompt_seconds if prompt_seconds > 0 else float("nan"),
+        generation_tps=generated / generation_seconds if generation_seconds > 0 else float("nan"),
+        time_to_first_token_s=sum(ttfts) / len(ttfts),
+        generated_tokens=generated,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def _summary(spec: InferenceBenchJob, trials: list[_Trial], peak_memory_gb: float, load_seconds: float) -> dict[str, Any]:
+    """The ``inference`` namespace of the summary: medians over the trials (see the module docstring)."""
+    prompt_tps = [t.prompt_tps for t in trials]
+    generation_tps = [t.generation_tps for t in trials]
+    return {
+        "prompt_tps": round(median(prompt_tps), 3),
+        "generation_tps": round(median(generation_tps), 3),
+        "time_to_first_token_s": round(median([t.time_to_first_token_s for t in trials]), 6),
         # spread over trials: (max - min) / median, 0 with one trial
-        "prompt_tps_spread": round(_spread([t["prompt_tps"] for t in per_trial]), 4),
-        "generation_tps_spread": round(_spread([t["generation_tps"] for t in per_trial]), 4),
-        "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 6),
-        "generated_tokens": int(per_trial[0]["generated_tokens"]),
-        "prompt_tokens": int(per_trial[0]["prompt_tokens"]),
+        "prompt_tps_spread": round(_spread(prompt_tps), 4),
+        "generation_tps_spread": round(_spread(generation_tps), 4),
+        "peak_memory_gb": round(peak_memory_gb, 6),
+        "generated_tokens": trials[0].generated_tokens,
+        "prompt_tokens": trials[0].prompt_tokens,
         "trials": spec.trials,
         "load_seconds": round(load_seconds, 4),
     }
-    return {"inference": summary}

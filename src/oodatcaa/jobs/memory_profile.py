@@ -28,6 +28,8 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from oodatcaa.jobs import _training as T
@@ -44,7 +46,7 @@ def max_rss_gb() -> float:
 class _SyntheticBatches:
     """Random token batches of exactly ``max_seq_length`` tokens (loss on every position)."""
 
-    def __init__(self, vocab_size: int, batch_size: int, max_seq_length: int, seed: int):
+    def __init__(self, vocab_size: int, batch_size: int, max_seq_length: int, seed: int) -> None:
         self.vocab_size, self.batch_size, self.length, self.seed = vocab_size, batch_size, max_seq_length, seed
         self.index = 0
 
@@ -59,11 +61,73 @@ class _SyntheticBatches:
         return mx.array(tokens), mx.array(lengths)
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """The model directory and, with ``data``, the directory and its train.jsonl (checked to exist)."""
+
+    model_path: Path
+    data_dir: Path | None  # None: synthetic batches
+    train_file: Path | None  # data_dir / "train.jsonl"
+
+
+@dataclass(frozen=True)
+class _InferencePeak:
+    """The measured generation: peak memory in GB (1e9 bytes) and the tokens it generated."""
+
+    peak_gb: float
+    generated: int
+
+
+@dataclass(frozen=True)
+class _TrainingPeak:
+    """The measured training steps: peak memory in GB, tokens trained over all steps, wall seconds of the
+    steps, and the fine-tune set-up (layers adapted, trainable parameters)."""
+
+    peak_gb: float
+    tokens: int
+    seconds: float
+    num_layers: int
+    trainable: int
+
+
 def run(spec: MemoryProfileJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run a ``memory_profile`` job; returns ``{"memory": {...}}`` (see the module docstring).
 
+    Phases: inputs, load, inference peak, training peak (the model is adapted for training after
+    inference, so the inference peak is of the plain model), summary.
+
     Raises:
         JobFailure: the model or data cannot be loaded, or too many layers are requested.
+    """
+    inputs = _inputs(spec, ctx)
+
+    import mlx.core as mx
+
+    from oodatcaa.jobs.cpu_fastpath import describe_blas
+
+    ctx.config_extra["blas"] = describe_blas()
+    seed_everything(spec.seed)
+    loaded = T.load_for_training(inputs.model_path, quantize=spec.quantize, group_size=spec.quantize_group_size)
+    mx.eval(loaded.model.parameters())
+    weights_gb = mx.get_active_memory() / 1e9
+    ctx.metric("start", total_steps=spec.steps, phase="inference")
+    inference = _measure_inference(spec, ctx, loaded)
+    training = _measure_training(spec, ctx, loaded, inputs)
+    rss = max_rss_gb()
+    summary = _summary(spec, inputs, loaded, weights_gb, inference, training, rss)
+    verdict = ""
+    if spec.target_gb is not None:
+        verdict = f"; target {spec.target_gb:g} GB, headroom {summary['headroom_gb']:.3f} GB"
+    ctx.log(f"peak memory: inference {inference.peak_gb:.3f} GB, training {training.peak_gb:.3f} GB, "
+            f"max RSS {rss:.3f} GB{verdict}")
+    return {"memory": summary}
+
+
+def _inputs(spec: MemoryProfileJob, ctx: JobContext) -> _Inputs:
+    """Resolve the model and ``data``; records them (and train.jsonl's sha256) in the config.
+
+    Raises:
+        JobFailure: ``data`` has no train.jsonl (or the model cannot be resolved).
     """
     model_path = ctx.resolve_model(spec.model)
     data_dir = ctx.resolve(spec.data) if spec.data else None
@@ -74,42 +138,50 @@ def run(spec: MemoryProfileJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
             raise JobFailure(f"data directory {data_dir} has no train.jsonl")
         ctx.config_extra["dataset"] = {"dir": str(data_dir), "train.jsonl": {"sha256": sha256_file(train_file)}}
     ctx.config_extra["model_path"] = str(model_path)
+    return _Inputs(model_path, data_dir, train_file)
 
+
+def _measure_inference(spec: MemoryProfileJob, ctx: JobContext, loaded: T.LoadedModel) -> _InferencePeak:
+    """Peak memory of one greedy ``stream_generate`` of ``max_tokens`` from ``prompt`` (cache cleared,
+    peak reset first); emits the ``inference`` metric."""
     import mlx.core as mx
-    import mlx.optimizers as optim
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    from oodatcaa.jobs.cpu_fastpath import describe_blas
     from oodatcaa.jobs.inference_bench import _prompt_tokens
 
-    ctx.config_extra["blas"] = describe_blas()
-    seed_everything(spec.seed)
-    loaded = T.load_for_training(model_path, quantize=spec.quantize, group_size=spec.quantize_group_size)
     model, tokenizer = loaded.model, loaded.tokenizer
-    mx.eval(model.parameters())
-    weights_gb = mx.get_active_memory() / 1e9
-    ctx.metric("start", total_steps=spec.steps, phase="inference")
-
-    # 1. inference
     mx.clear_cache()
     mx.reset_peak_memory()
     last = None
     for response in stream_generate(model, tokenizer, _prompt_tokens(tokenizer, spec.prompt), max_tokens=spec.max_tokens,
                                     sampler=make_sampler(temp=0.0)):
         last = response  # only the last response's counters matter
-    inference_peak = mx.get_peak_memory() / 1e9
+    peak = mx.get_peak_memory() / 1e9
     generated = last.generation_tokens if last is not None else 0
-    ctx.metric("inference", peak_memory_gb=inference_peak, generation_tokens=generated,
+    ctx.metric("inference", peak_memory_gb=peak, generation_tokens=generated,
                generation_tps=last.generation_tps if last is not None else None)
+    return _InferencePeak(peak, generated)
 
-    # 2. training steps
+
+def _measure_training(spec: MemoryProfileJob, ctx: JobContext, loaded: T.LoadedModel, inputs: _Inputs) -> _TrainingPeak:
+    """Adapt the model as ``lora_train`` does and measure the peak memory of ``steps`` training steps
+    (cache cleared, peak reset after the set-up); emits a ``train`` metric per step.
+
+    Raises:
+        JobFailure: too many layers requested, or full fine-tuning of a quantized model.
+    """
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    model, tokenizer = loaded.model, loaded.tokenizer
     num_layers = T.resolve_num_layers(spec.num_layers, len(model.layers), MAX_DEFAULT_LORA_LAYERS)
     trainable = T.setup_fine_tune(model, spec.fine_tune_type, num_layers, spec.lora.rank,
                                   spec.lora.alpha / spec.lora.rank, spec.lora.dropout)
-    if train_file is not None:
-        train_set, _valid, _test = T.load_splits(data_dir, tokenizer, spec.mask_prompt)  # type: ignore[arg-type]
-        batches: Any = T.BatchStream(train_set, spec.batch_size, spec.max_seq_length, spec.seed)
+    batches: T.BatchStream | _SyntheticBatches
+    if inputs.data_dir is not None:
+        train_set, _valid, _test = T.load_splits(inputs.data_dir, tokenizer, spec.mask_prompt)
+        batches = T.BatchStream(train_set, spec.batch_size, spec.max_seq_length, spec.seed)
     else:
         vocab = int(loaded.config.get("vocab_size") or tokenizer.vocab_size)
         batches = _SyntheticBatches(vocab, spec.batch_size, spec.max_seq_length, spec.seed)
@@ -129,14 +201,18 @@ def run(spec: MemoryProfileJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
         tokens += int(toks.item())
         ctx.metric("train", iteration=step, train_loss=float(loss.item()), peak_memory_gb=mx.get_peak_memory() / 1e9,
                    tokens=int(toks.item()))
-    train_seconds = time.perf_counter() - start
-    train_peak = mx.get_peak_memory() / 1e9
+    seconds = time.perf_counter() - start
+    return _TrainingPeak(mx.get_peak_memory() / 1e9, tokens, seconds, num_layers, trainable)
 
-    peak = max(inference_peak, train_peak)
-    rss = max_rss_gb()
-    summary: dict[str, Any] = {
-        "inference_peak_gb": round(inference_peak, 6),
-        "train_peak_gb": round(train_peak, 6),
+
+def _summary(spec: MemoryProfileJob, inputs: _Inputs, loaded: T.LoadedModel, weights_gb: float,
+             inference: _InferencePeak, training: _TrainingPeak, rss: float) -> dict[str, Any]:
+    """The ``memory`` namespace of the summary (the module docstring lists the keys; GB = 1e9 bytes;
+    ``rss`` is :func:`max_rss_gb` after the training steps)."""
+    peak = max(inference.peak_gb, training.peak_gb)
+    return {
+        "inference_peak_gb": round(inference.peak_gb, 6),
+        "train_peak_gb": round(training.peak_gb, 6),
         "peak_memory_gb": round(peak, 6),
         "target_gb": spec.target_gb,
         "headroom_gb": round(spec.target_gb - peak, 6) if spec.target_gb is not None else None,
@@ -145,23 +221,18 @@ def run(spec: MemoryProfileJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
         "rss_minus_mlx_gb": round(rss - peak, 6),
         "weights_gb": round(weights_gb, 6),
         "steps": spec.steps,
-        "tokens_per_step": round(tokens / spec.steps, 2),
-        "train_seconds": round(train_seconds, 4),
+        "tokens_per_step": round(training.tokens / spec.steps, 2),
+        "train_seconds": round(training.seconds, 4),
         "batch_size": spec.batch_size,
         "max_seq_length": spec.max_seq_length,
         "grad_checkpoint": int(spec.grad_checkpoint),
         "grad_accumulation_steps": spec.grad_accumulation_steps,
         "fine_tune_type": spec.fine_tune_type,
         "rank": spec.lora.rank,
-        "num_layers": num_layers,
-        "trainable_parameters": trainable,
+        "num_layers": training.num_layers,
+        "trainable_parameters": training.trainable,
         "quantize_bits": loaded.quantization["bits"] if loaded.quantization else None,
-        "generation_tokens": generated,
-        "data": str(train_file) if train_file else "synthetic",
+        "generation_tokens": inference.generated,
+        "data": str(inputs.train_file) if inputs.train_file else "synthetic",
         "load_seconds": round(loaded.load_seconds, 4),
     }
-    verdict = ""
-    if spec.target_gb is not None:
-        verdict = f"; target {spec.target_gb:g} GB, headroom {summary['headroom_gb']:.3f} GB"
-    ctx.log(f"peak memory: inference {inference_peak:.3f} GB, training {train_peak:.3f} GB, max RSS {rss:.3f} GB{verdict}")
-    return {"memory": summary}

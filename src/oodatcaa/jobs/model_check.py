@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from oodatcaa.jobs._common import JobContext, JobFailure, device_name
+from oodatcaa.jobs._mlx import flat_tree, load_with_config, parameter_count
 from oodatcaa.jobs.spec import ModelCheckJob
 
 ROUNDTRIP_TEXT = "Hello, world! The quick brown fox jumps over 13 lazy dogs."
@@ -35,10 +36,8 @@ def describe_quantization(config: dict[str, Any]) -> str:
 
 def main_dtype(model: Any) -> str:
     """Most common floating-point dtype among the model's parameters, weighted by element count."""
-    from mlx.utils import tree_flatten
-
     counts: dict[str, int] = {}
-    for _, value in tree_flatten(model.parameters()):
+    for _, value in flat_tree(model.parameters()):
         name = str(value.dtype).replace("mlx.core.", "")
         if "float" in name:
             counts[name] = counts.get(name, 0) + int(value.size)
@@ -55,18 +54,17 @@ def load_model(path: str, adapter_path: str | None = None) -> tuple[Any, Any, di
     Raises:
         JobFailure: the model or the adapter does not load.
     """
-    from mlx_lm.utils import load
-
     start = time.perf_counter()
     try:
         quant = _adapter_base_quantization(adapter_path)
-        if quant is None:
-            model, tokenizer, config = load(path, adapter_path=adapter_path, return_config=True)
+        # quant is None whenever adapter_path is; testing both narrows adapter_path to str below
+        if quant is None or adapter_path is None:
+            model, tokenizer, config = load_with_config(path, adapter_path)
         else:
             from mlx_lm.tuner.utils import load_adapters
             from mlx_lm.utils import quantize_model
 
-            model, tokenizer, config = load(path, return_config=True)
+            model, tokenizer, config = load_with_config(path)
             if not (config.get("quantization") or config.get("quantization_config")):
                 model, config = quantize_model(model, config, quant["group_size"], quant["bits"])
             load_adapters(model, adapter_path)
@@ -106,11 +104,9 @@ def run(spec: ModelCheckJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     model, tokenizer, config, load_seconds = load_model(str(model_path))
     ctx.log(f"loaded {model_path} in {load_seconds:.2f} s")
     total = int(get_total_parameters(model))
-    from mlx.utils import tree_flatten
-
     # as loaded: a fresh model is fully trainable (quantized weights are frozen by mlx);
     # lora_train reports the count of its adapter's trainable parameters
-    trainable = sum(int(v.size) for _, v in tree_flatten(model.trainable_parameters()))
+    trainable = parameter_count(model.trainable_parameters())
 
     ids = tokenizer.encode(ROUNDTRIP_TEXT, add_special_tokens=False)
     roundtrip = int(tokenizer.decode(ids) == ROUNDTRIP_TEXT)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from oodatcaa.jobs._common import JobContext, JobFailure
+from oodatcaa.jobs._mlx import real_item
 from oodatcaa.jobs.spec import QuantizeJob
 
 #: The text whose next-token predictions are compared before and after quantization / fusing.
@@ -50,9 +51,9 @@ def compare_logits(a: Any, b: Any) -> dict[str, float]:
 
     diff = mx.abs(a - b)
     return {
-        "top1_agreement": float(mx.mean(mx.argmax(a, axis=-1) == mx.argmax(b, axis=-1)).item()),
-        "mean_abs_logit_diff": float(mx.mean(diff).item()),
-        "max_abs_logit_diff": float(mx.max(diff).item()),
+        "top1_agreement": float(real_item(mx.mean(mx.argmax(a, axis=-1) == mx.argmax(b, axis=-1)))),
+        "mean_abs_logit_diff": float(real_item(mx.mean(diff))),
+        "max_abs_logit_diff": float(real_item(mx.max(diff))),
     }
 
 
