@@ -99,3 +99,31 @@ def _toml(value: object) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def process_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (``/proc``; ``kill 0`` where there is none)."""
+    import os
+    import sys
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return sys.platform != "linux"
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_dead(pid: int, limit_s: float = 10.0) -> bool:
+    """Wait up to ``limit_s`` seconds for ``pid`` to be gone; True when it is."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not process_alive(pid)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from conftest import write_tiny_dataset
 from oodatcaa.jobs import cpu_fastpath, runner
 from oodatcaa.jobs._common import DivergedError, JobFailure, OutOfMemoryJobError
 from oodatcaa.jobs.runner import JobResult, run_job
+from support import wait_dead
 
 MODEL_KEYS = {
     "parameters_total", "parameters_millions", "dtype", "quantization", "load_seconds", "tokenizer_roundtrip",
@@ -41,26 +41,6 @@ def _metrics(result: JobResult) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return sys.platform != "linux"
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _wait_dead(pid: int, limit_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return not _alive(pid)
 
 
 # ---------------------------------------------------------------- model_check
@@ -304,7 +284,7 @@ def test_cancel_stops_command_and_its_children(tmp_path: Path) -> None:
     thread.join(60)
     result = box["r"]
     assert not result.ok and result.cancelled and result.error == "job cancelled"
-    assert _wait_dead(shell_pid) and _wait_dead(sleep_pid)
+    assert wait_dead(shell_pid) and wait_dead(sleep_pid)
 
 
 def test_crash_is_reported_with_log_tail(tmp_path: Path) -> None:

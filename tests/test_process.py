@@ -23,30 +23,11 @@ from oodatcaa.core.process import (
     run_process,
     signal_name,
 )
+from support import wait_dead
 
 PY = sys.executable
 
 
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return sys.platform != "linux"
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _wait_dead(pid: int, limit_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return not _alive(pid)
 
 
 def _wait_file(path: Path, limit_s: float = 20.0) -> str:
@@ -162,13 +143,13 @@ def test_timeout_kills_the_whole_group_including_a_background_grandchild(tmp_pat
     assert time.monotonic() - start < 10
     assert r.timed_out and not r.cancelled and not r.ok
     assert r.returncode == -signal.SIGKILL
-    assert _wait_dead(int((tmp_path / "bg.pid").read_text())) and _wait_dead(int((tmp_path / "sh.pid").read_text()))
+    assert wait_dead(int((tmp_path / "bg.pid").read_text())) and wait_dead(int((tmp_path / "sh.pid").read_text()))
 
 
 def test_leftovers_of_the_group_are_killed_after_a_normal_exit(tmp_path: Path) -> None:
     r = run_process("sleep 60 & echo $! > bg.pid; exit 0", cwd=tmp_path, timeout_s=20)
     assert r.ok and r.duration_s < 10  # the background sleep does not hold the output pipe open
-    assert _wait_dead(int((tmp_path / "bg.pid").read_text()))
+    assert wait_dead(int((tmp_path / "bg.pid").read_text()))
 
 
 def test_cancel_stops_the_group(tmp_path: Path) -> None:
@@ -183,7 +164,7 @@ def test_cancel_stops_the_group(tmp_path: Path) -> None:
     r = box["r"]
     assert r.cancelled and not r.timed_out and not r.ok
     assert r.returncode == -signal.SIGTERM  # bash waiting dies of the SIGTERM
-    assert _wait_dead(bg)
+    assert wait_dead(bg)
 
 
 def test_on_poll_and_on_start_are_called(tmp_path: Path) -> None:
@@ -201,9 +182,9 @@ def test_an_on_poll_error_kills_the_group_and_propagates(tmp_path: Path) -> None
 
     with pytest.raises(RuntimeError, match="observer bug"):
         run_process("sleep 60 & echo $! > bg.pid; wait", cwd=tmp_path, on_start=pids.append, on_poll=boom)
-    assert _wait_dead(pids[0])
+    assert wait_dead(pids[0])
     if (tmp_path / "bg.pid").exists() and (tmp_path / "bg.pid").read_text().strip():
-        assert _wait_dead(int((tmp_path / "bg.pid").read_text()))
+        assert wait_dead(int((tmp_path / "bg.pid").read_text()))
 
 
 # ---------------------------------------------------------------- memory and environment
@@ -261,7 +242,7 @@ def test_sigterm_to_the_runner_kills_the_commands_group(tmp_path: Path) -> None:
         bg, sh = int(_wait_file(tmp_path / "bg.pid")), int(_wait_file(tmp_path / "sh.pid"))
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(20) == 128 + signal.SIGTERM
-        assert _wait_dead(bg) and _wait_dead(sh)
+        assert wait_dead(bg) and wait_dead(sh)
     finally:
         if worker.poll() is None:
             worker.kill()

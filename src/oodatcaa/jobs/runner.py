@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from oodatcaa.core.failures import Failure, FailureKind
-from oodatcaa.core.process import ProcessResult, child_env, run_process
+from oodatcaa.core.process import CancelSignal, ProcessResult, child_env, run_process
 from oodatcaa.jobs import cpu_fastpath
 from oodatcaa.jobs.spec import CommandJob, JobSpecModel, parse_job_spec
 
@@ -208,7 +207,7 @@ def run_job(
     artifacts_dir: Path,
     default_model: str | None = None,
     timeout_s: float | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelSignal | None = None,
     on_progress: ProgressCallback | None = None,
     progress: bool | None = None,
 ) -> JobResult:
@@ -307,7 +306,7 @@ def _observers(kind: str, on_progress: ProgressCallback | None, progress: bool |
 
 
 def _execute(
-    plan: _Plan, default_model: str | None, cancel: threading.Event | None, on_progress: ProgressCallback | None
+    plan: _Plan, default_model: str | None, cancel: CancelSignal | None, on_progress: ProgressCallback | None
 ) -> ProcessResult:
     """Phases 2 and 3: start the worker and wait for it, streaming metrics.jsonl to ``on_progress``.
 
