@@ -345,6 +345,7 @@ def run_process(
         BaseException: whatever interrupts the wait (``KeyboardInterrupt``, an ``on_poll`` error) is
             re-raised after the process group has been SIGKILLed and the child reaped.
     """
+    # over 80 lines only because of its docstring (half of them): the body is one wait loop and its cleanup
     if log_file is not None and tee is not None:
         raise ValueError("give log_file or tee, not both")
     env = child_env() if env is None else dict(env)
