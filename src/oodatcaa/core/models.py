@@ -84,6 +84,25 @@ class Lease(_Model):
         return now >= self.expires_at
 
 
+class Estimate(_Model):
+    """A story's expected duration: a range in minutes and where it came from.
+
+    ``source`` is ``"backlog"`` (the item's ``**Estimated Time:**``, e.g. ``120-180 minutes``, kept in
+    ``text``) or ``"complexity"`` (the original's heuristics from ``**Complexity:**``).
+    """
+
+    low_minutes: float = Field(gt=0)
+    high_minutes: float = Field(gt=0)
+    source: Literal["backlog", "complexity"]
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Estimate:
+        if self.high_minutes < self.low_minutes:
+            raise ValueError(f"estimate {self.low_minutes:g}-{self.high_minutes:g} min: the high end is below the low end")
+        return self
+
+
 class Subtask(_FailureCarrier):
     """A Builder step (``T001-B01``, one job, one branch) or the Tester subtask (``T001-T01``)."""
 
@@ -138,7 +157,11 @@ class Task(_FailureCarrier):
     description: str = ""
     acceptance_criteria: list[Criterion] = Field(default_factory=list)
     jobs: list[dict[str, Any]] = Field(default_factory=list, description="Job blocks from the backlog, validated.")
-    estimate_minutes: float | None = Field(default=None, gt=0)
+    estimate: Estimate | None = Field(
+        default=None, description="Expected duration (minutes), from the backlog or the complexity.")
+    objective_links: list[str] = Field(
+        default_factory=list,
+        description="`Links to Objective` as written: paths into OBJECTIVE.md such as 'OBJECTIVE.md → Training → QLoRA'.")
     plan_version: int = Field(default=0, ge=0)
     adapt_loops: int = Field(default=0, ge=0, description="Adaptation loops used (Refiner).")
     attempts: int = Field(default=0, ge=0, description="Times the story itself was claimed.")
