@@ -33,6 +33,9 @@ from crash_harness import Sprint, check_sprint, git, lock_holders, make_sprint, 
 
 KILLS: dict[str, int] = {}
 
+# every test here kills real agent, git and MLX processes: seconds each, about 2 minutes in all
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _kill_count():

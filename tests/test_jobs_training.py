@@ -118,6 +118,7 @@ def test_resume_rules(tiny_model: Path, data_dir: Path, tmp_path: Path, monkeypa
 # ---------------------------------------------------------------- fine-tune types, QLoRA, schedules
 
 
+@pytest.mark.slow
 def test_qlora_on_a_base_quantized_by_the_job(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
     spec = {"kind": "lora_train", "model": str(tiny_model), "data": "data", "iters": 8, "learning_rate": 1e-3,
             "quantize": 4, "quantize_group_size": 64, "steps_per_report": 4}
@@ -176,6 +177,7 @@ def test_warmup_schedule_and_epochs_from_profile(tiny_model: Path, data_dir: Pat
     assert config["spec"]["lr_schedule"]["name"] == "linear_schedule"
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_weights(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
     # A learning rate this high overshoots after a few steps: validation loss stops improving.
     spec = {"kind": "lora_train", "model": str(tiny_model), "data": "data", "iters": 60, "learning_rate": 3e-2,

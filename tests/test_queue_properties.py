@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -526,6 +527,7 @@ QueueMachine.TestCase.settings = settings(
 )
 
 
+@pytest.mark.slow  # ~30 s: 200+ examples of the whole lease protocol; `make test` runs it, `make test-fast` not
 class TestQueueStateMachine(QueueMachine.TestCase):
     @classmethod
     def tearDownClass(cls) -> None:

@@ -169,6 +169,7 @@ def run_stress(tmp_path: Path, n_workers: int, n_ops: int) -> None:
     assert status == {item.id: item.status.value for item in queue.items()}
 
 
+@pytest.mark.slow
 def test_stress_8_processes_x_100_ops(tmp_path):
     run_stress(tmp_path, n_workers=8, n_ops=100)
 
