@@ -228,6 +228,19 @@ def test_file_and_command_checks_run_on_the_trunk_tip_never_a_feature_branch(tmp
     assert git(ws.root, "for-each-ref", "--format=%(refname) %(objectname)") == refs
 
 
+def test_a_checkout_left_by_a_killed_evaluation_is_removed(tmp_path):
+    from oodatcaa.gitops import GitRepo
+
+    ws = workspace(tmp_path)
+    write_objective(ws, "## Success Criteria\n- [ ] config `file: .oodatcaa/config.toml`\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = ws.state_dir / "checks" / f"trunk-{dead.pid}"
+    GitRepo.for_workspace(ws, "x").add_detached_worktree(leftover)
+    assert evaluate_objective(ws).criteria[0].state == "met"
+    assert not leftover.exists() and str(leftover) not in git(ws.root, "worktree", "list")
+
+
 def test_a_metric_counts_only_for_a_merged_task(tmp_path):
     ws = workspace(tmp_path)
     write_objective(ws, "## Success Criteria\n- [ ] low loss `metric: T001.eval.loss < 2.0`\n"

@@ -58,6 +58,7 @@ from oodatcaa.core.criteria import (
 )
 from oodatcaa.core.errors import BacklogError, GitOperationError
 from oodatcaa.core.ids import STORY_ID_PATTERN
+from oodatcaa.core.leases import pid_alive
 from oodatcaa.core.models import Queue
 from oodatcaa.core.objective import (
     CriterionState,
@@ -206,9 +207,17 @@ class TrunkCheckout:
     def root(self) -> Path:
         """The checkout's directory (created now if needed). Raises :class:`GitOperationError`."""
         if not self._made:
+            self._remove_leftovers()
             self.git.add_detached_worktree(self.path, self.commit)
             self._made = True
         return self.path
+
+    def _remove_leftovers(self) -> None:
+        # a process killed mid-evaluation leaves its checkout (and its worktree registration) behind
+        for old in self.path.parent.glob("trunk-*") if self.path.parent.is_dir() else []:
+            m = re.fullmatch(r"trunk-([0-9]+)", old.name)
+            if m and old != self.path and not pid_alive(int(m.group(1))):
+                self.git.remove_worktree(old)
 
     def close(self) -> None:
         if self._made:
@@ -288,6 +297,8 @@ def _evaluate_check(cid: str, text: str, check: Check, book: StoryBook, checkout
     result = evaluate_criterion(criterion, CheckContext(file_roots=[root], workdir=root, env=env))
     # the checkout's path is temporary; say where on the trunk instead
     detail = result.detail.replace(str(root), f"{book.trunk}@{checkout.commit[:12]}")
+    if detail.startswith(result.observed + " "):
+        detail = detail[len(result.observed) + 1:]  # "exit 1 after 0.05 s" under observed "exit 1"
     met = result.outcome == "PASS"
     return CriterionState(id=cid, text=text, state="met" if met else "unmet", via="check",
                           evidence=[Evidence(commit=checkout.commit, check=shown, observed=result.observed,
