@@ -125,6 +125,8 @@ def test_parse_sections_checkboxes_groups_and_checks():
 def test_headings_are_matched_case_insensitively_and_the_init_template_has_no_criteria():
     obj = parse_objective("## VISION:\nv\n\n## success criteria\n- [ ] one\n\n## Non goals\nn\n", "O.md")
     assert obj.vision == "v" and obj.non_goals == "n" and [c.text for c in obj.criteria] == ["one"]
+    loose = parse_objective("# Success Criteria (measurable)\n- [ ] one\n# Non-Goals - for now\nn\n", "O.md")
+    assert loose.title is None and [c.text for c in loose.criteria] == ["one"] and loose.non_goals == "n"
     template = parse_objective(OBJECTIVE_TEMPLATE, "O.md")
     assert template.has_success_section and template.criteria == []
 

@@ -196,6 +196,18 @@ class _Box:
     group: list[str]
 
 
+def _section_name(title: str) -> str | None:
+    """The field a heading fills (``"success"``, ``"vision"`` ...), or ``None`` for another section.
+
+    ``Success Criteria (measurable)`` counts: a known name followed by a parenthesis or a dash.
+    """
+    key = _section_key(title)
+    if key in _SECTIONS:
+        return _SECTIONS[key]
+    head = re.split(r"\s*\(|\s+-\s+", normalize_name(title), maxsplit=1)[0]
+    return _SECTIONS.get(_section_key(head))
+
+
 def parse_objective(text: str, source: str) -> Objective:
     """Parse the text of ``OBJECTIVE.md`` (``source`` names the file in errors).
 
@@ -227,11 +239,11 @@ def parse_objective(text: str, source: str) -> Objective:
         if heading:
             level = len(heading.group("hashes"))
             name = heading.group("title").strip()
-            if level == 1 and title is None:
+            key = _section_name(name)
+            if level == 1 and title is None and key is None:
                 title, current, in_success = name, None, False
                 continue
             if level <= 2:
-                key = _SECTIONS.get(_section_key(name))
                 in_success = key == "success"
                 has_success = has_success or in_success
                 groups = []
