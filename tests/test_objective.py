@@ -342,16 +342,16 @@ def test_completion_percentage_counts_needs_manual_as_not_met():
 
 def test_cli_text_and_json(tmp_path, capsys):
     ws = workspace(tmp_path)
-    write_objective(ws, "## Success Criteria\n- [ ] guide [b]x[/b] `file: docs/guide.md`\n- [ ] reads well\n")
+    write_objective(ws, "## Success Criteria\n- [ ] guide [/] [b]x[/b] `file: docs/guide.md`\n- [ ] reads well\n")
     merge_story(ws, "T001", {"docs/guide.md": "g\n"})
     assert main(["-C", str(ws.root), "objective"]) == 0
     out = capsys.readouterr().out
-    assert "SC1  met" in out and "guide [b]x[/b]" in out  # file text printed literally, never as markup
+    assert "SC1  met" in out and "guide [/] [b]x[/b]" in out  # file text printed literally, never as markup
     assert "SC2  needs_manual" in out and "Completion: 1/2 criteria met (50.0 %); 1 need a person" in out
     assert main(["-C", str(ws.root), "objective", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["completion_percent"] == 50.0
-    assert [(c["text"], c["state"]) for c in data["criteria"]] == [("guide [b]x[/b]", "met"), ("reads well", "needs_manual")]
+    assert [(c["text"], c["state"]) for c in data["criteria"]] == [("guide [/] [b]x[/b]", "met"), ("reads well", "needs_manual")]
     assert data["criteria"][0]["evidence"][0]["observed"] == "exists"
     assert data["criteria"][1]["evidence"] == []
 
