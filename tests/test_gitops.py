@@ -152,3 +152,23 @@ def test_for_workspace_reads_the_trunk_setting(tmp_path):
     repo = GitRepo.for_workspace(ws, "integrator-1")
     assert repo.trunk == "master" and repo.owner == "integrator-1"
     assert GitRepo.for_workspace(ws, "x", trunk="develop").trunk == "develop"
+
+
+def test_detached_worktree_is_the_trunk_tip_and_moves_no_branch(tmp_path):
+    repo = repo_on(tmp_path, "master")
+    tip = commit_file(repo.root, "on_trunk.txt", "t\n", "[docs] trunk file")
+    git(repo.root, "checkout", "-qb", "feat/T001-step-01-x")
+    commit_file(repo.root, "on_branch.txt", "b\n", "[impl] T001: branch file")
+    branches = git(repo.root, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads")
+    wt = tmp_path / "state" / "checks" / "trunk"
+    assert repo.add_detached_worktree(wt) == tip
+    assert (wt / "on_trunk.txt").exists() and not (wt / "on_branch.txt").exists()
+    assert git(wt, "rev-parse", "HEAD") == tip and git(wt, "rev-parse", "--abbrev-ref", "HEAD") == "HEAD"
+    assert git(repo.root, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads") == branches
+    # a second checkout at the same path replaces the first (a killed evaluation's leftover)
+    (wt / "stray.txt").write_text("x\n")
+    assert repo.add_detached_worktree(wt, "feat/T001-step-01-x") != tip and not (wt / "stray.txt").exists()
+    repo.remove_worktree(wt)
+    assert not wt.exists() and repo.current_branch() == "feat/T001-step-01-x"
+    with pytest.raises(GitOperationError, match="names no commit"):
+        repo.add_detached_worktree(wt, "no-such-ref")

@@ -338,6 +338,29 @@ class GitRepo:
                 g.worktree("add", "-b", branch, str(path), base)
         return path
 
+    def add_detached_worktree(self, path: Path, ref: str | None = None) -> str:
+        """A clean, detached checkout of ``ref`` (default: the trunk's tip) at ``path``; returns its sha.
+
+        No branch is created or moved: the checkout sits on the commit itself, so what runs there
+        (an objective's ``command:`` check) sees exactly the committed tree of that commit and can
+        never commit onto a branch. An old worktree at ``path`` is removed first. Remove it with
+        :meth:`remove_worktree`. Raises :class:`GitOperationError` when ``ref`` names no commit.
+        """
+        target = ref or self.trunk
+        with self.locked():
+            g = self._git()
+            try:
+                sha = self.repo.git.rev_parse("--verify", "--quiet", f"{target}^{{commit}}")
+            except git.GitCommandError:
+                raise GitOperationError(f"{target!r} names no commit in {self.root}") from None
+            self._drop_worktree(g, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                g.worktree("add", "--detach", "--force", str(path), sha)
+            except git.GitCommandError as exc:
+                raise GitOperationError(f"could not check out {target} at {path}: {exc.stderr.strip()}") from None
+        return sha
+
     def remove_worktree(self, path: Path) -> None:
         """Remove a worktree (its branch stays)."""
         with self.locked():

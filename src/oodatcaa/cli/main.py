@@ -257,6 +257,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_objective(args: argparse.Namespace) -> int:
+    """Each success criterion of OBJECTIVE.md with its state and evidence, and the completion percentage.
+
+    Exit 0 when the report was made (whatever the percentage); 2 (an error, naming what to write)
+    when the objective is missing, has no success criteria or has a malformed check.
+    """
+    from oodatcaa.completion import evaluate_objective, format_report
+
+    report = evaluate_objective(_ws(args))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))  # plain print: JSON must not depend on the terminal
+        return 0
+    for line in format_report(report):
+        say(line)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from oodatcaa.cli.render import status_table, task_figures
     from oodatcaa.demo import run_demo
@@ -355,6 +372,12 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("task", help="story ID, e.g. T001")
     p.add_argument("--role", choices=ROLE_CHOICES, help="only this role's reports")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("objective", help="each success criterion of OBJECTIVE.md: met, unmet or needs_manual, with "
+                                         "its evidence, and the completion percentage (checked on the trunk)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"completion_percent": 0-100, "criteria": [{"text", "state", "evidence"}, ...]}')
+    p.set_defaults(func=cmd_objective)
 
 
 def _add_operation_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
