@@ -157,3 +157,20 @@ def test_a_write_that_breaks_an_invariant_is_refused(ws):
         with store.transaction("t") as tx:
             tx.move("T001", S.PLANNING, "claimed without a lease")
     assert ws.queue_path.read_bytes() == before
+
+
+def test_a_queue_written_by_the_previous_version_still_loads():
+    from oodatcaa.core.failures import FailureKind
+    from oodatcaa.core.models import Queue
+
+    old = {"schema_version": 1, "tasks": [
+        {"id": "T001", "title": "t", "status": "needs_adapt", "estimate_minutes": 90, "last_error": "boom",
+         "subtasks": [{"id": "T001-B01", "kind": "build", "status": "needs_adapt", "title": "s", "step": 1,
+                       "last_error": "step boom", "estimate_minutes": None}]},
+        {"id": "T002", "title": "u", "estimate_minutes": None, "last_error": None}]}
+    queue = Queue.model_validate(old)
+    first = queue.task("T001")
+    assert first.failure.kind == FailureKind.JOB_ERROR and first.last_error == "boom"
+    assert first.estimate.low_minutes == first.estimate.high_minutes == 90
+    assert first.builds()[0].last_error == "step boom"
+    assert queue.task("T002").failure is None and queue.task("T002").estimate is None

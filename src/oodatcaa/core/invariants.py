@@ -268,7 +268,8 @@ def _input_validator() -> Draft202012Validator:
     The committed schema describes what the store *writes* (serialization mode). Two things the
     loader accepts are not in it, and reporting them would contradict the loader: ``counters`` is
     derived and may be left out (our own fix for stale counters says to delete it), and items written
-    before typed failures carry ``last_error`` (migrated to ``failure`` on load).
+    before typed failures carry ``last_error`` (migrated to ``failure`` on load) and tasks written before
+    estimate ranges ``estimate_minutes`` (migrated to ``estimate``).
     """
     schema = copy.deepcopy(queue_schema())
     if "counters" in schema.get("required", []):
@@ -277,6 +278,7 @@ def _input_validator() -> Draft202012Validator:
         props = schema.get("$defs", {}).get(name, {}).get("properties")
         if isinstance(props, dict):
             props.setdefault("last_error", {"type": ["string", "null"]})
+            props.setdefault("estimate_minutes", {"type": ["number", "null"]})
     return Draft202012Validator(schema)
 
 

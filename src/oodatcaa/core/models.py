@@ -35,13 +35,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _migrate_last_error(data: Any) -> Any:
-    # queues written before typed failures carry a free-text ``last_error``; keep it as a job_error
-    if isinstance(data, dict) and "last_error" in data:
-        data = dict(data)
-        text = data.pop("last_error")
-        if text and not data.get("failure"):
-            data["failure"] = {"kind": FailureKind.JOB_ERROR.value, "message": str(text)[:4000]}
+def _migrate_legacy(data: Any) -> Any:
+    """Read queues written by earlier versions: nothing a person ran before an upgrade is refused.
+
+    - ``last_error`` (free text, before typed failures) becomes a ``job_error`` failure;
+    - ``estimate_minutes`` (a single number, before estimate ranges) becomes an :class:`Estimate`.
+    """
+    if not isinstance(data, dict) or not ({"last_error", "estimate_minutes"} & data.keys()):
+        return data
+    data = dict(data)
+    text = data.pop("last_error", None)
+    if text and not data.get("failure"):
+        data["failure"] = {"kind": FailureKind.JOB_ERROR.value, "message": str(text)[:4000]}
+    minutes = data.pop("estimate_minutes", None)
+    if isinstance(minutes, (int, float)) and minutes > 0 and not data.get("estimate"):
+        data["estimate"] = {"low_minutes": minutes, "high_minutes": minutes, "source": "backlog"}
     return data
 
 
@@ -53,7 +61,7 @@ class _FailureCarrier(_Model):
     @model_validator(mode="before")
     @classmethod
     def _old_last_error(cls, data: Any) -> Any:
-        return _migrate_last_error(data)
+        return _migrate_legacy(data)
 
     @property
     def last_error(self) -> str | None:
