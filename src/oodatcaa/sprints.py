@@ -9,7 +9,7 @@ from pathlib import Path
 from oodatcaa.backlog import Backlog, load_backlog
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import Clock, utc_stamp
-from oodatcaa.core.config import default_config_toml, load_config, load_role_definitions
+from oodatcaa.core.config import default_config_toml, load_role_definitions
 from oodatcaa.core.criteria import MetricCheck
 from oodatcaa.core.errors import BacklogError, WorkspaceError
 from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog, LogEntry
@@ -117,7 +117,7 @@ def init_workspace(path: Path, *, force: bool = False, clock: Clock | None = Non
             if not file.exists():
                 undo.write(file, text)
         ws.ensure_dirs()
-        git = GitRepo(root, ws.lock_path("git"), owner="oodatcaa", trunk=load_config(ws.config_path, ws.agents_dir).git.trunk)
+        git = GitRepo.for_workspace(ws, "oodatcaa")
         git.require_trunk(ws.config_path)
         git.ensure_trunk()
         git.commit_paths([ws.relative(ws.dir)], "[docs] oodatcaa: initialise workspace")
