@@ -1,301 +1,34 @@
-"""Parse the Markdown sprint backlog (DESIGN.md §4) into validated items.
-
-A backlog is Markdown: an optional ``# Title``, a goal, an optional ``## Exit Criteria`` list,
-then one ``### ID: Title`` section per item with bold field labels, fenced ``job`` blocks (one
-Builder step each, in order) and an ``**Acceptance Criteria:**`` checkbox list::
-
-    ### T004: LoRA fine-tune on the procedures dataset
-    **Type:** Story  **Complexity:** M  **Priority:** 2  **Dependencies:** T003
-    **Description:** Train a LoRA adapter on the procedures data.
-
-    ```job
-    kind: lora_train
-    data: data/procedures
-    ```
-
-    **Acceptance Criteria:**
-    - [ ] peak memory under target `metric: train.peak_memory_gb <= 16` (critical)
-
-Every problem is a :class:`~oodatcaa.core.errors.BacklogError` naming the source, the 1-based
-line and the fix. Job blocks are checked only for being a YAML mapping with a string ``kind``;
-``oodatcaa.jobs.spec`` validates their fields. The format is documented for users in
-``docs/backlog-format.md``.
-
-It sits above the core because it reads the job-kind registry (for its hints); both import only the
-standard library, pydantic and PyYAML.
-"""
+"""The backlog parser: Markdown text -> :class:`~oodatcaa.backlog.model.Backlog`, or a located error."""
 
 from __future__ import annotations
 
-import heapq
 import re
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
+from oodatcaa.backlog.model import Backlog, BacklogItem, JobBlock
+from oodatcaa.backlog.syntax import (
+    _BULLET,
+    _CHECKBOX,
+    _EXIT_LABELS,
+    _FENCE_OPEN,
+    _GOAL_LABELS,
+    _ID_FIX,
+    _ID_LIKE,
+    _ITEM_HEADING,
+    _JOB_LIKE,
+    _KNOWN_LABELS_TEXT,
+    _NO_DEPENDENCIES,
+    FIELD_LABELS,
+    _heading,
+    _labels,
+    _norm_label,
+    _parse_job,
+)
 from oodatcaa.core.criteria import Criterion, parse_criterion_line
 from oodatcaa.core.errors import BacklogError, InvalidIdError
 from oodatcaa.core.ids import validate_story_id
-from oodatcaa.jobs.registry import kinds as job_kinds
 
-__all__ = [
-    "FIELD_LABELS",
-    "Backlog",
-    "BacklogItem",
-    "JobBlock",
-    "format_backlog",
-    "format_item",
-    "load_backlog",
-    "parse_backlog",
-]
-
-# Known item field labels (as written, case-insensitive) -> field name.
-FIELD_LABELS: dict[str, str] = {
-    "type": "type",
-    "complexity": "complexity",
-    "status": "status",
-    "priority": "priority",
-    "dependencies": "dependencies",
-    "depends on": "dependencies",
-    "description": "description",
-    "acceptance criteria": "acceptance_criteria",
-}
-_KNOWN_LABELS_TEXT = ", ".join(
-    f"**{label}:**"
-    for label in ("Type", "Complexity", "Status", "Priority", "Dependencies", "Description", "Acceptance Criteria")
-)
-_GOAL_LABELS = ("sprint goal", "goal")
-_EXIT_LABELS = ("exit criteria", "sprint exit criteria")
-_NO_DEPENDENCIES = {"", "none", "-", "--", "—", "–", "n/a", "na", "no"}
-
-_ID_FIX = "IDs are a capital letter and three digits, like T001"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class JobBlock(_Strict):
-    """One fenced ``job`` block of an item: one Builder step.
-
-    ``line`` is the 1-based line of the opening fence; ``data`` the YAML mapping (with a string
-    ``kind``; the other fields are validated by ``oodatcaa.jobs.spec``).
-    """
-
-    line: int = Field(ge=1)
-    data: dict[str, Any]
-
-    @field_validator("data")
-    @classmethod
-    def _kind(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(value.get("kind"), str) or not value["kind"]:
-            raise ValueError("a job block needs a string `kind`")
-        return value
-
-    @property
-    def kind(self) -> str:
-        """The job kind, e.g. ``lora_train``."""
-        return self.data["kind"]
-
-
-class BacklogItem(_Strict):
-    """One ``### ID: Title`` section. ``status`` is informational (as written); ``line`` is 1-based."""
-
-    id: str
-    title: str = Field(min_length=1)
-    type: str = "Story"
-    complexity: str | None = None
-    priority: int | None = None
-    status: str | None = None
-    dependencies: list[str] = Field(default_factory=list)
-    description: str = ""
-    acceptance_criteria: list[Criterion] = Field(default_factory=list)
-    jobs: list[JobBlock] = Field(default_factory=list)
-    line: int = Field(default=1, ge=1)
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return validate_story_id(value)
-
-    @field_validator("dependencies")
-    @classmethod
-    def _deps(cls, value: list[str]) -> list[str]:
-        return [validate_story_id(v) for v in value]
-
-
-class Backlog(_Strict):
-    """A parsed backlog: title, goal, exit criteria and items in file order."""
-
-    source: str
-    title: str | None = None
-    goal: str | None = None
-    exit_criteria: list[str] = Field(default_factory=list)
-    items: list[BacklogItem]
-
-    @property
-    def ids(self) -> list[str]:
-        """Item IDs in file order."""
-        return [item.id for item in self.items]
-
-    def item(self, item_id: str) -> BacklogItem:
-        """The item with ``item_id``; raises :class:`KeyError` when there is none."""
-        for item in self.items:
-            if item.id == item_id:
-                return item
-        raise KeyError(item_id)
-
-    def ordered(self) -> list[BacklogItem]:
-        """Items in an order that respects dependencies (a dependency comes first).
-
-        Among items that are ready at the same time: lower ``priority`` first (no priority goes
-        last), then file order. Dependencies outside the backlog are ignored (the parser refuses
-        them; a hand-built :class:`Backlog` may not).
-        """
-        index = {item.id: i for i, item in enumerate(self.items)}
-        waiting = {item.id: {d for d in item.dependencies if d in index} for item in self.items}
-        users: dict[str, list[str]] = {item.id: [] for item in self.items}
-        for item in self.items:
-            for dep in waiting[item.id]:
-                users[dep].append(item.id)
-
-        def key(item_id: str) -> tuple[float, int, str]:
-            priority = self.items[index[item_id]].priority
-            return (float("inf") if priority is None else priority, index[item_id], item_id)
-
-        ready = [key(i) for i, deps in waiting.items() if not deps]
-        heapq.heapify(ready)
-        out: list[BacklogItem] = []
-        while ready:
-            _, i, item_id = heapq.heappop(ready)
-            out.append(self.items[i])
-            for user in users[item_id]:
-                waiting[user].discard(item_id)
-                if not waiting[user]:
-                    heapq.heappush(ready, key(user))
-        if len(out) != len(self.items):
-            stuck = sorted(set(index) - {item.id for item in out})
-            raise BacklogError(self.source, None, f"dependency cycle among {', '.join(stuck)}")
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# Line patterns
-# --------------------------------------------------------------------------------------------
-
-_HEADING = re.compile(r"^ {0,3}(?P<level>#{1,6})(?:[ \t]+(?P<text>.*?))?[ \t]*$")
-_FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\s`]*)[^`]*$")
-_CHECKBOX = re.compile(r"^(?P<indent>\s*)[-*+][ \t]+\[(?P<mark>[ xX])\](?:[ \t]+(?P<text>.*))?$")
-_BULLET = re.compile(r"^(?P<indent>\s*)[-*+][ \t]+(?P<text>.*)$")
-_LIST_PREFIX = re.compile(r"^\s*(?:[-*+][ \t]+)?")
-_LABEL = re.compile(r"\*\*[ \t]*(?P<name>[^*\n]+?)[ \t]*(?::[ \t]*\*\*|\*\*[ \t]*:)")
-_ITEM_HEADING = re.compile(r"^(?P<id>.+?):(?:[ \t]+(?P<title>.*))?$")
-_ID_LIKE = re.compile(r"^[A-Za-z]{1,3}[-_]?[0-9]+(?![A-Za-z])")
-_JOB_KINDS_TEXT = ", ".join(job_kinds())
-_JOB_LIKE = re.compile(rf"^kind:[ \t]*({'|'.join(map(re.escape, job_kinds()))})\b", re.M)
-
-
-def _heading(line: str) -> tuple[int, str] | None:
-    m = _HEADING.match(line)
-    if not m:
-        return None
-    text = m.group("text") or ""
-    text = re.sub(r"(^|[ \t]+)#+[ \t]*$", "", text).strip()
-    return len(m.group("level")), text
-
-
-def _labels(line: str) -> list[tuple[str, str]] | None:
-    """``[(label, value), ...]`` when the line starts with a bold label, else ``None``."""
-    start = _LIST_PREFIX.match(line)
-    rest = line[start.end() if start else 0 :]
-    matches = list(_LABEL.finditer(rest))
-    if not matches or matches[0].start() != 0:
-        return None
-    out = []
-    for i, m in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(rest)
-        out.append((m.group("name").strip(), rest[m.end() : end].strip()))
-    return out
-
-
-def _norm_label(label: str) -> str:
-    return re.sub(r"\s+", " ", label.strip().lower())
-
-
-# --------------------------------------------------------------------------------------------
-# YAML of job blocks
-# --------------------------------------------------------------------------------------------
-
-
-class _JobLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
-
-
-def _construct_mapping(loader: _JobLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None,
-                    f"duplicate key {key!r} (first given on line {seen[key] + 1} of the block)",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line
-        except TypeError:  # unhashable key: SafeLoader reports it below
-            pass
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_JobLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _parse_job(lines: list[str], fence_line: int, item_id: str, source: str) -> JobBlock:
-    text = "\n".join(lines)
-    try:
-        data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = fence_line + 1 + mark.line if mark is not None else fence_line
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        what = f"{context}: {problem}" if context else problem
-        col = f", column {mark.column + 1}" if mark is not None else ""
-        raise BacklogError(
-            source, line,
-            f"job block of {item_id} (fence on line {fence_line}) is not valid YAML{col}: {what}; "
-            "fix the YAML (one `key: value` per line, indent with spaces, quote values containing ': ' or '#')",
-        ) from None
-    if not isinstance(data, dict):
-        got = "empty" if data is None else f"a {type(data).__name__}"
-        raise BacklogError(
-            source, fence_line,
-            f"job block of {item_id} must be a YAML mapping with a `kind`, got {got}; "
-            f"write `kind: lora_train` (or one of: {_JOB_KINDS_TEXT}) and its fields",
-        )
-    if "kind" not in data:
-        raise BacklogError(
-            source, fence_line,
-            f"job block of {item_id} has no `kind`; add a line like `kind: lora_train` "
-            f"(kinds: {_JOB_KINDS_TEXT})",
-        )
-    if not isinstance(data["kind"], str) or not data["kind"]:
-        raise BacklogError(
-            source, fence_line,
-            f"job block of {item_id}: `kind` must be a non-empty string, got {data['kind']!r}; "
-            "write e.g. `kind: lora_train`",
-        )
-    return JobBlock(line=fence_line, data=data)
-
-
-# --------------------------------------------------------------------------------------------
-# The parser
-# --------------------------------------------------------------------------------------------
+__all__ = ["load_backlog", "parse_backlog"]
 
 
 class _ItemBuilder:
@@ -747,52 +480,3 @@ def load_backlog(path: Path | str) -> Backlog:
     except OSError as exc:
         raise BacklogError(str(path), None, f"cannot read the backlog file: {exc.strerror or exc}") from None
     return parse_backlog(text, source=str(path))
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
-
-
-def format_item(item: BacklogItem) -> str:
-    """One item as backlog Markdown (parsed back by :func:`parse_backlog` to an equal item,
-    except ``line``)."""
-    out = [f"### {item.id}: {item.title}"]
-    fields = [f"**Type:** {item.type}"]
-    if item.complexity:
-        fields.append(f"**Complexity:** {item.complexity}")
-    if item.status:
-        fields.append(f"**Status:** {item.status}")
-    if item.priority is not None:
-        fields.append(f"**Priority:** {item.priority}")
-    fields.append(f"**Dependencies:** {', '.join(item.dependencies) if item.dependencies else 'None'}")
-    out.append("  ".join(fields))
-    if item.description:
-        out.append("")
-        out.append(f"**Description:** {item.description}")
-    for job in item.jobs:
-        out.append("")
-        out.append("```job")
-        out.append(yaml.safe_dump(job.data, sort_keys=False, allow_unicode=True).rstrip("\n"))
-        out.append("```")
-    if item.acceptance_criteria:
-        out.append("")
-        out.append("**Acceptance Criteria:**")
-        out.extend(c.to_markdown() for c in item.acceptance_criteria)
-    return "\n".join(out) + "\n"
-
-
-def format_backlog(backlog: Backlog) -> str:
-    """A backlog as Markdown in the documented format (inverse of :func:`parse_backlog`)."""
-    out: list[str] = []
-    if backlog.title:
-        out += [f"# {backlog.title}", ""]
-    if backlog.goal:
-        out += [f"**Sprint Goal:** {backlog.goal}", ""]
-    if backlog.exit_criteria:
-        out += ["## Exit Criteria", *[f"- [ ] {c}" for c in backlog.exit_criteria], ""]
-    if backlog.exit_criteria or backlog.title:
-        out += ["## Items", ""]
-    for item in backlog.items:
-        out.append(format_item(item))
-    return "\n".join(out)
