@@ -31,8 +31,9 @@ The package's parts: :mod:`~oodatcaa.backlog.model` (the parsed shapes), :mod:`~
 
 from __future__ import annotations
 
-from oodatcaa.backlog.model import Backlog, BacklogItem, JobBlock
-from oodatcaa.backlog.parser import load_backlog, parse_backlog
+from oodatcaa.backlog.durations import parse_duration_range
+from oodatcaa.backlog.model import Backlog, BacklogItem, BacklogWarning, JobBlock, status_kind
+from oodatcaa.backlog.parser import load_backlog, parse_backlog, raise_warnings
 from oodatcaa.backlog.syntax import FIELD_LABELS
 from oodatcaa.backlog.writer import format_backlog, format_item
 
@@ -40,9 +41,13 @@ __all__ = [
     "FIELD_LABELS",
     "Backlog",
     "BacklogItem",
+    "BacklogWarning",
     "JobBlock",
     "format_backlog",
     "format_item",
     "load_backlog",
     "parse_backlog",
+    "parse_duration_range",
+    "raise_warnings",
+    "status_kind",
 ]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 
-from oodatcaa.backlog.model import Backlog, BacklogItem, JobBlock
+from oodatcaa.backlog.durations import ACCEPTED_FORMS, parse_duration_range
+from oodatcaa.backlog.model import Backlog, BacklogItem, BacklogWarning, JobBlock
 from oodatcaa.backlog.syntax import (
     _BULLET,
     _CHECKBOX,
@@ -14,21 +16,29 @@ from oodatcaa.backlog.syntax import (
     _GOAL_LABELS,
     _ID_FIX,
     _ID_LIKE,
+    _ISO_DATE,
     _ITEM_HEADING,
     _JOB_LIKE,
     _KNOWN_LABELS_TEXT,
     _NO_DEPENDENCIES,
+    _NUMBERED,
+    _QUOTE_PREFIX,
+    _RULE,
+    _START_LABEL,
+    _TARGET_LABEL,
     FIELD_LABELS,
     _heading,
     _labels,
     _norm_label,
     _parse_job,
 )
+from oodatcaa.core.config import complexity_key
 from oodatcaa.core.criteria import Criterion, parse_criterion_line
 from oodatcaa.core.errors import BacklogError, InvalidIdError
 from oodatcaa.core.ids import validate_story_id
+from oodatcaa.core.models import Estimate
 
-__all__ = ["load_backlog", "parse_backlog"]
+__all__ = ["load_backlog", "parse_backlog", "raise_warnings"]
 
 
 class _ItemBuilder:
@@ -41,8 +51,9 @@ class _ItemBuilder:
         self.description: list[str] = []
         self.criteria: list[Criterion] = []
         self.jobs: list[JobBlock] = []
+        self.links: list[str] = []
         self.pending: tuple[int, str] | None = None  # (line, text) of the criterion being read
-        self.mode: str | None = None  # None | "description" | "criteria"
+        self.mode: str | None = None  # None | "description" | "criteria" | "links"
 
 
 class _Parser:
@@ -59,11 +70,20 @@ class _Parser:
         self.items: list[_ItemBuilder] = []
         self.item: _ItemBuilder | None = None
         # Outside items: "preamble" (before any ## heading), "exit" (an exit-criteria list),
-        # "other" (any other section).
+        # "other" (any other section, such as ## Sprint Summary).
         self.section = "preamble"
+        self.start_date: date | None = None
+        self.target_date: date | None = None
+        self.notes: list[str] = []
+        # the last note takes following list or prose lines (`**Critical Path:**` then `T001 → T002`)
+        self.note_open = False
+        self.warnings: list[BacklogWarning] = []
 
     def error(self, line: int | None, message: str) -> BacklogError:
         return BacklogError(self.source, line, message)
+
+    def warn(self, line: int | None, message: str) -> None:
+        self.warnings.append(BacklogWarning(source=self.source, line=line, message=message))
 
     # -- the main loop ------------------------------------------------------------------------
 
@@ -77,6 +97,8 @@ class _Parser:
             if fence:
                 n = self._fence(n, fence)
                 continue
+            if _RULE.match(line):
+                line = ""  # `---` between items separates them visually; it means nothing more
             heading = _heading(line)
             if heading:
                 self._heading(lineno, *heading)
@@ -101,7 +123,8 @@ class _Parser:
                 break
         return Backlog(
             source=self.source, title=self.title, goal=goal_text or None,
-            exit_criteria=self.exit_criteria, items=items,
+            exit_criteria=self.exit_criteria, items=items, start_date=self.start_date,
+            target_date=self.target_date, notes=self.notes, warnings=self.warnings,
         )
 
     # -- fences -------------------------------------------------------------------------------
@@ -222,13 +245,29 @@ class _Parser:
             item.mode = None
             for label, value in labels:
                 self._field(lineno, item, label, value)
-            # A trailing description/criteria label opens a multi-line field.
-            last = FIELD_LABELS[_norm_label(labels[-1][0])]
+            # A trailing description/criteria/links label opens a multi-line field.
+            last = FIELD_LABELS.get(_norm_label(labels[-1][0]))
             if last == "description":
                 item.mode = "description"
             elif last == "acceptance_criteria":
                 item.mode = "criteria"
+            elif last == "objective_links":
+                item.mode = "links"
             return
+        if item.mode == "links":
+            # one link per bullet (a checkbox is read as a bullet); a blank line after them ends the list
+            entry = _CHECKBOX.match(line) or _BULLET.match(line)
+            if entry:
+                self._add_links(item, [entry.group("text") or ""])
+                return
+            if not line.strip():
+                if item.links:
+                    item.mode = None
+                return
+            if item.links and line[:1] in (" ", "\t"):
+                item.links[-1] += " " + line.strip()
+                return
+            item.mode = None
         box = _CHECKBOX.match(line)
         if box:
             if item.mode != "criteria":
@@ -266,9 +305,13 @@ class _Parser:
     def _field(self, lineno: int, item: _ItemBuilder, label: str, value: str) -> None:
         name = FIELD_LABELS.get(_norm_label(label))
         if name is None:
-            raise self.error(
-                lineno, f"unknown field **{label}:** in {item.id}; the known fields are {_KNOWN_LABELS_TEXT}"
+            # a field nobody knows is read past, not refused: backlogs carry fields of their own
+            # (`**Owner:**`); the warning says it has no effect (an error under `sprint new --strict`)
+            self.warn(
+                lineno,
+                f"unknown field **{label}:** in {item.id} is ignored; the known fields are {_KNOWN_LABELS_TEXT}",
             )
+            return
         if name in item.field_lines:
             raise self.error(
                 lineno,
@@ -285,8 +328,17 @@ class _Parser:
                     f"text after **Acceptance Criteria:** in {item.id}; put each criterion on its own "
                     "`- [ ] ...` line below the label",
                 )
+        elif name == "objective_links":
+            # one line may carry several links, separated by `;` (a path's names may hold commas)
+            self._add_links(item, value.split(";"))
         else:
             item.fields[name] = value
+
+    def _add_links(self, item: _ItemBuilder, texts: list[str]) -> None:
+        for text in texts:
+            link = text.strip()
+            if link and link.lower() not in _NO_DEPENDENCIES and link not in item.links:
+                item.links.append(link)
 
     def _end_criteria(self) -> None:
         item = self.item
@@ -309,12 +361,16 @@ class _Parser:
     def _goal_stop(self) -> None:
         self.goal_waiting = None
         self.goal_collecting = None
+        self.note_open = False
 
     def _outside_line(self, lineno: int, line: str) -> None:
+        # `> ` block quotes carry sprint-level lines (`> **Sprint Goal:** ...`); read them as lines
+        line = _QUOTE_PREFIX.sub("", line, count=1)
         stripped = line.strip()
         labels = _labels(line)
         if labels is not None:
             self.goal_collecting = None
+            self.note_open = False
             name, value = _norm_label(labels[0][0]), labels[0][1]
             if name in _GOAL_LABELS and "label" not in self.goal_parts:
                 self.goal_parts["label"] = [value] if value else []
@@ -323,13 +379,23 @@ class _Parser:
             elif name in _EXIT_LABELS:
                 self.section = "exit"
                 self.goal_waiting = None
-            # Other labels outside items ("**Sprint:** SPRINT-2026-004") are informational.
+            else:
+                # every other sprint-level or summary label is kept as a note, never refused
+                for label, text in labels:
+                    self._note(lineno, label, text)
             return
         if not stripped:
             self.goal_collecting = None
+            if self.notes and self.note_open and not self.notes[-1].endswith(":"):
+                self.note_open = False
             return
         box = _CHECKBOX.match(line)
         bullet = _BULLET.match(line)
+        if self.note_open and self.section != "exit":
+            note = self.notes[-1]
+            listed = box is not None or bullet is not None or _NUMBERED.match(line) is not None
+            self.notes[-1] = f"{note} {stripped}" if note.endswith(":") and not listed else f"{note}\n{stripped}"
+            return
         if box or bullet:
             self._goal_stop()
             if self.section == "exit":
@@ -340,12 +406,37 @@ class _Parser:
         if self.section == "exit" and self.exit_criteria and line[:1] in (" ", "\t"):
             self.exit_criteria[-1] += " " + stripped
             return
+        if _NUMBERED.match(line):
+            self._goal_stop()
+            return
         if self.goal_collecting is not None:
             self.goal_parts[self.goal_collecting].append(stripped)
         elif self.goal_waiting is not None and not stripped.startswith(("|", "<", ">")):
             self.goal_parts[self.goal_waiting] = [stripped]
             self.goal_collecting = self.goal_waiting
             self.goal_waiting = None
+
+    def _note(self, lineno: int, label: str, value: str) -> None:
+        """Keep a labelled line outside the items as a note; read sprint start and target dates."""
+        name = _norm_label(label)
+        self.notes.append(f"{label}: {value}" if value else f"{label}:")
+        self.note_open = True
+        which = "start" if _START_LABEL.match(name) else "target" if _TARGET_LABEL.match(name) else None
+        if which is None:
+            return
+        found = _ISO_DATE.search(value)
+        day = None
+        if found:
+            try:
+                day = date(*(int(g) for g in found.groups()))
+            except ValueError:
+                pass
+        if day is None:
+            self.warn(lineno, f"**{label}:** {value!r} has no date in the form YYYY-MM-DD; it is kept as a note only")
+        elif which == "start":
+            self.start_date = day
+        else:
+            self.target_date = day
 
     # -- building and cross-item checks ------------------------------------------------------
 
@@ -362,19 +453,56 @@ class _Parser:
             priority = int(raw_priority)
         deps = self._dependencies(b)
         description = _join_description(b.description)
-        return BacklogItem(
+        estimate = self._estimate(b)
+        complexity = fields.get("complexity") or None
+        if estimate is None and complexity is not None and complexity_key(complexity) is None:
+            self.warn(
+                b.field_lines["complexity"],
+                f"complexity {complexity!r} of {b.id} has no estimate rule (S, M, L, XL) and no **Estimated Time:** "
+                "is given, so the story has no estimate; write S, M, L or XL, or an **Estimated Time:**",
+            )
+        item = BacklogItem(
             id=b.id,
             title=b.title,
             type=fields.get("type") or "Story",
-            complexity=fields.get("complexity") or None,
+            complexity=complexity,
             priority=priority,
             status=fields.get("status") or None,
             dependencies=deps,
             description=description,
             acceptance_criteria=b.criteria,
             jobs=b.jobs,
+            objective_links=b.links,
+            estimate=estimate,
             line=b.line,
         )
+        self._status_warnings(b, item)
+        return item
+
+    def _estimate(self, b: _ItemBuilder) -> Estimate | None:
+        raw = b.fields.get("estimated_time", "").strip()
+        try:
+            minutes = parse_duration_range(raw)
+        except ValueError as exc:
+            raise self.error(
+                b.field_lines["estimated_time"],
+                f"**Estimated Time:** {raw!r} of {b.id} is not a duration ({exc}); write one of {ACCEPTED_FORMS}, "
+                "or `None` to estimate from the complexity",
+            ) from None
+        if minutes is None:
+            return None
+        return Estimate(low_minutes=minutes[0], high_minutes=minutes[1], source="backlog", text=raw)
+
+    def _status_warnings(self, b: _ItemBuilder, item: BacklogItem) -> None:
+        """Say what ``sprint new`` does with a written status that is not simply "to do"."""
+        line = b.field_lines.get("status", b.line)
+        kind = item.status_kind
+        if kind == "blocked" and not item.dependencies:
+            self.warn(line, f"{item.id} is written blocked but names no **Dependencies:**, so nothing holds it back: "
+                            "it is planned and run like any other story; name what it waits for")
+        elif kind == "done":
+            self.warn(line, f"{item.id} is written {item.status!r}: `sprint new` does not run it again "
+                            "(it is left out of the sprint and counts as done for the stories that depend on it)")
 
     def _dependencies(self, b: _ItemBuilder) -> list[str]:
         raw = b.fields.get("dependencies", "").strip()
@@ -451,24 +579,48 @@ def _join_description(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-def parse_backlog(text: str, *, source: str = "<backlog>") -> Backlog:
+def parse_backlog(text: str, *, source: str = "<backlog>", strict: bool = False) -> Backlog:
     """Parse backlog Markdown (DESIGN.md §4, ``docs/backlog-format.md``) into a :class:`Backlog`.
 
     Raises :class:`BacklogError` (``source``, 1-based line, the problem and the fix) for: an
     invalid item ID (``../x``, ``T1:2``), a duplicate ID, a dependency on an unknown item, a
     dependency cycle (named, ``T001 -> T002 -> T001``), a job block that is not valid YAML (the
     line inside the file), not a mapping, without a string ``kind`` or with a duplicate key, an
-    unclosed code fence, a job block outside an item, an unknown or repeated field label, a
-    non-integer priority, a checkbox outside an acceptance-criteria list, a malformed inline
-    check (see :func:`~oodatcaa.core.criteria.parse_criterion_line`), or no items at all.
+    unclosed code fence, a job block outside an item, a repeated field label, a non-integer
+    priority, an ``**Estimated Time:**`` that is not a duration (the accepted forms are in
+    :mod:`oodatcaa.backlog.durations`), a checkbox outside an acceptance-criteria list, a
+    malformed inline check (see :func:`~oodatcaa.core.criteria.parse_criterion_line`), or no items.
+
+    What is read but looks unintended is a :class:`BacklogWarning` in ``Backlog.warnings`` (an
+    unknown item field, a sprint date that is no date, a complexity without an estimate rule, a
+    status ``sprint new`` acts on); with ``strict`` the warnings are raised as one
+    :class:`BacklogError` at the first warning's line (see :func:`raise_warnings`).
     """
-    return _Parser(text, source).parse()
+    backlog = _Parser(text, source).parse()
+    if strict:
+        raise_warnings(backlog)
+    return backlog
 
 
-def load_backlog(path: Path | str) -> Backlog:
+def raise_warnings(backlog: Backlog) -> None:
+    """Raise the backlog's warnings as one :class:`BacklogError` (``--strict``); no warnings, no error.
+
+    The error's line is the first warning's; its message lists every warning with its line.
+    """
+    warnings = backlog.warnings
+    if not warnings:
+        return
+    first = warnings[0]
+    more = "".join(f"; line {w.line}: {w.message}" if w.line is not None else f"; {w.message}" for w in warnings[1:])
+    raise BacklogError(backlog.source, first.line,
+                       f"{first.message}{more} (warnings are errors under --strict)")
+
+
+def load_backlog(path: Path | str, *, strict: bool = False) -> Backlog:
     """Read and parse a backlog file (UTF-8); the error source is the path.
 
-    Raises :class:`BacklogError` when the file cannot be read or does not parse.
+    Raises :class:`BacklogError` when the file cannot be read or does not parse, or under
+    ``strict`` when it has warnings (:func:`parse_backlog`).
     """
     path = Path(path)
     try:
@@ -479,4 +631,4 @@ def load_backlog(path: Path | str) -> Backlog:
         raise BacklogError(str(path), None, f"backlog file is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     except OSError as exc:
         raise BacklogError(str(path), None, f"cannot read the backlog file: {exc.strerror or exc}") from None
-    return parse_backlog(text, source=str(path))
+    return parse_backlog(text, source=str(path), strict=strict)

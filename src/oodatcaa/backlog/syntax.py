@@ -21,12 +21,25 @@ FIELD_LABELS: dict[str, str] = {
     "depends on": "dependencies",
     "description": "description",
     "acceptance criteria": "acceptance_criteria",
+    "links to objective": "objective_links",
+    "links to objectives": "objective_links",
+    "link to objective": "objective_links",
+    "objective links": "objective_links",
+    "estimated time": "estimated_time",
+    "estimate": "estimated_time",
+    "time estimate": "estimated_time",
 }
 _KNOWN_LABELS_TEXT = ", ".join(
     f"**{label}:**"
-    for label in ("Type", "Complexity", "Status", "Priority", "Dependencies", "Description", "Acceptance Criteria")
+    for label in ("Type", "Complexity", "Status", "Priority", "Dependencies", "Description", "Acceptance Criteria",
+                  "Links to Objective", "Estimated Time")
 )
 _GOAL_LABELS = ("sprint goal", "goal")
+# Sprint-level dates: `**Sprint 4 Start:**`, `**Start Date:**`; `**Target Completion:**`, `**End Date:**`.
+_START_LABEL = re.compile(r"^(?:sprint(?:\s+\d+)?\s+)?start(?:s|ed)?(?:\s+date)?$")
+_TARGET_LABEL = re.compile(
+    r"^(?:sprint(?:\s+\d+)?\s+)?(?:target(?:\s+(?:completion|date|end|end\s+date))?|end(?:\s+date)?|due(?:\s+date)?|deadline)$")
+_ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 _EXIT_LABELS = ("exit criteria", "sprint exit criteria")
 _NO_DEPENDENCIES = {"", "none", "-", "--", "—", "–", "n/a", "na", "no"}
 
@@ -40,7 +53,12 @@ _HEADING = re.compile(r"^ {0,3}(?P<level>#{1,6})(?:[ \t]+(?P<text>.*?))?[ \t]*$"
 _FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\s`]*)[^`]*$")
 _CHECKBOX = re.compile(r"^(?P<indent>\s*)[-*+][ \t]+\[(?P<mark>[ xX])\](?:[ \t]+(?P<text>.*))?$")
 _BULLET = re.compile(r"^(?P<indent>\s*)[-*+][ \t]+(?P<text>.*)$")
-_LIST_PREFIX = re.compile(r"^\s*(?:[-*+][ \t]+)?")
+# a list marker, or the `>` of a block quote (`> **Sprint Goal:** ...`), before a label
+_LIST_PREFIX = re.compile(r"^\s*(?:>[ \t]*)*(?:[-*+][ \t]+)?")
+_QUOTE_PREFIX = re.compile(r"^\s*(?:>[ \t]?)+")
+_NUMBERED = re.compile(r"^\s*\d{1,3}[.)][ \t]+\S")
+# a thematic break (`---`, `***`, `___`): a visual separator between items, read as a blank line
+_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 _LABEL = re.compile(r"\*\*[ \t]*(?P<name>[^*\n]+?)[ \t]*(?::[ \t]*\*\*|\*\*[ \t]*:)")
 _ITEM_HEADING = re.compile(r"^(?P<id>.+?):(?:[ \t]+(?P<title>.*))?$")
 _ID_LIKE = re.compile(r"^[A-Za-z]{1,3}[-_]?[0-9]+(?![A-Za-z])")

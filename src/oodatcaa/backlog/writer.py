@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from oodatcaa.backlog.model import Backlog, BacklogItem
+from oodatcaa.core.models import Estimate
 
 __all__ = ["format_backlog", "format_item"]
 
@@ -34,7 +35,17 @@ def format_item(item: BacklogItem) -> str:
         out.append("")
         out.append("**Acceptance Criteria:**")
         out.extend(c.to_markdown() for c in item.acceptance_criteria)
+    if item.objective_links:
+        # one bullet each: a link may hold the `;` that separates links on one line
+        out += ["", "**Links to Objective:**", *(f"- {link}" for link in item.objective_links)]
+    if item.estimate is not None:
+        out += ["", f"**Estimated Time:** {item.estimate.text or _minutes_text(item.estimate)}"]
     return "\n".join(out) + "\n"
+
+
+def _minutes_text(estimate: Estimate) -> str:
+    low, high = estimate.low_minutes, estimate.high_minutes
+    return f"{low:g} minutes" if low == high else f"{low:g}-{high:g} minutes"
 
 
 def format_backlog(backlog: Backlog) -> str:
@@ -44,6 +55,10 @@ def format_backlog(backlog: Backlog) -> str:
         out += [f"# {backlog.title}", ""]
     if backlog.goal:
         out += [f"**Sprint Goal:** {backlog.goal}", ""]
+    if backlog.start_date:
+        out += [f"**Sprint Start:** {backlog.start_date.isoformat()}", ""]
+    if backlog.target_date:
+        out += [f"**Target Completion:** {backlog.target_date.isoformat()}", ""]
     if backlog.exit_criteria:
         out += ["## Exit Criteria", *[f"- [ ] {c}" for c in backlog.exit_criteria], ""]
     if backlog.exit_criteria or backlog.title:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
-from oodatcaa.core.config import AGENT_ROLES
+from oodatcaa.core.config import AGENT_ROLES, EstimatesSection
 from oodatcaa.core.errors import WorkspaceError
 from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.leases import reclaim_stale
-from oodatcaa.core.models import Queue
+from oodatcaa.core.models import Estimate, Queue, Task
 from oodatcaa.core.rotation import rotate_log
 from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import Transaction
@@ -55,6 +55,18 @@ def promote(tx: Transaction) -> list[str]:
     The Negotiator's name for :func:`oodatcaa.core.lifecycle.unblock_ready`.
     """
     return lifecycle.unblock_ready(tx)
+
+
+def story_estimate(story: Task, rules: EstimatesSection) -> Estimate | None:
+    """The story's estimate (minutes), or its complexity's under ``rules`` when the queue has none."""
+    return story.estimate if story.estimate is not None else rules.for_complexity(story.complexity)
+
+
+def estimate_text(estimate: Estimate) -> str:
+    """``120-180 min`` (``45 min`` for a point estimate), plus where it came from when not the backlog."""
+    low, high = estimate.low_minutes, estimate.high_minutes
+    text = f"{low:.0f} min" if low == high else f"{low:.0f}-{high:.0f} min"
+    return text if estimate.source == "backlog" else f"{text} by complexity"
 
 
 def sprint_finished(queue: Queue) -> bool:
@@ -182,20 +194,25 @@ class Negotiator:
         return store.read()
 
     def warn_long_held(self, tx: Transaction) -> None:
-        """One warning entry per lease held longer than twice its story's estimate."""
-        estimates = self.ctx.config.estimates
+        """One warning entry per lease held longer than twice the high end of its story's estimate.
+
+        The estimate is the story's own (``Task.estimate``: the backlog's ``**Estimated Time:**`` or
+        its complexity, fixed at ``sprint new``); a queue written before estimates existed falls back
+        on the complexity rules of ``[estimates]``. A story with neither is never warned about.
+        """
         for item in tx.queue.items():
             lease = item.lease
             if lease is None or lease.claim_id in self._warned:
                 continue
-            minutes = estimates.minutes(tx.queue.parent(item).complexity)
-            if minutes is None:
+            story = tx.queue.parent(item)
+            estimate = story_estimate(story, self.ctx.config.estimates)
+            if estimate is None:
                 continue
             held = (tx.now - lease.claimed_at).total_seconds() / 60
-            if held > 2 * minutes:
+            if held > 2 * estimate.high_minutes:
                 self._warned.add(lease.claim_id)
                 tx.log(item.id, "warning", f"held by {lease.owner} for {held:.0f} min, over twice its estimate "
-                                           f"({minutes:.0f} min for complexity {tx.queue.parent(item).complexity})")
+                                           f"({estimate_text(estimate)} for {story.id})")
 
     def rotate_logs(self) -> list[str]:
         """Rotate AGENT_LOG.md and SPRINT_LOG.md into the sprint's archive when over the limit."""
