@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from oodatcaa.core import lifecycle
@@ -319,7 +320,7 @@ class Negotiator:
                     break
                 if time.monotonic() - self._last_heartbeat > 60:
                     self._last_heartbeat = time.monotonic()
-                    self.sprint_event("heartbeat", _counts(queue))
+                    self.sprint_event("heartbeat", heartbeat_text(queue, self.ctx.clock.now(), self.ctx.config.estimates))
                 self.ctx.stop.wait(cfg.tick_seconds)
         finally:
             self.stop_agents()
@@ -331,6 +332,28 @@ class Negotiator:
 def _counts(queue: Queue) -> str:
     stories = queue.counters["stories"]
     return ", ".join(f"{k}={v}" for k, v in stories.items())
+
+
+#: Story statuses in which no work is under way: not counted as running in the heartbeat.
+_NOT_RUNNING = frozenset({S.NEEDS_PLAN, S.BLOCKED, S.NEEDS_MANUAL, S.DONE, S.CANCELLED})
+
+
+def heartbeat_text(queue: Queue, now: datetime, rules: EstimatesSection) -> str:
+    """The SPRINT_LOG heartbeat: story counts, then elapsed against estimate per running story.
+
+    ``needs_plan=1, in_progress=1; T004 in_progress 35 min of 120-180 min``. Elapsed minutes count
+    from the story's first claim (``Task.started_at``); a story waiting (``needs_plan``,
+    ``blocked``), with a person (``needs_manual``) or closed is not running.
+    """
+    running = []
+    for task in queue.tasks:
+        if task.status in _NOT_RUNNING or task.started_at is None:
+            continue
+        elapsed = max(0.0, (now - task.started_at).total_seconds() / 60)
+        estimate = story_estimate(task, rules)
+        against = f"of {estimate_text(estimate)}" if estimate is not None else "(no estimate)"
+        running.append(f"{task.id} {task.status.value} {elapsed:.0f} min {against}")
+    return _counts(queue) + ("; " + "; ".join(running) if running else "")
 
 
 def _tail(path: Path | None, lines: int = 15) -> str:
