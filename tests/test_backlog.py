@@ -109,6 +109,10 @@ def test_docs_full_example_parses():
     assert [j.kind for j in t2.jobs] == ["lora_train", "inference_bench"]
     assert t2.jobs[0].line < t2.jobs[1].line
     assert t2.acceptance_criteria[4].check == CommandCheck(run="python scripts/check_data.py data/procedures")
+    assert t2.objective_links == ["OBJECTIVE.md → Training System (Core) → QLoRA Setup → Adapter training"]
+    assert (t2.estimate.low_minutes, t2.estimate.high_minutes) == (120, 180)
+    assert b.start_date.isoformat() == "2025-10-05" and b.target_date.isoformat() == "2025-10-15"
+    assert b.warnings == []
     assert t3.type == "Spike" and t3.jobs == []
     assert all(c.check is None for c in t3.acceptance_criteria)
     assert t3.acceptance_criteria[0].critical
