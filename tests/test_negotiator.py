@@ -80,14 +80,39 @@ def test_a_task_held_over_twice_its_estimate_gets_one_warning(tmp_path):
     task.status, task.complexity = S.READY, "S"
     clock = FakeClock()
     store = store_with(ws, q, clock)
-    claim_next(store, "builder", "builder-1", ttl_seconds=90 * 60, wip_limit=3, pid=2**22 + 7, host="elsewhere")
+    claim_next(store, "builder", "builder-1", ttl_seconds=900 * 60, wip_limit=3, pid=2**22 + 7, host="elsewhere")
     ctx = AgentContext(ws, load_config(ws.config_path), store, "negotiator", clock)
     negotiator = Negotiator(ctx)
-    clock.advance(29 * 60)
+    # no estimate in the queue (written before estimates): S by complexity is 30-120 min
+    clock.advance(239 * 60)
     negotiator.tick()
     assert not [e for e in store.log.entries() if e.change == "warning"]
     clock.advance(2 * 60)
     negotiator.tick()
     negotiator.tick()
     warnings = [e for e in store.log.entries() if e.change == "warning"]
-    assert len(warnings) == 1 and "over twice its estimate (15 min" in warnings[0].what
+    assert len(warnings) == 1 and "over twice its estimate (30-120 min by complexity for T001)" in warnings[0].what
+
+
+def test_the_warning_uses_the_story_estimate_high_end(tmp_path):
+    from oodatcaa.core.clock import FakeClock
+    from oodatcaa.core.config import load_config
+    from oodatcaa.core.leases import claim_next
+    from oodatcaa.core.models import Estimate
+
+    ws = workspace(tmp_path)
+    q = sample_queue(1)
+    task = add_steps(q.tasks[0])
+    task.status, task.complexity = S.READY, "L"  # the backlog's Estimated Time wins over the complexity
+    task.estimate = Estimate(low_minutes=30, high_minutes=45, source="backlog", text="30-45 min")
+    clock = FakeClock()
+    store = store_with(ws, q, clock)
+    claim_next(store, "builder", "builder-1", ttl_seconds=900 * 60, wip_limit=3, pid=2**22 + 7, host="elsewhere")
+    negotiator = Negotiator(AgentContext(ws, load_config(ws.config_path), store, "negotiator", clock))
+    clock.advance(89 * 60)
+    negotiator.tick()
+    assert not [e for e in store.log.entries() if e.change == "warning"]
+    clock.advance(2 * 60)
+    negotiator.tick()
+    [warning] = [e for e in store.log.entries() if e.change == "warning"]
+    assert "held by builder-1 for 91 min, over twice its estimate (30-45 min for T001)" in warning.what

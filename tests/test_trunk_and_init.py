@@ -126,7 +126,8 @@ def test_init_writes_every_key_commented_out(tmp_path):
     data = tomllib.loads(text)
     assert all(value == {} for name, value in data.items() if name != "git")
     for key in ("# builder = 3", "# integrator = 30", "# heartbeat_seconds = 30", "# max_adapt_loops = 3",
-                "# accept_ratio = 0.8", "# timeout_minutes = 120", "# M = 45"):
+                "# accept_ratio = 0.8", "# timeout_minutes = 120",
+                "# M = {low_minutes = 120, high_minutes = 240, buffer_percent = 20}"):
         assert key in text, key
 
 

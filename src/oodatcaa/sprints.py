@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from oodatcaa.backlog import Backlog, load_backlog
+from oodatcaa.backlog import Backlog, BacklogItem, BacklogWarning, load_backlog, raise_warnings
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import Clock, utc_stamp
-from oodatcaa.core.config import default_config_toml, load_role_definitions
+from oodatcaa.core.config import EstimatesSection, default_config_toml, load_config, load_role_definitions
 from oodatcaa.core.criteria import MetricCheck
 from oodatcaa.core.errors import BacklogError, WorkspaceError
 from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog, LogEntry
 from oodatcaa.core.models import Sprint, Task
-from oodatcaa.core.statuses import SprintStatus
+from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import IGNORED_IN_GIT, Workspace
 from oodatcaa.gitops import GitRepo, head_state, repo_root
@@ -165,15 +166,64 @@ def _sprint_goal_md(sprint: Sprint, backlog: Backlog) -> str:
     )
 
 
-def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, clock: Clock | None = None) -> Sprint:
-    """Parse the backlog into a new sprint; every item starts ``needs_plan``.
+def _task(item: BacklogItem, rules: EstimatesSection, done: set[str]) -> Task:
+    """The queue story of a backlog item: estimate from ``Estimated Time`` or else the complexity."""
+    return Task(
+        id=item.id,
+        title=item.title,
+        status=TaskStatus.CANCELLED if item.status_kind == "cancelled" else TaskStatus.NEEDS_PLAN,
+        type=item.type,
+        complexity=item.complexity,
+        priority=item.priority,
+        # an item written done is not in the sprint: its dependents do not wait for it
+        dependencies=[d for d in item.dependencies if d not in done],
+        description=item.description,
+        acceptance_criteria=item.acceptance_criteria,
+        jobs=[block.data for block in item.jobs],
+        estimate=item.estimate if item.estimate is not None else rules.for_complexity(item.complexity),
+        objective_links=item.objective_links,
+        backlog_status=item.status,
+    )
+
+
+def _sprint_warnings(backlog: Backlog) -> list[BacklogWarning]:
+    """What the written statuses make of the sprint that is worth saying (beyond the parser's warnings)."""
+    cancelled = {i.id for i in backlog.items if i.status_kind == "cancelled"}
+    out = []
+    for item in backlog.items:
+        if item.status_kind in ("cancelled", "done"):
+            continue
+        waits = [d for d in item.dependencies if d in cancelled]
+        if waits:
+            out.append(BacklogWarning(
+                source=backlog.source, line=item.line,
+                message=f"{item.id} depends on {', '.join(waits)}, written cancelled: it will wait for a person "
+                        "(remove the dependency or the cancellation)"))
+    return out
+
+
+def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, strict: bool = False,
+               on_warning: Callable[[BacklogWarning], None] | None = None, clock: Clock | None = None) -> Sprint:
+    """Parse the backlog into a new sprint; every item starts ``needs_plan``, except as written below.
+
+    Each story gets its estimate (minutes): the item's ``**Estimated Time:**``, or else its
+    complexity under ``[estimates]`` of ``config.toml``; and its ``**Links to Objective:**``. The
+    written ``**Status:**`` is kept as ``Task.backlog_status`` and acted on: ``cancelled`` items are
+    created ``cancelled``; ``done`` items are left out (a warning says so) and count as done for the
+    items that depend on them; ``blocked`` items are planned first like every story, then wait in
+    ``blocked`` until their dependencies are done (the Negotiator's promotion). The sprint keeps the
+    backlog's start and target dates and its other sprint-level and summary lines as notes.
+
+    Warnings (:class:`~oodatcaa.backlog.BacklogWarning`: unknown fields, ...) go to ``on_warning``;
+    with ``strict`` they are a :class:`BacklogError` instead and nothing is written.
 
     Writes ``work/SPRINT_BACKLOG.md`` and ``objectives/SPRINT_GOAL.md`` and commits them on the
     trunk, then ``SPRINT_QUEUE.json`` and a "Sprint N initiated" entry in ``SPRINT_LOG.md``. Atomic:
     if the commit fails, the files are restored and no sprint is started.
 
-    Raises :class:`BacklogError` (file:line) for a malformed backlog or job block, and
-    :class:`WorkspaceError` when a sprint is still running (unless ``force``).
+    Raises :class:`BacklogError` (file:line) for a malformed backlog or job block, a backlog whose
+    every item is written done, or (``strict``) any warning; :class:`WorkspaceError` when a sprint
+    is still running (unless ``force``).
     """
     clock = clock or Clock()
     backlog_path = Path(backlog_path)
@@ -181,6 +231,17 @@ def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, clock:
         raise WorkspaceError(f"backlog file {backlog_path} does not exist")
     backlog = load_backlog(backlog_path)
     _validate_jobs(backlog)
+    backlog = backlog.model_copy(update={"warnings": [*backlog.warnings, *_sprint_warnings(backlog)]})
+    if strict:
+        raise_warnings(backlog)
+    for warning in backlog.warnings:  # said before anything is written, so a later refusal keeps them
+        if on_warning is not None:
+            on_warning(warning)
+    done = {item.id for item in backlog.items if item.status_kind == "done"}
+    if len(done) == len(backlog.items):
+        raise BacklogError(backlog.source, None, "every item is written done; there is nothing to run "
+                                                 "(write the items still to do, or a status other than done)")
+    rules = load_config(ws.config_path, ws.agents_dir).estimates
     store = QueueStore.for_workspace(ws, clock=clock)
     number = 1
     if store.exists():
@@ -201,22 +262,12 @@ def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, clock:
         status=SprintStatus.IN_PROGRESS,
         exit_criteria=backlog.exit_criteria,
         backlog_source=str(backlog_path),
+        start_date=backlog.start_date,
+        target_date=backlog.target_date,
+        notes=backlog.notes,
         created_at=now,
     )
-    tasks = [
-        Task(
-            id=item.id,
-            title=item.title,
-            type=item.type,
-            complexity=item.complexity,
-            priority=item.priority,
-            dependencies=item.dependencies,
-            description=item.description,
-            acceptance_criteria=item.acceptance_criteria,
-            jobs=[block.data for block in item.jobs],
-        )
-        for item in backlog.ordered()
-    ]
+    tasks = [_task(item, rules, done) for item in backlog.ordered() if item.id not in done]
     git = GitRepo.for_workspace(ws, "sprint_planner")
     git.require_trunk(ws.config_path)
     git.ensure_trunk()
@@ -236,9 +287,13 @@ def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, clock:
         tx.queue.sprint = sprint
         tx.queue.tasks = tasks
         for task in tasks:
-            tx.log(task.id, "new -> needs_plan", f"from backlog: {task.title}")
+            if task.status == TaskStatus.CANCELLED:
+                tx.log(task.id, "new -> cancelled", f"from backlog, written {task.backlog_status}: {task.title}")
+            else:
+                tx.log(task.id, "new -> needs_plan", f"from backlog: {task.title}")
+    skipped = f"; left out as written done: {', '.join(sorted(done))}" if done else ""
     EventLog(ws.sprint_log_path, ws.lock_path("sprint_log"), header=SPRINT_LOG_HEADER).append(
         [LogEntry(now, "sprint_planner", sprint.id, "sprint initiated",
-                  f"Sprint {number} initiated: {len(tasks)} items ({', '.join(t.id for t in tasks)})")]
+                  f"Sprint {number} initiated: {len(tasks)} items ({', '.join(t.id for t in tasks)}){skipped}")]
     )
     return sprint

@@ -71,7 +71,9 @@ def cmd_sprint_new(args: argparse.Namespace) -> int:
     from oodatcaa.sprints import new_sprint
 
     ws = _ws(args)
-    sprint = new_sprint(ws, Path(args.backlog), force=args.force)
+    # backlog text is data: warn() prints it literally, never as markup
+    sprint = new_sprint(ws, Path(args.backlog), force=args.force, strict=args.strict,
+                        on_warning=lambda w: warn(f"warning: {w}"))
     say(f"{sprint.id} initiated (Sprint {sprint.number}); run `oodatcaa run` to start the agents")
     return 0
 
@@ -339,6 +341,8 @@ def _add_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     q = sprint_sub.add_parser("new", help="start a sprint from a Markdown backlog (every item needs_plan)")
     q.add_argument("--backlog", required=True, metavar="FILE", help="backlog file (docs/backlog-format.md)")
     q.add_argument("--force", action="store_true", help="replace a sprint that is still running")
+    q.add_argument("--strict", action="store_true",
+                   help="refuse the backlog when it has warnings (unknown fields, ...) instead of printing them")
     q.set_defaults(func=cmd_sprint_new)
 
     p = sub.add_parser("run", help="start the Negotiator and the role agents; exits 0 when the sprint completes")

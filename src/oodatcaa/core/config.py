@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from oodatcaa.core.criteria import CheckPolicy
 from oodatcaa.core.errors import ConfigError
+from oodatcaa.core.models import Estimate
 from oodatcaa.core.statuses import AGENT_ROLES as _AGENT_ROLES
 from oodatcaa.core.statuses import CLAIMS, Role, TaskStatus
 
@@ -93,17 +94,66 @@ class NegotiatorSection(_Strict):
     )
 
 
+class ComplexityEstimate(_Strict):
+    """The work one complexity label stands for: ``low_minutes``-``high_minutes`` plus a buffer.
+
+    All three keys are required in ``config.toml`` (``M = {low_minutes = 120, high_minutes = 240,
+    buffer_percent = 20}``), so overriding a range never drops its buffer silently.
+    """
+
+    low_minutes: float = Field(gt=0, description="Least work, in minutes, before the buffer.")
+    high_minutes: float = Field(gt=0, description="Most work, in minutes, before the buffer.")
+    buffer_percent: float = Field(ge=0, description="Added to both ends (20 = +20 %).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ComplexityEstimate:
+        if self.high_minutes < self.low_minutes:
+            raise ValueError(f"high_minutes ({self.high_minutes:g}) is below low_minutes ({self.low_minutes:g})")
+        return self
+
+    def estimate(self) -> Estimate:
+        """The range with its buffer applied, as an :class:`Estimate` of source ``"complexity"``."""
+        factor = 1 + self.buffer_percent / 100
+        return Estimate(low_minutes=round(self.low_minutes * factor, 1), high_minutes=round(self.high_minutes * factor, 1),
+                        source="complexity")
+
+
+#: Complexity words people write -> the :class:`EstimatesSection` key (after lower-casing).
+_COMPLEXITY_WORDS = {
+    "s": "S", "small": "S", "m": "M", "medium": "M", "l": "L", "large": "L",
+    "xl": "XL", "x-large": "XL", "x large": "XL", "extra large": "XL", "extra-large": "XL",
+}
+
+
+def complexity_key(complexity: str | None) -> str | None:
+    """``S``, ``M``, ``L`` or ``XL`` for a written complexity (``m``, ``Medium``, ``XL``), else ``None``."""
+    if not complexity:
+        return None
+    return _COMPLEXITY_WORDS.get(" ".join(complexity.strip().lower().split()))
+
+
 class EstimatesSection(_Strict):
-    """Expected minutes of work per backlog complexity; a lease held over twice this is warned about."""
+    """How long a story of each complexity takes when its backlog item gives no ``**Estimated Time:**``.
 
-    S: float = Field(default=15.0, gt=0)
-    M: float = Field(default=45.0, gt=0)
-    L: float = Field(default=120.0, gt=0)
-    XL: float = Field(default=240.0, gt=0)
+    The one home of the original's heuristics: S under 2 h (30-120 min, no buffer), M 2-4 h + 20 %
+    (144-288 min), L 4-8 h + 30 % (312-624 min), XL 8-16 h + 30 % (624-1248 min). The Negotiator
+    warns about a claim held over twice the high end of its story's estimate.
+    """
 
-    def minutes(self, complexity: str | None) -> float | None:
-        """Estimate for a complexity label (case-insensitive), ``None`` when there is none."""
-        return getattr(self, (complexity or "").strip().upper(), None) if complexity else None
+    S: ComplexityEstimate = Field(
+        default=ComplexityEstimate(low_minutes=30, high_minutes=120, buffer_percent=0), description="under 2 h")
+    M: ComplexityEstimate = Field(
+        default=ComplexityEstimate(low_minutes=120, high_minutes=240, buffer_percent=20), description="2-4 h + 20 %")
+    L: ComplexityEstimate = Field(
+        default=ComplexityEstimate(low_minutes=240, high_minutes=480, buffer_percent=30), description="4-8 h + 30 %")
+    XL: ComplexityEstimate = Field(
+        default=ComplexityEstimate(low_minutes=480, high_minutes=960, buffer_percent=30), description="8-16 h + 30 %")
+
+    def for_complexity(self, complexity: str | None) -> Estimate | None:
+        """The estimate (minutes, buffer included) for a written complexity; ``None`` when it has no rule."""
+        key = complexity_key(complexity)
+        rule: ComplexityEstimate | None = getattr(self, key) if key else None
+        return rule.estimate() if rule is not None else None
 
 
 class JobsSection(_Strict):
@@ -256,13 +306,16 @@ _SECTION_NOTES = {
     "loop": "adaptation loops per task before a person is asked (the original's loop policy)",
     "check": "Tester verdict (Check): ratios of passing acceptance criteria",
     "negotiator": "the supervisor",
-    "estimates": "minutes per complexity; a task held over twice its estimate is warned about",
+    "estimates": ("minutes per complexity when a backlog item has no Estimated Time (buffer added to both ends); "
+                  "a claim held over twice its story's estimate is warned about"),
     "jobs": "Builder jobs",
     "git": "the branch stories merge into",
 }
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, BaseModel):  # an inline table: `M = {low_minutes = 120, ...}`
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.model_dump().items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
@@ -170,6 +170,10 @@ class Task(_FailureCarrier):
     objective_links: list[str] = Field(
         default_factory=list,
         description="`Links to Objective` as written: paths into OBJECTIVE.md such as 'OBJECTIVE.md → Training → QLoRA'.")
+    backlog_status: str | None = Field(
+        default=None, description="`**Status:**` as written in the backlog (the queue's status is `status`).")
+    started_at: datetime | None = Field(
+        default=None, description="When the story was first claimed (planning began); elapsed time counts from here.")
     plan_version: int = Field(default=0, ge=0)
     adapt_loops: int = Field(default=0, ge=0, description="Adaptation loops used (Refiner).")
     attempts: int = Field(default=0, ge=0, description="Times the story itself was claimed.")
@@ -220,6 +224,10 @@ class Sprint(_Model):
     status: SprintStatus = SprintStatus.IN_PROGRESS
     exit_criteria: list[str] = Field(default_factory=list)
     backlog_source: str | None = None
+    start_date: date | None = Field(default=None, description="The backlog's sprint start line (`**Sprint 4 Start:**`).")
+    target_date: date | None = Field(default=None, description="The backlog's `**Target Completion:**` date.")
+    notes: list[str] = Field(
+        default_factory=list, description="Other sprint-level and summary lines of the backlog, 'Label: value'.")
     created_at: datetime
     completed_at: datetime | None = None
 

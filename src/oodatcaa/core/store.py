@@ -55,6 +55,9 @@ class Transaction:
         check_transition(item.id, kind, item.status, to)
         before = item.status
         item.status = to
+        if isinstance(item, Task) and to == TaskStatus.PLANNING and item.started_at is None:
+            # the story's clock (elapsed against its estimate) starts at its first claim
+            item.started_at = self.now
         self.log(item.id, f"{before.value} -> {to.value}", what)
         return item
 

@@ -16,15 +16,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
-from oodatcaa.core.config import AGENT_ROLES
+from oodatcaa.core.config import AGENT_ROLES, EstimatesSection
 from oodatcaa.core.errors import WorkspaceError
 from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.leases import reclaim_stale
-from oodatcaa.core.models import Queue
+from oodatcaa.core.models import Estimate, Queue, Task
 from oodatcaa.core.rotation import rotate_log
 from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import Transaction
@@ -55,6 +56,18 @@ def promote(tx: Transaction) -> list[str]:
     The Negotiator's name for :func:`oodatcaa.core.lifecycle.unblock_ready`.
     """
     return lifecycle.unblock_ready(tx)
+
+
+def story_estimate(story: Task, rules: EstimatesSection) -> Estimate | None:
+    """The story's estimate (minutes), or its complexity's under ``rules`` when the queue has none."""
+    return story.estimate if story.estimate is not None else rules.for_complexity(story.complexity)
+
+
+def estimate_text(estimate: Estimate) -> str:
+    """``120-180 min`` (``45 min`` for a point estimate), plus where it came from when not the backlog."""
+    low, high = estimate.low_minutes, estimate.high_minutes
+    text = f"{low:.0f} min" if low == high else f"{low:.0f}-{high:.0f} min"
+    return text if estimate.source == "backlog" else f"{text} by complexity"
 
 
 def sprint_finished(queue: Queue) -> bool:
@@ -182,20 +195,25 @@ class Negotiator:
         return store.read()
 
     def warn_long_held(self, tx: Transaction) -> None:
-        """One warning entry per lease held longer than twice its story's estimate."""
-        estimates = self.ctx.config.estimates
+        """One warning entry per lease held longer than twice the high end of its story's estimate.
+
+        The estimate is the story's own (``Task.estimate``: the backlog's ``**Estimated Time:**`` or
+        its complexity, fixed at ``sprint new``); a queue written before estimates existed falls back
+        on the complexity rules of ``[estimates]``. A story with neither is never warned about.
+        """
         for item in tx.queue.items():
             lease = item.lease
             if lease is None or lease.claim_id in self._warned:
                 continue
-            minutes = estimates.minutes(tx.queue.parent(item).complexity)
-            if minutes is None:
+            story = tx.queue.parent(item)
+            estimate = story_estimate(story, self.ctx.config.estimates)
+            if estimate is None:
                 continue
             held = (tx.now - lease.claimed_at).total_seconds() / 60
-            if held > 2 * minutes:
+            if held > 2 * estimate.high_minutes:
                 self._warned.add(lease.claim_id)
                 tx.log(item.id, "warning", f"held by {lease.owner} for {held:.0f} min, over twice its estimate "
-                                           f"({minutes:.0f} min for complexity {tx.queue.parent(item).complexity})")
+                                           f"({estimate_text(estimate)} for {story.id})")
 
     def rotate_logs(self) -> list[str]:
         """Rotate AGENT_LOG.md and SPRINT_LOG.md into the sprint's archive when over the limit."""
@@ -302,7 +320,7 @@ class Negotiator:
                     break
                 if time.monotonic() - self._last_heartbeat > 60:
                     self._last_heartbeat = time.monotonic()
-                    self.sprint_event("heartbeat", _counts(queue))
+                    self.sprint_event("heartbeat", heartbeat_text(queue, self.ctx.clock.now(), self.ctx.config.estimates))
                 self.ctx.stop.wait(cfg.tick_seconds)
         finally:
             self.stop_agents()
@@ -314,6 +332,28 @@ class Negotiator:
 def _counts(queue: Queue) -> str:
     stories = queue.counters["stories"]
     return ", ".join(f"{k}={v}" for k, v in stories.items())
+
+
+#: Story statuses in which no work is under way: not counted as running in the heartbeat.
+_NOT_RUNNING = frozenset({S.NEEDS_PLAN, S.BLOCKED, S.NEEDS_MANUAL, S.DONE, S.CANCELLED})
+
+
+def heartbeat_text(queue: Queue, now: datetime, rules: EstimatesSection) -> str:
+    """The SPRINT_LOG heartbeat: story counts, then elapsed against estimate per running story.
+
+    ``needs_plan=1, in_progress=1; T004 in_progress 35 min of 120-180 min``. Elapsed minutes count
+    from the story's first claim (``Task.started_at``); a story waiting (``needs_plan``,
+    ``blocked``), with a person (``needs_manual``) or closed is not running.
+    """
+    running = []
+    for task in queue.tasks:
+        if task.status in _NOT_RUNNING or task.started_at is None:
+            continue
+        elapsed = max(0.0, (now - task.started_at).total_seconds() / 60)
+        estimate = story_estimate(task, rules)
+        against = f"of {estimate_text(estimate)}" if estimate is not None else "(no estimate)"
+        running.append(f"{task.id} {task.status.value} {elapsed:.0f} min {against}")
+    return _counts(queue) + ("; " + "; ".join(running) if running else "")
 
 
 def _tail(path: Path | None, lines: int = 15) -> str:

@@ -19,7 +19,7 @@ from oodatcaa.core.criteria import Criterion, format_check
 from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.ids import branch_name, slugify
 from oodatcaa.core.leases import Claim
-from oodatcaa.core.models import Item, Subtask, Task
+from oodatcaa.core.models import Estimate, Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.gitops import DEFAULT_TRUNK
@@ -80,6 +80,32 @@ def _check_text(c: Criterion) -> str:
     return format_check(c.check) if c.check is not None else ""
 
 
+def step_estimates(estimate: Estimate | None, steps: int) -> list[Estimate | None]:
+    """The story's estimate split evenly over its ``steps`` builder steps (minutes, both ends).
+
+    Even, not weighted by job kind: a kind's cost depends on its fields (60 iterations or 6000), and
+    the backlog's estimate is for the whole story; an even share keeps the sum equal to it. With no
+    estimate every step has none.
+    """
+    if estimate is None or steps <= 0:
+        return [None] * max(steps, 0)
+    share = estimate.model_copy(update={"low_minutes": estimate.low_minutes / steps,
+                                        "high_minutes": estimate.high_minutes / steps})
+    return [share] * steps
+
+
+def _minutes(estimate: Estimate) -> str:
+    low, high = estimate.low_minutes, estimate.high_minutes
+    return f"{low:.0f} min" if round(low) == round(high) else f"{low:.0f}-{high:.0f} min"
+
+
+def _story_estimate_text(task: Task) -> str:
+    if task.estimate is None:
+        return "none (no Estimated Time, no complexity rule)"
+    where = "Estimated Time" if task.estimate.source == "backlog" else f"complexity {task.complexity}"
+    return f"{_minutes(task.estimate)} (from its {where})"
+
+
 def render_agent_plan(task: Task, steps: list[Subtask], baseline: str | None, version: int, trunk: str = DEFAULT_TRUNK) -> str:
     """``AGENT_PLAN.md``: problem, steps with job specs and branches, acceptance criteria."""
     out = [
@@ -87,6 +113,7 @@ def render_agent_plan(task: Task, steps: list[Subtask], baseline: str | None, ve
         f"- **Plan version:** {version}\n- **Type:** {task.type}  **Complexity:** {task.complexity or '-'}"
         f"  **Priority:** {task.priority if task.priority is not None else '-'}\n"
         f"- **Dependencies:** {', '.join(task.dependencies) or 'none'}\n"
+        f"- **Estimate:** {_story_estimate_text(task)}\n"
         f"- **Baseline tag:** {baseline or '(none)'}\n",
         "\n## Problem\n\n" + (task.description.strip() or "_No description given._") + "\n",
         "\n## Steps\n",
@@ -94,13 +121,16 @@ def render_agent_plan(task: Task, steps: list[Subtask], baseline: str | None, ve
     builds = [s for s in steps if s.kind == "build"]
     if not builds:
         out.append("\nNo job block: there is nothing a Builder can run. The task needs a person.\n")
-    for s in builds:
+    shares = step_estimates(task.estimate, len(builds))
+    for s, share in zip(builds, shares, strict=True):
         spec = yaml.safe_dump(s.job, sort_keys=False).strip()
         deps = ", ".join(s.dependencies) or "none"
+        estimate = (f"{_minutes(share)} ({'all' if len(builds) == 1 else f'1/{len(builds)}'} of the story's "
+                    f"{_minutes(task.estimate)})" if share is not None and task.estimate is not None else "none")
         out.append(
             f"\n### {s.id} — step {s.step:02d}: {s.title}\n\n- **Branch:** `{s.branch}`\n"
             f"- **Starts from:** {trunk if s.step == 1 else 'the branch of step ' + f'{s.step - 1:02d}'}\n"
-            f"- **Depends on:** {deps}\n\n```yaml\n{spec}\n```\n"
+            f"- **Depends on:** {deps}\n- **Estimate:** {estimate}\n\n```yaml\n{spec}\n```\n"
         )
     out.append("\n## Acceptance criteria\n\n" + _criteria_lines(task.acceptance_criteria))
     tester = next((s for s in steps if s.kind == "test"), None)

@@ -1,301 +1,44 @@
-"""Parse the Markdown sprint backlog (DESIGN.md §4) into validated items.
-
-A backlog is Markdown: an optional ``# Title``, a goal, an optional ``## Exit Criteria`` list,
-then one ``### ID: Title`` section per item with bold field labels, fenced ``job`` blocks (one
-Builder step each, in order) and an ``**Acceptance Criteria:**`` checkbox list::
-
-    ### T004: LoRA fine-tune on the procedures dataset
-    **Type:** Story  **Complexity:** M  **Priority:** 2  **Dependencies:** T003
-    **Description:** Train a LoRA adapter on the procedures data.
-
-    ```job
-    kind: lora_train
-    data: data/procedures
-    ```
-
-    **Acceptance Criteria:**
-    - [ ] peak memory under target `metric: train.peak_memory_gb <= 16` (critical)
-
-Every problem is a :class:`~oodatcaa.core.errors.BacklogError` naming the source, the 1-based
-line and the fix. Job blocks are checked only for being a YAML mapping with a string ``kind``;
-``oodatcaa.jobs.spec`` validates their fields. The format is documented for users in
-``docs/backlog-format.md``.
-
-It sits above the core because it reads the job-kind registry (for its hints); both import only the
-standard library, pydantic and PyYAML.
-"""
+"""The backlog parser: Markdown text -> :class:`~oodatcaa.backlog.model.Backlog`, or a located error."""
 
 from __future__ import annotations
 
-import heapq
 import re
+from datetime import date
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
+from oodatcaa.backlog.durations import ACCEPTED_FORMS, parse_duration_range
+from oodatcaa.backlog.model import Backlog, BacklogItem, BacklogWarning, JobBlock
+from oodatcaa.backlog.syntax import (
+    _BULLET,
+    _CHECKBOX,
+    _EXIT_LABELS,
+    _FENCE_OPEN,
+    _GOAL_LABELS,
+    _ID_FIX,
+    _ID_LIKE,
+    _ISO_DATE,
+    _ITEM_HEADING,
+    _JOB_LIKE,
+    _KNOWN_LABELS_TEXT,
+    _NO_DEPENDENCIES,
+    _NUMBERED,
+    _QUOTE_PREFIX,
+    _RULE,
+    _START_LABEL,
+    _TARGET_LABEL,
+    FIELD_LABELS,
+    _heading,
+    _labels,
+    _norm_label,
+    _parse_job,
+)
+from oodatcaa.core.config import complexity_key
 from oodatcaa.core.criteria import Criterion, parse_criterion_line
 from oodatcaa.core.errors import BacklogError, InvalidIdError
 from oodatcaa.core.ids import validate_story_id
-from oodatcaa.jobs.registry import kinds as job_kinds
+from oodatcaa.core.models import Estimate
 
-__all__ = [
-    "FIELD_LABELS",
-    "Backlog",
-    "BacklogItem",
-    "JobBlock",
-    "format_backlog",
-    "format_item",
-    "load_backlog",
-    "parse_backlog",
-]
-
-# Known item field labels (as written, case-insensitive) -> field name.
-FIELD_LABELS: dict[str, str] = {
-    "type": "type",
-    "complexity": "complexity",
-    "status": "status",
-    "priority": "priority",
-    "dependencies": "dependencies",
-    "depends on": "dependencies",
-    "description": "description",
-    "acceptance criteria": "acceptance_criteria",
-}
-_KNOWN_LABELS_TEXT = ", ".join(
-    f"**{label}:**"
-    for label in ("Type", "Complexity", "Status", "Priority", "Dependencies", "Description", "Acceptance Criteria")
-)
-_GOAL_LABELS = ("sprint goal", "goal")
-_EXIT_LABELS = ("exit criteria", "sprint exit criteria")
-_NO_DEPENDENCIES = {"", "none", "-", "--", "—", "–", "n/a", "na", "no"}
-
-_ID_FIX = "IDs are a capital letter and three digits, like T001"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class JobBlock(_Strict):
-    """One fenced ``job`` block of an item: one Builder step.
-
-    ``line`` is the 1-based line of the opening fence; ``data`` the YAML mapping (with a string
-    ``kind``; the other fields are validated by ``oodatcaa.jobs.spec``).
-    """
-
-    line: int = Field(ge=1)
-    data: dict[str, Any]
-
-    @field_validator("data")
-    @classmethod
-    def _kind(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(value.get("kind"), str) or not value["kind"]:
-            raise ValueError("a job block needs a string `kind`")
-        return value
-
-    @property
-    def kind(self) -> str:
-        """The job kind, e.g. ``lora_train``."""
-        return self.data["kind"]
-
-
-class BacklogItem(_Strict):
-    """One ``### ID: Title`` section. ``status`` is informational (as written); ``line`` is 1-based."""
-
-    id: str
-    title: str = Field(min_length=1)
-    type: str = "Story"
-    complexity: str | None = None
-    priority: int | None = None
-    status: str | None = None
-    dependencies: list[str] = Field(default_factory=list)
-    description: str = ""
-    acceptance_criteria: list[Criterion] = Field(default_factory=list)
-    jobs: list[JobBlock] = Field(default_factory=list)
-    line: int = Field(default=1, ge=1)
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return validate_story_id(value)
-
-    @field_validator("dependencies")
-    @classmethod
-    def _deps(cls, value: list[str]) -> list[str]:
-        return [validate_story_id(v) for v in value]
-
-
-class Backlog(_Strict):
-    """A parsed backlog: title, goal, exit criteria and items in file order."""
-
-    source: str
-    title: str | None = None
-    goal: str | None = None
-    exit_criteria: list[str] = Field(default_factory=list)
-    items: list[BacklogItem]
-
-    @property
-    def ids(self) -> list[str]:
-        """Item IDs in file order."""
-        return [item.id for item in self.items]
-
-    def item(self, item_id: str) -> BacklogItem:
-        """The item with ``item_id``; raises :class:`KeyError` when there is none."""
-        for item in self.items:
-            if item.id == item_id:
-                return item
-        raise KeyError(item_id)
-
-    def ordered(self) -> list[BacklogItem]:
-        """Items in an order that respects dependencies (a dependency comes first).
-
-        Among items that are ready at the same time: lower ``priority`` first (no priority goes
-        last), then file order. Dependencies outside the backlog are ignored (the parser refuses
-        them; a hand-built :class:`Backlog` may not).
-        """
-        index = {item.id: i for i, item in enumerate(self.items)}
-        waiting = {item.id: {d for d in item.dependencies if d in index} for item in self.items}
-        users: dict[str, list[str]] = {item.id: [] for item in self.items}
-        for item in self.items:
-            for dep in waiting[item.id]:
-                users[dep].append(item.id)
-
-        def key(item_id: str) -> tuple[float, int, str]:
-            priority = self.items[index[item_id]].priority
-            return (float("inf") if priority is None else priority, index[item_id], item_id)
-
-        ready = [key(i) for i, deps in waiting.items() if not deps]
-        heapq.heapify(ready)
-        out: list[BacklogItem] = []
-        while ready:
-            _, i, item_id = heapq.heappop(ready)
-            out.append(self.items[i])
-            for user in users[item_id]:
-                waiting[user].discard(item_id)
-                if not waiting[user]:
-                    heapq.heappush(ready, key(user))
-        if len(out) != len(self.items):
-            stuck = sorted(set(index) - {item.id for item in out})
-            raise BacklogError(self.source, None, f"dependency cycle among {', '.join(stuck)}")
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# Line patterns
-# --------------------------------------------------------------------------------------------
-
-_HEADING = re.compile(r"^ {0,3}(?P<level>#{1,6})(?:[ \t]+(?P<text>.*?))?[ \t]*$")
-_FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\s`]*)[^`]*$")
-_CHECKBOX = re.compile(r"^(?P<indent>\s*)[-*+][ \t]+\[(?P<mark>[ xX])\](?:[ \t]+(?P<text>.*))?$")
-_BULLET = re.compile(r"^(?P<indent>\s*)[-*+][ \t]+(?P<text>.*)$")
-_LIST_PREFIX = re.compile(r"^\s*(?:[-*+][ \t]+)?")
-_LABEL = re.compile(r"\*\*[ \t]*(?P<name>[^*\n]+?)[ \t]*(?::[ \t]*\*\*|\*\*[ \t]*:)")
-_ITEM_HEADING = re.compile(r"^(?P<id>.+?):(?:[ \t]+(?P<title>.*))?$")
-_ID_LIKE = re.compile(r"^[A-Za-z]{1,3}[-_]?[0-9]+(?![A-Za-z])")
-_JOB_KINDS_TEXT = ", ".join(job_kinds())
-_JOB_LIKE = re.compile(rf"^kind:[ \t]*({'|'.join(map(re.escape, job_kinds()))})\b", re.M)
-
-
-def _heading(line: str) -> tuple[int, str] | None:
-    m = _HEADING.match(line)
-    if not m:
-        return None
-    text = m.group("text") or ""
-    text = re.sub(r"(^|[ \t]+)#+[ \t]*$", "", text).strip()
-    return len(m.group("level")), text
-
-
-def _labels(line: str) -> list[tuple[str, str]] | None:
-    """``[(label, value), ...]`` when the line starts with a bold label, else ``None``."""
-    start = _LIST_PREFIX.match(line)
-    rest = line[start.end() if start else 0 :]
-    matches = list(_LABEL.finditer(rest))
-    if not matches or matches[0].start() != 0:
-        return None
-    out = []
-    for i, m in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(rest)
-        out.append((m.group("name").strip(), rest[m.end() : end].strip()))
-    return out
-
-
-def _norm_label(label: str) -> str:
-    return re.sub(r"\s+", " ", label.strip().lower())
-
-
-# --------------------------------------------------------------------------------------------
-# YAML of job blocks
-# --------------------------------------------------------------------------------------------
-
-
-class _JobLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
-
-
-def _construct_mapping(loader: _JobLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None,
-                    f"duplicate key {key!r} (first given on line {seen[key] + 1} of the block)",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line
-        except TypeError:  # unhashable key: SafeLoader reports it below
-            pass
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_JobLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _parse_job(lines: list[str], fence_line: int, item_id: str, source: str) -> JobBlock:
-    text = "\n".join(lines)
-    try:
-        data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = fence_line + 1 + mark.line if mark is not None else fence_line
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        what = f"{context}: {problem}" if context else problem
-        col = f", column {mark.column + 1}" if mark is not None else ""
-        raise BacklogError(
-            source, line,
-            f"job block of {item_id} (fence on line {fence_line}) is not valid YAML{col}: {what}; "
-            "fix the YAML (one `key: value` per line, indent with spaces, quote values containing ': ' or '#')",
-        ) from None
-    if not isinstance(data, dict):
-        got = "empty" if data is None else f"a {type(data).__name__}"
-        raise BacklogError(
-            source, fence_line,
-            f"job block of {item_id} must be a YAML mapping with a `kind`, got {got}; "
-            f"write `kind: lora_train` (or one of: {_JOB_KINDS_TEXT}) and its fields",
-        )
-    if "kind" not in data:
-        raise BacklogError(
-            source, fence_line,
-            f"job block of {item_id} has no `kind`; add a line like `kind: lora_train` "
-            f"(kinds: {_JOB_KINDS_TEXT})",
-        )
-    if not isinstance(data["kind"], str) or not data["kind"]:
-        raise BacklogError(
-            source, fence_line,
-            f"job block of {item_id}: `kind` must be a non-empty string, got {data['kind']!r}; "
-            "write e.g. `kind: lora_train`",
-        )
-    return JobBlock(line=fence_line, data=data)
-
-
-# --------------------------------------------------------------------------------------------
-# The parser
-# --------------------------------------------------------------------------------------------
+__all__ = ["load_backlog", "parse_backlog", "raise_warnings"]
 
 
 class _ItemBuilder:
@@ -308,8 +51,9 @@ class _ItemBuilder:
         self.description: list[str] = []
         self.criteria: list[Criterion] = []
         self.jobs: list[JobBlock] = []
+        self.links: list[str] = []
         self.pending: tuple[int, str] | None = None  # (line, text) of the criterion being read
-        self.mode: str | None = None  # None | "description" | "criteria"
+        self.mode: str | None = None  # None | "description" | "criteria" | "links"
 
 
 class _Parser:
@@ -326,11 +70,20 @@ class _Parser:
         self.items: list[_ItemBuilder] = []
         self.item: _ItemBuilder | None = None
         # Outside items: "preamble" (before any ## heading), "exit" (an exit-criteria list),
-        # "other" (any other section).
+        # "other" (any other section, such as ## Sprint Summary).
         self.section = "preamble"
+        self.start_date: date | None = None
+        self.target_date: date | None = None
+        self.notes: list[str] = []
+        # the last note takes following list or prose lines (`**Critical Path:**` then `T001 → T002`)
+        self.note_open = False
+        self.warnings: list[BacklogWarning] = []
 
     def error(self, line: int | None, message: str) -> BacklogError:
         return BacklogError(self.source, line, message)
+
+    def warn(self, line: int | None, message: str) -> None:
+        self.warnings.append(BacklogWarning(source=self.source, line=line, message=message))
 
     # -- the main loop ------------------------------------------------------------------------
 
@@ -344,6 +97,8 @@ class _Parser:
             if fence:
                 n = self._fence(n, fence)
                 continue
+            if _RULE.match(line):
+                line = ""  # `---` between items separates them visually; it means nothing more
             heading = _heading(line)
             if heading:
                 self._heading(lineno, *heading)
@@ -368,7 +123,8 @@ class _Parser:
                 break
         return Backlog(
             source=self.source, title=self.title, goal=goal_text or None,
-            exit_criteria=self.exit_criteria, items=items,
+            exit_criteria=self.exit_criteria, items=items, start_date=self.start_date,
+            target_date=self.target_date, notes=self.notes, warnings=self.warnings,
         )
 
     # -- fences -------------------------------------------------------------------------------
@@ -489,13 +245,29 @@ class _Parser:
             item.mode = None
             for label, value in labels:
                 self._field(lineno, item, label, value)
-            # A trailing description/criteria label opens a multi-line field.
-            last = FIELD_LABELS[_norm_label(labels[-1][0])]
+            # A trailing description/criteria/links label opens a multi-line field.
+            last = FIELD_LABELS.get(_norm_label(labels[-1][0]))
             if last == "description":
                 item.mode = "description"
             elif last == "acceptance_criteria":
                 item.mode = "criteria"
+            elif last == "objective_links":
+                item.mode = "links"
             return
+        if item.mode == "links":
+            # one link per bullet (a checkbox is read as a bullet); a blank line after them ends the list
+            entry = _CHECKBOX.match(line) or _BULLET.match(line)
+            if entry:
+                self._add_links(item, [entry.group("text") or ""])
+                return
+            if not line.strip():
+                if item.links:
+                    item.mode = None
+                return
+            if item.links and line[:1] in (" ", "\t"):
+                item.links[-1] += " " + line.strip()
+                return
+            item.mode = None
         box = _CHECKBOX.match(line)
         if box:
             if item.mode != "criteria":
@@ -533,9 +305,13 @@ class _Parser:
     def _field(self, lineno: int, item: _ItemBuilder, label: str, value: str) -> None:
         name = FIELD_LABELS.get(_norm_label(label))
         if name is None:
-            raise self.error(
-                lineno, f"unknown field **{label}:** in {item.id}; the known fields are {_KNOWN_LABELS_TEXT}"
+            # a field nobody knows is read past, not refused: backlogs carry fields of their own
+            # (`**Owner:**`); the warning says it has no effect (an error under `sprint new --strict`)
+            self.warn(
+                lineno,
+                f"unknown field **{label}:** in {item.id} is ignored; the known fields are {_KNOWN_LABELS_TEXT}",
             )
+            return
         if name in item.field_lines:
             raise self.error(
                 lineno,
@@ -552,8 +328,17 @@ class _Parser:
                     f"text after **Acceptance Criteria:** in {item.id}; put each criterion on its own "
                     "`- [ ] ...` line below the label",
                 )
+        elif name == "objective_links":
+            # one line may carry several links, separated by `;` (a path's names may hold commas)
+            self._add_links(item, value.split(";"))
         else:
             item.fields[name] = value
+
+    def _add_links(self, item: _ItemBuilder, texts: list[str]) -> None:
+        for text in texts:
+            link = text.strip()
+            if link and link.lower() not in _NO_DEPENDENCIES and link not in item.links:
+                item.links.append(link)
 
     def _end_criteria(self) -> None:
         item = self.item
@@ -576,12 +361,16 @@ class _Parser:
     def _goal_stop(self) -> None:
         self.goal_waiting = None
         self.goal_collecting = None
+        self.note_open = False
 
     def _outside_line(self, lineno: int, line: str) -> None:
+        # `> ` block quotes carry sprint-level lines (`> **Sprint Goal:** ...`); read them as lines
+        line = _QUOTE_PREFIX.sub("", line, count=1)
         stripped = line.strip()
         labels = _labels(line)
         if labels is not None:
             self.goal_collecting = None
+            self.note_open = False
             name, value = _norm_label(labels[0][0]), labels[0][1]
             if name in _GOAL_LABELS and "label" not in self.goal_parts:
                 self.goal_parts["label"] = [value] if value else []
@@ -590,13 +379,23 @@ class _Parser:
             elif name in _EXIT_LABELS:
                 self.section = "exit"
                 self.goal_waiting = None
-            # Other labels outside items ("**Sprint:** SPRINT-2026-004") are informational.
+            else:
+                # every other sprint-level or summary label is kept as a note, never refused
+                for label, text in labels:
+                    self._note(lineno, label, text)
             return
         if not stripped:
             self.goal_collecting = None
+            if self.notes and self.note_open and not self.notes[-1].endswith(":"):
+                self.note_open = False
             return
         box = _CHECKBOX.match(line)
         bullet = _BULLET.match(line)
+        if self.note_open and self.section != "exit":
+            note = self.notes[-1]
+            listed = box is not None or bullet is not None or _NUMBERED.match(line) is not None
+            self.notes[-1] = f"{note} {stripped}" if note.endswith(":") and not listed else f"{note}\n{stripped}"
+            return
         if box or bullet:
             self._goal_stop()
             if self.section == "exit":
@@ -607,12 +406,37 @@ class _Parser:
         if self.section == "exit" and self.exit_criteria and line[:1] in (" ", "\t"):
             self.exit_criteria[-1] += " " + stripped
             return
+        if _NUMBERED.match(line):
+            self._goal_stop()
+            return
         if self.goal_collecting is not None:
             self.goal_parts[self.goal_collecting].append(stripped)
         elif self.goal_waiting is not None and not stripped.startswith(("|", "<", ">")):
             self.goal_parts[self.goal_waiting] = [stripped]
             self.goal_collecting = self.goal_waiting
             self.goal_waiting = None
+
+    def _note(self, lineno: int, label: str, value: str) -> None:
+        """Keep a labelled line outside the items as a note; read sprint start and target dates."""
+        name = _norm_label(label)
+        self.notes.append(f"{label}: {value}" if value else f"{label}:")
+        self.note_open = True
+        which = "start" if _START_LABEL.match(name) else "target" if _TARGET_LABEL.match(name) else None
+        if which is None:
+            return
+        found = _ISO_DATE.search(value)
+        day = None
+        if found:
+            try:
+                day = date(*(int(g) for g in found.groups()))
+            except ValueError:
+                pass
+        if day is None:
+            self.warn(lineno, f"**{label}:** {value!r} has no date in the form YYYY-MM-DD; it is kept as a note only")
+        elif which == "start":
+            self.start_date = day
+        else:
+            self.target_date = day
 
     # -- building and cross-item checks ------------------------------------------------------
 
@@ -629,19 +453,56 @@ class _Parser:
             priority = int(raw_priority)
         deps = self._dependencies(b)
         description = _join_description(b.description)
-        return BacklogItem(
+        estimate = self._estimate(b)
+        complexity = fields.get("complexity") or None
+        if estimate is None and complexity is not None and complexity_key(complexity) is None:
+            self.warn(
+                b.field_lines["complexity"],
+                f"complexity {complexity!r} of {b.id} has no estimate rule (S, M, L, XL) and no **Estimated Time:** "
+                "is given, so the story has no estimate; write S, M, L or XL, or an **Estimated Time:**",
+            )
+        item = BacklogItem(
             id=b.id,
             title=b.title,
             type=fields.get("type") or "Story",
-            complexity=fields.get("complexity") or None,
+            complexity=complexity,
             priority=priority,
             status=fields.get("status") or None,
             dependencies=deps,
             description=description,
             acceptance_criteria=b.criteria,
             jobs=b.jobs,
+            objective_links=b.links,
+            estimate=estimate,
             line=b.line,
         )
+        self._status_warnings(b, item)
+        return item
+
+    def _estimate(self, b: _ItemBuilder) -> Estimate | None:
+        raw = b.fields.get("estimated_time", "").strip()
+        try:
+            minutes = parse_duration_range(raw)
+        except ValueError as exc:
+            raise self.error(
+                b.field_lines["estimated_time"],
+                f"**Estimated Time:** {raw!r} of {b.id} is not a duration ({exc}); write one of {ACCEPTED_FORMS}, "
+                "or `None` to estimate from the complexity",
+            ) from None
+        if minutes is None:
+            return None
+        return Estimate(low_minutes=minutes[0], high_minutes=minutes[1], source="backlog", text=raw)
+
+    def _status_warnings(self, b: _ItemBuilder, item: BacklogItem) -> None:
+        """Say what ``sprint new`` does with a written status that is not simply "to do"."""
+        line = b.field_lines.get("status", b.line)
+        kind = item.status_kind
+        if kind == "blocked" and not item.dependencies:
+            self.warn(line, f"{item.id} is written blocked but names no **Dependencies:**, so nothing holds it back: "
+                            "it is planned and run like any other story; name what it waits for")
+        elif kind == "done":
+            self.warn(line, f"{item.id} is written {item.status!r}: `sprint new` does not run it again "
+                            "(it is left out of the sprint and counts as done for the stories that depend on it)")
 
     def _dependencies(self, b: _ItemBuilder) -> list[str]:
         raw = b.fields.get("dependencies", "").strip()
@@ -718,24 +579,48 @@ def _join_description(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-def parse_backlog(text: str, *, source: str = "<backlog>") -> Backlog:
+def parse_backlog(text: str, *, source: str = "<backlog>", strict: bool = False) -> Backlog:
     """Parse backlog Markdown (DESIGN.md §4, ``docs/backlog-format.md``) into a :class:`Backlog`.
 
     Raises :class:`BacklogError` (``source``, 1-based line, the problem and the fix) for: an
     invalid item ID (``../x``, ``T1:2``), a duplicate ID, a dependency on an unknown item, a
     dependency cycle (named, ``T001 -> T002 -> T001``), a job block that is not valid YAML (the
     line inside the file), not a mapping, without a string ``kind`` or with a duplicate key, an
-    unclosed code fence, a job block outside an item, an unknown or repeated field label, a
-    non-integer priority, a checkbox outside an acceptance-criteria list, a malformed inline
-    check (see :func:`~oodatcaa.core.criteria.parse_criterion_line`), or no items at all.
+    unclosed code fence, a job block outside an item, a repeated field label, a non-integer
+    priority, an ``**Estimated Time:**`` that is not a duration (the accepted forms are in
+    :mod:`oodatcaa.backlog.durations`), a checkbox outside an acceptance-criteria list, a
+    malformed inline check (see :func:`~oodatcaa.core.criteria.parse_criterion_line`), or no items.
+
+    What is read but looks unintended is a :class:`BacklogWarning` in ``Backlog.warnings`` (an
+    unknown item field, a sprint date that is no date, a complexity without an estimate rule, a
+    status ``sprint new`` acts on); with ``strict`` the warnings are raised as one
+    :class:`BacklogError` at the first warning's line (see :func:`raise_warnings`).
     """
-    return _Parser(text, source).parse()
+    backlog = _Parser(text, source).parse()
+    if strict:
+        raise_warnings(backlog)
+    return backlog
 
 
-def load_backlog(path: Path | str) -> Backlog:
+def raise_warnings(backlog: Backlog) -> None:
+    """Raise the backlog's warnings as one :class:`BacklogError` (``--strict``); no warnings, no error.
+
+    The error's line is the first warning's; its message lists every warning with its line.
+    """
+    warnings = backlog.warnings
+    if not warnings:
+        return
+    first = warnings[0]
+    more = "".join(f"; line {w.line}: {w.message}" if w.line is not None else f"; {w.message}" for w in warnings[1:])
+    raise BacklogError(backlog.source, first.line,
+                       f"{first.message}{more} (warnings are errors under --strict)")
+
+
+def load_backlog(path: Path | str, *, strict: bool = False) -> Backlog:
     """Read and parse a backlog file (UTF-8); the error source is the path.
 
-    Raises :class:`BacklogError` when the file cannot be read or does not parse.
+    Raises :class:`BacklogError` when the file cannot be read or does not parse, or under
+    ``strict`` when it has warnings (:func:`parse_backlog`).
     """
     path = Path(path)
     try:
@@ -746,53 +631,4 @@ def load_backlog(path: Path | str) -> Backlog:
         raise BacklogError(str(path), None, f"backlog file is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     except OSError as exc:
         raise BacklogError(str(path), None, f"cannot read the backlog file: {exc.strerror or exc}") from None
-    return parse_backlog(text, source=str(path))
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
-
-
-def format_item(item: BacklogItem) -> str:
-    """One item as backlog Markdown (parsed back by :func:`parse_backlog` to an equal item,
-    except ``line``)."""
-    out = [f"### {item.id}: {item.title}"]
-    fields = [f"**Type:** {item.type}"]
-    if item.complexity:
-        fields.append(f"**Complexity:** {item.complexity}")
-    if item.status:
-        fields.append(f"**Status:** {item.status}")
-    if item.priority is not None:
-        fields.append(f"**Priority:** {item.priority}")
-    fields.append(f"**Dependencies:** {', '.join(item.dependencies) if item.dependencies else 'None'}")
-    out.append("  ".join(fields))
-    if item.description:
-        out.append("")
-        out.append(f"**Description:** {item.description}")
-    for job in item.jobs:
-        out.append("")
-        out.append("```job")
-        out.append(yaml.safe_dump(job.data, sort_keys=False, allow_unicode=True).rstrip("\n"))
-        out.append("```")
-    if item.acceptance_criteria:
-        out.append("")
-        out.append("**Acceptance Criteria:**")
-        out.extend(c.to_markdown() for c in item.acceptance_criteria)
-    return "\n".join(out) + "\n"
-
-
-def format_backlog(backlog: Backlog) -> str:
-    """A backlog as Markdown in the documented format (inverse of :func:`parse_backlog`)."""
-    out: list[str] = []
-    if backlog.title:
-        out += [f"# {backlog.title}", ""]
-    if backlog.goal:
-        out += [f"**Sprint Goal:** {backlog.goal}", ""]
-    if backlog.exit_criteria:
-        out += ["## Exit Criteria", *[f"- [ ] {c}" for c in backlog.exit_criteria], ""]
-    if backlog.exit_criteria or backlog.title:
-        out += ["## Items", ""]
-    for item in backlog.items:
-        out.append(format_item(item))
-    return "\n".join(out)
+    return parse_backlog(text, source=str(path), strict=strict)
