@@ -19,6 +19,7 @@ def _run(spec: dict, base: Path, name: str) -> JobResult:
 # ---------------------------------------------------------------- evaluate
 
 
+@pytest.mark.slow  # seconds of MLX work each: `make test` runs it, `make test-fast` skips it
 def test_evaluate_base_vs_adapted(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
     data = tiny_adapter.parent.parent / "data"
     spec = {"kind": "evaluate", "model": str(tiny_model), "data": str(data), "adapter": str(tiny_adapter), "max_tokens": 16}
@@ -56,6 +57,7 @@ def test_evaluate_missing_split(tiny_model: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- quantize
 
 
+@pytest.mark.slow  # seconds of MLX work each: `make test` runs it, `make test-fast` skips it
 def test_quantize(tiny_model: Path, tmp_path: Path) -> None:
     result = _run({"kind": "quantize", "model": str(tiny_model), "bits": 8, "group_size": 32}, tmp_path, "q")
     assert result.ok, result.error
@@ -76,6 +78,7 @@ def test_quantize(tiny_model: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- fuse
 
 
+@pytest.mark.slow  # seconds of MLX work each: `make test` runs it, `make test-fast` skips it
 def test_fuse_with_gguf_export(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
     result = _run({"kind": "fuse", "model": str(tiny_model), "adapter": str(tiny_adapter), "export_gguf": True}, tmp_path, "f")
     assert result.ok, result.error
