@@ -227,6 +227,31 @@ def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, strict
     """
     clock = clock or Clock()
     backlog_path = Path(backlog_path)
+    backlog, done = _read_backlog(backlog_path, strict=strict, on_warning=on_warning)
+    rules = load_config(ws.config_path, ws.agents_dir).estimates
+    store = QueueStore.for_workspace(ws, clock=clock)
+    sprint = _next_sprint(store, backlog, backlog_path, force=force, now=clock.now())
+    tasks = [_task(item, rules, done) for item in backlog.ordered() if item.id not in done]
+    _commit_sprint_files(ws, sprint, backlog, backlog_path)
+    with store.transaction("sprint_planner", create=True) as tx:
+        tx.queue.sprint = sprint
+        tx.queue.tasks = tasks
+        for task in tasks:
+            if task.status == TaskStatus.CANCELLED:
+                tx.log(task.id, "new -> cancelled", f"from backlog, written {task.backlog_status}: {task.title}")
+            else:
+                tx.log(task.id, "new -> needs_plan", f"from backlog: {task.title}")
+    skipped = f"; left out as written done: {', '.join(sorted(done))}" if done else ""
+    EventLog(ws.sprint_log_path, ws.lock_path("sprint_log"), header=SPRINT_LOG_HEADER).append(
+        [LogEntry(sprint.created_at, "sprint_planner", sprint.id, "sprint initiated",
+                  f"Sprint {sprint.number} initiated: {len(tasks)} items ({', '.join(t.id for t in tasks)}){skipped}")]
+    )
+    return sprint
+
+
+def _read_backlog(backlog_path: Path, *, strict: bool,
+                  on_warning: Callable[[BacklogWarning], None] | None) -> tuple[Backlog, set[str]]:
+    """The parsed, validated backlog and the IDs of items written done; warnings said (or raised)."""
     if not backlog_path.is_file():
         raise WorkspaceError(f"backlog file {backlog_path} does not exist")
     backlog = load_backlog(backlog_path)
@@ -241,59 +266,44 @@ def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, strict
     if len(done) == len(backlog.items):
         raise BacklogError(backlog.source, None, "every item is written done; there is nothing to run "
                                                  "(write the items still to do, or a status other than done)")
-    rules = load_config(ws.config_path, ws.agents_dir).estimates
-    store = QueueStore.for_workspace(ws, clock=clock)
+    return backlog, done
+
+
+def _next_sprint(store: QueueStore, backlog: Backlog, backlog_path: Path, *, force: bool, now: datetime) -> Sprint:
+    """Sprint N+1 after the queue's sprint (1 in a new workspace); refuses while one is running."""
     number = 1
     if store.exists():
         current = store.read()
         if current.sprint is not None:
             if current.sprint.status not in (SprintStatus.COMPLETED, SprintStatus.PROJECT_COMPLETE) and not force:
                 raise WorkspaceError(
-                    f"{ws.queue_path}: sprint {current.sprint.id} is still {current.sprint.status.value}; "
+                    f"{store.path}: sprint {current.sprint.id} is still {current.sprint.status.value}; "
                     "finish it (`oodatcaa run`) or pass --force to replace it (its queue stays in state/queue_history/)"
                 )
             number = current.sprint.number + 1
-    now: datetime = clock.now()
-    sprint = Sprint(
-        id=f"SPRINT-{now.year:04d}-{number:03d}",
-        number=number,
-        title=backlog.title or f"Sprint {number}",
-        goal=backlog.goal or "",
-        status=SprintStatus.IN_PROGRESS,
-        exit_criteria=backlog.exit_criteria,
-        backlog_source=str(backlog_path),
-        start_date=backlog.start_date,
-        target_date=backlog.target_date,
-        notes=backlog.notes,
-        created_at=now,
+    return Sprint(
+        id=f"SPRINT-{now.year:04d}-{number:03d}", number=number, title=backlog.title or f"Sprint {number}",
+        goal=backlog.goal or "", status=SprintStatus.IN_PROGRESS, exit_criteria=backlog.exit_criteria,
+        backlog_source=str(backlog_path), start_date=backlog.start_date, target_date=backlog.target_date,
+        notes=backlog.notes, created_at=now,
     )
-    tasks = [_task(item, rules, done) for item in backlog.ordered() if item.id not in done]
+
+
+def _commit_sprint_files(ws: Workspace, sprint: Sprint, backlog: Backlog, backlog_path: Path) -> None:
+    """Write and commit ``SPRINT_BACKLOG.md`` and ``SPRINT_GOAL.md`` on the trunk, or put them back.
+
+    Done before the queue is written: a failed commit leaves no running sprint behind.
+    """
     git = GitRepo.for_workspace(ws, "sprint_planner")
     git.require_trunk(ws.config_path)
     git.ensure_trunk()
-    # the backlog and goal are committed first and the queue written last: a failed commit leaves
-    # no running sprint behind (and the files are put back as they were)
     undo = _Rollback()
     try:
         if backlog_path.resolve() != ws.backlog_path.resolve():
             undo.write(ws.backlog_path, backlog_path.read_text(encoding="utf-8"))
         undo.write(ws.objectives_dir / "SPRINT_GOAL.md", _sprint_goal_md(sprint, backlog))
         git.commit_paths([ws.relative(ws.backlog_path), ws.relative(ws.objectives_dir)],
-                         f"[plan] {sprint.id}: sprint {number} initiated")
+                         f"[plan] {sprint.id}: sprint {sprint.number} initiated")
     except BaseException:
         undo.undo()
         raise
-    with store.transaction("sprint_planner", create=True) as tx:
-        tx.queue.sprint = sprint
-        tx.queue.tasks = tasks
-        for task in tasks:
-            if task.status == TaskStatus.CANCELLED:
-                tx.log(task.id, "new -> cancelled", f"from backlog, written {task.backlog_status}: {task.title}")
-            else:
-                tx.log(task.id, "new -> needs_plan", f"from backlog: {task.title}")
-    skipped = f"; left out as written done: {', '.join(sorted(done))}" if done else ""
-    EventLog(ws.sprint_log_path, ws.lock_path("sprint_log"), header=SPRINT_LOG_HEADER).append(
-        [LogEntry(now, "sprint_planner", sprint.id, "sprint initiated",
-                  f"Sprint {number} initiated: {len(tasks)} items ({', '.join(t.id for t in tasks)}){skipped}")]
-    )
-    return sprint
