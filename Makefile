@@ -31,7 +31,8 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: lint
+# the quick loop while editing: no linters (`make lint`), no end-to-end runs marked slow
+test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install

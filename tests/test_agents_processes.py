@@ -83,6 +83,7 @@ def wait_for(predicate, timeout: float = 60.0) -> bool:
     return False
 
 
+@pytest.mark.slow  # seconds of real MLX / agent work: `make test` runs it
 def test_background_agents_finish_a_sprint_and_exit(tmp_path):
     ws = setup(tmp_path, "echo done")
     started = cli(ws, "agents", "start")

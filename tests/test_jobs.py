@@ -210,6 +210,7 @@ def test_lora_data_problems_fail_clearly(tiny_model: Path, tmp_path: Path) -> No
     assert not result.ok and "fewer than batch_size=64" in (result.error or "")
 
 
+@pytest.mark.slow  # seconds of real MLX / agent work: `make test` runs it
 def test_lora_too_many_layers(tiny_model: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     spec = {"kind": "lora_train", "model": str(tiny_model), "data": str(tiny_dataset), "iters": 2, "num_layers": 5}
     result = _run(spec, tmp_path)
@@ -421,6 +422,7 @@ def test_fastpath_off_runs_reference_blas(tiny_model: Path, tmp_path: Path, monk
     assert not result.summary["model"]["blas"].startswith("openblas")
 
 
+@pytest.mark.slow  # seconds of real MLX / agent work: `make test` runs it
 def test_trainable_count_and_throughput_spread_are_reported(tiny_model, tmp_path):
     from oodatcaa.jobs.runner import run_job
 

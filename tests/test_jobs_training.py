@@ -156,6 +156,7 @@ def test_dora_and_full_fine_tuning(tiny_model: Path, data_dir: Path, tmp_path: P
         assert bench.ok, bench.error
 
 
+@pytest.mark.slow  # seconds of real MLX / agent work: `make test` runs it
 def test_warmup_schedule_and_epochs_from_profile(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
     # 32 train records, batch 4 -> 8 batches per epoch; profile balanced = 1 epoch, rank 16, alpha 16
     spec = {"kind": "lora_train", "model": str(tiny_model), "data": "data", "profile": "balanced", "steps_per_report": 1,
@@ -204,6 +205,7 @@ def test_early_stopping_keeps_the_best_weights(tiny_model: Path, data_dir: Path,
     assert ev.summary["eval"]["loss"] == pytest.approx(train["best_val_loss"], abs=1e-5)
 
 
+@pytest.mark.slow  # seconds of real MLX / agent work: `make test` runs it
 def test_loss_curve_png_and_metrics_fields(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
     result = _run({"kind": "lora_train", "model": str(tiny_model), "data": "data", "iters": 6, "steps_per_report": 2},
                   tmp_path, "png")
@@ -234,6 +236,7 @@ def test_already_quantized_base_with_quantize_fails(tiny_model: Path, data_dir: 
 # ---------------------------------------------------------------- memory_profile
 
 
+@pytest.mark.slow  # seconds of real MLX / agent work: `make test` runs it
 def test_memory_profile(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
     spec = {"kind": "memory_profile", "model": str(tiny_model), "data": "data", "steps": 2, "target_gb": 0.001,
             "batch_size": 4, "grad_accumulation_steps": 2, "grad_checkpoint": True, "max_tokens": 8}
