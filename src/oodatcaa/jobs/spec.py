@@ -483,7 +483,7 @@ class CommandJob(_Job):
 
     kind: Literal["command"]
     run: str | list[str] = Field(
-        ..., description="a command line (run by bash -c, or /bin/sh -c without bash) or an argv list (no shell)"
+        ..., description="a command line (run by bash -c; bash is required) or an argv list (no shell)"
     )
     timeout_s: Float = Field(600.0, gt=0.0, le=7 * 24 * 3600, description="seconds")
 
