@@ -42,4 +42,4 @@ schema: install
 	$(BIN)/oodatcaa schema > src/oodatcaa/schemas/sprint_queue.schema.json
 
 clean:
-	rm -rf $(VENV) demo-workspace .pytest_cache
+	rm -rf $(VENV) demo-workspace .pytest_cache .mypy_cache .ruff_cache .hypothesis
