@@ -23,7 +23,7 @@ from oodatcaa.core.errors import LeaseError, QueueFileError
 from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog
 from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim, claim_next, complete, heartbeat, release
-from oodatcaa.core.models import Item, Queue, Task
+from oodatcaa.core.models import Item, Queue, Subtask, Task
 from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import QueueStore, Transaction
 from oodatcaa.core.workspace import Workspace
@@ -224,6 +224,12 @@ def install_signal_handlers(ctx: AgentContext) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def as_subtask(item: Item) -> Subtask:
+    """``item`` as a :class:`Subtask` (what a builder's or tester's fenced completion hands back)."""
+    assert isinstance(item, Subtask), item.id
+    return item
 
 
 def task_of(queue: Queue, claim: Claim) -> Task:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
-from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim, update_claimed
 from oodatcaa.core.models import Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
@@ -28,7 +27,7 @@ from oodatcaa.core.workspace import run_dir_in_branch
 from oodatcaa.gitops import GitRepo
 from oodatcaa.jobs.registry import key_metrics  # the headline metrics of each job kind
 from oodatcaa.reports import write_report
-from oodatcaa.roles.base import RoleAgent
+from oodatcaa.roles.base import RoleAgent, as_subtask
 
 if TYPE_CHECKING:
     from oodatcaa.jobs.runner import JobResult
@@ -96,13 +95,17 @@ class StepRun:
 
     task: Task
     step: Subtask
-    attempt: int
     base: str
     worktree: Path
     rel_run: Path
     run_dir: Path
     artifacts: Path
     job: dict[str, Any]
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number (the step's claim count, 1 for the first run)."""
+        return self.step.attempts
 
 
 class Builder(RoleAgent):
@@ -127,12 +130,12 @@ class Builder(RoleAgent):
         record, summary_line, headline = self.record(git, run, result)
         if result.ok:
             self.finish(claim, S.AWAITING_TEST, f"built: {summary_line}"[:300],
-                        lambda tx, item: lifecycle.on_build_done(tx, _as_step(item), record, headline))
+                        lambda tx, item: lifecycle.on_build_done(tx, as_subtask(item), record, headline))
             return
-        failure = result.failure or Failure.of(FailureKind.JOB_ERROR, result.error or "job failed without an error message")
-        failure = failure.model_copy(update={"item": step.id})
+        assert result.failure is not None  # the runner's contract: ok is exactly "no failure"
+        failure = result.failure.model_copy(update={"item": step.id})
         self.finish(claim, S.NEEDS_ADAPT, f"job failed: {failure.short()}"[:300],
-                    lambda tx, item: lifecycle.on_build_failed(tx, _as_step(item), failure, record))
+                    lambda tx, item: lifecycle.on_build_failed(tx, as_subtask(item), failure, record))
 
     def prepare(self, git: GitRepo, task: Task, step: Subtask) -> StepRun:
         """Worktree on the step's branch (from the trunk, or the previous step's branch), clean dirs.
@@ -162,7 +165,7 @@ class Builder(RoleAgent):
         assert step.job is not None
         job = resolve_earlier_outputs(step.job, worktree, earlier)
         job = resume_from_earlier_attempt(job, ws.artifacts_dir(step.id, 0).parent, step.attempts)
-        return StepRun(task, step, step.attempts, base, worktree, rel_run, run_dir, artifacts, job)
+        return StepRun(task, step, base, worktree, rel_run, run_dir, artifacts, job)
 
     def run_step(self, claim: Claim, run: StepRun) -> JobResult:
         """Run the step's job in a child process, with progress written to the queue at most every 10 s."""
@@ -225,11 +228,6 @@ class Builder(RoleAgent):
             "max_rss_gb": result.max_rss_gb,
         }
         return record, summary_line, headline
-
-
-def _as_step(item: Item) -> Subtask:
-    assert isinstance(item, Subtask)
-    return item
 
 
 def _report_body(run: StepRun, result: JobResult, commit: str, verdict: str, left_out: list[str]) -> str:

@@ -34,7 +34,7 @@ from oodatcaa.core.store import Transaction
 from oodatcaa.core.workspace import run_dir_in_branch
 from oodatcaa.gitops import GitRepo
 from oodatcaa.reports import write_report
-from oodatcaa.roles.base import RoleAgent
+from oodatcaa.roles.base import RoleAgent, as_subtask
 
 S = TaskStatus
 
@@ -164,9 +164,4 @@ class Tester(RoleAgent):
                      f"## Cannot test\n\n{failure.message}\n", failure.message[:200], suffix=f"{claim.item_id}_missing",
                      clock=self.ctx.clock)
         self.finish(claim, S.NEEDS_ADAPT, failure.short(),
-                    lambda tx, item: lifecycle.on_test_blocked(tx, _as_subtask(item), failure))
-
-
-def _as_subtask(item: Item) -> Subtask:
-    assert isinstance(item, Subtask)
-    return item
+                    lambda tx, item: lifecycle.on_test_blocked(tx, as_subtask(item), failure))
