@@ -118,7 +118,7 @@ def init_workspace(path: Path, *, force: bool = False, clock: Clock | None = Non
             if not file.exists():
                 undo.write(file, text)
         ws.ensure_dirs()
-        git = GitRepo.for_workspace(ws, "oodatcaa")
+        git = GitRepo.for_workspace(ws, "oodatcaa")  # with --force the existing config names the trunk
         git.require_trunk(ws.config_path)
         git.ensure_trunk()
         git.commit_paths([ws.relative(ws.dir)], "[docs] oodatcaa: initialise workspace")
@@ -228,11 +228,11 @@ def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, strict
     clock = clock or Clock()
     backlog_path = Path(backlog_path)
     backlog, done = _read_backlog(backlog_path, strict=strict, on_warning=on_warning)
-    rules = load_config(ws.config_path, ws.agents_dir).estimates
+    config = load_config(ws.config_path, ws.agents_dir)
     store = QueueStore.for_workspace(ws, clock=clock)
     sprint = _next_sprint(store, backlog, backlog_path, force=force, now=clock.now())
-    tasks = [_task(item, rules, done) for item in backlog.ordered() if item.id not in done]
-    _commit_sprint_files(ws, sprint, backlog, backlog_path)
+    tasks = [_task(item, config.estimates, done) for item in backlog.ordered() if item.id not in done]
+    _commit_sprint_files(ws, sprint, backlog, backlog_path, trunk=config.git.trunk)
     with store.transaction("sprint_planner", create=True) as tx:
         tx.queue.sprint = sprint
         tx.queue.tasks = tasks
@@ -289,12 +289,12 @@ def _next_sprint(store: QueueStore, backlog: Backlog, backlog_path: Path, *, for
     )
 
 
-def _commit_sprint_files(ws: Workspace, sprint: Sprint, backlog: Backlog, backlog_path: Path) -> None:
+def _commit_sprint_files(ws: Workspace, sprint: Sprint, backlog: Backlog, backlog_path: Path, *, trunk: str) -> None:
     """Write and commit ``SPRINT_BACKLOG.md`` and ``SPRINT_GOAL.md`` on the trunk, or put them back.
 
     Done before the queue is written: a failed commit leaves no running sprint behind.
     """
-    git = GitRepo.for_workspace(ws, "sprint_planner")
+    git = GitRepo.for_workspace(ws, "sprint_planner", trunk=trunk)
     git.require_trunk(ws.config_path)
     git.ensure_trunk()
     undo = _Rollback()
