@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from oodatcaa.core.failures import Failure
-from oodatcaa.core.models import Item, Subtask, Task
+from oodatcaa.core.models import AdaptationRecord, Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus, allowed_next
 from oodatcaa.core.store import Transaction
 
@@ -134,12 +134,16 @@ def steps_to_rebuild(story: Task, changed_step: str, rebuild_all: bool) -> list[
 
 
 def on_adapted(tx: Transaction, story: Task, changed_step: str, new_job: dict[str, Any] | None, *,
-               rebuild_all: bool, what: str) -> None:
-    """The Refiner adapted ``story`` (already moved ``adapting -> ready``).
+               rebuild_all: bool, what: str, rule: str = "unnamed", rationale: str = "") -> None:
+    """The Refiner adapted ``story`` (already moved ``adapting -> ready``) with ``rule``.
 
     ``new_job`` replaces the changed step's job spec (``None`` keeps it). Steps to rebuild go back
-    to ``ready``; the tester waits (``blocked``) until they are built again.
+    to ``ready``; the tester waits (``blocked``) until they are built again. The loop is recorded
+    in ``story.adaptations`` (rule, step, the failure kind it answered) for the retrospective.
     """
+    story.adaptations.append(AdaptationRecord(
+        loop=max(1, story.adapt_loops), rule=rule, step=changed_step,
+        failure_kind=story.failure.kind if story.failure else None, rationale=rationale[:500], at=tx.now))
     for step in steps_to_rebuild(story, changed_step, rebuild_all):
         if step.id == changed_step and new_job is not None:
             step.job = new_job
@@ -169,6 +173,7 @@ def on_start_over(tx: Transaction, story: Task) -> None:
 def on_integrated(tx: Transaction, story: Task, merge_commit: str) -> None:
     """Merged and tagged (story already ``done``): its subtasks are done and dependents unblocked."""
     story.merged_commit = merge_commit
+    story.finished_at = tx.now
     story.failure = None
     for sub in story.subtasks:
         if sub.status in (S.AWAITING_TEST, S.READY_FOR_INTEGRATOR):

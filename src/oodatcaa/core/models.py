@@ -111,6 +111,45 @@ class Estimate(_Model):
         return self
 
 
+class AdaptationRecord(_Model):
+    """One Refiner loop applied to a story: which rule changed which step, and why (for the retrospective)."""
+
+    loop: int = Field(ge=1, description="The adaptation loop this was (1 = the first).")
+    rule: str = Field(min_length=1, description="The Refiner rule applied, e.g. reduce_peak_memory.")
+    step: str = Field(description="The builder step whose job changed (T004-B01).")
+    failure_kind: FailureKind | None = Field(default=None, description="The kind of failure it answered.")
+    rationale: str = ""
+    at: datetime
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, value: str) -> str:
+        return validate_subtask_id(value)
+
+
+class ObjectiveSnapshot(_Model):
+    """The objective's completion as last detected (the Completion Detector, after a merge or a sprint).
+
+    ``percent`` is met / total x 100 over the success criteria of ``OBJECTIVE.md``, evaluated on the
+    trunk at ``trunk_commit``; ``error`` says why it could not be evaluated (then the counts are 0).
+    """
+
+    percent: float = Field(ge=0.0, le=100.0)
+    met: int = Field(ge=0)
+    total: int = Field(ge=0)
+    needs_manual: int = Field(default=0, ge=0)
+    trunk_commit: str | None = None
+    checked_at: datetime
+    error: str | None = None
+
+    def describe(self) -> str:
+        """``objective 50.0 % (2/4 met)``, or ``objective not evaluated: <why>``."""
+        if self.error:
+            return f"objective not evaluated: {self.error}"
+        manual = f", {self.needs_manual} need a person" if self.needs_manual else ""
+        return f"objective {self.percent:.1f} % ({self.met}/{self.total} met{manual})"
+
+
 class Subtask(_FailureCarrier):
     """A Builder step (``T001-B01``, one job, one branch) or the Tester subtask (``T001-T01``)."""
 
@@ -174,6 +213,14 @@ class Task(_FailureCarrier):
         default=None, description="`**Status:**` as written in the backlog (the queue's status is `status`).")
     started_at: datetime | None = Field(
         default=None, description="When the story was first claimed (planning began); elapsed time counts from here.")
+    finished_at: datetime | None = Field(default=None, description="When the story was merged (done).")
+    prior_dependencies: list[str] = Field(
+        default_factory=list,
+        description="Dependencies done in earlier sprints: never waited for; their artifacts are looked up by the Builder.")
+    carried_from: str | None = Field(
+        default=None, description="The sprint this unfinished story was carried over from (`sprint new --carry-over`).")
+    adaptations: list[AdaptationRecord] = Field(
+        default_factory=list, description="Every Refiner loop applied, oldest first (kept across a start over).")
     plan_version: int = Field(default=0, ge=0)
     adapt_loops: int = Field(default=0, ge=0, description="Adaptation loops used (Refiner).")
     attempts: int = Field(default=0, ge=0, description="Times the story itself was claimed.")
@@ -189,10 +236,15 @@ class Task(_FailureCarrier):
     def _id(cls, value: str) -> str:
         return validate_story_id(value)
 
-    @field_validator("dependencies")
+    @field_validator("dependencies", "prior_dependencies")
     @classmethod
     def _deps(cls, value: list[str]) -> list[str]:
         return [validate_story_id(v) for v in value]
+
+    @field_validator("carried_from")
+    @classmethod
+    def _carried(cls, value: str | None) -> str | None:
+        return None if value is None else validate_sprint_id(value)
 
     @model_validator(mode="after")
     def _subtasks_belong(self) -> Task:
@@ -230,6 +282,7 @@ class Sprint(_Model):
         default_factory=list, description="Other sprint-level and summary lines of the backlog, 'Label: value'.")
     created_at: datetime
     completed_at: datetime | None = None
+    forced: bool = Field(default=False, description="Completed with `sprint complete --force` (exit criteria unmet).")
 
     @field_validator("id")
     @classmethod
@@ -250,6 +303,8 @@ class Queue(_Model):
     outbox: list[str] = Field(
         default_factory=list,
         description="AGENT_LOG.md rows of the latest write; re-appended by the next write if a crash lost them.")
+    objective: ObjectiveSnapshot | None = Field(
+        default=None, description="The objective's completion as last detected (after a merge or a sprint).")
 
     @model_validator(mode="before")
     @classmethod

@@ -282,7 +282,8 @@ class Refiner(RoleAgent):
             assert isinstance(item, Task)
             item.adapt_loops = iteration
             lifecycle.on_adapted(tx, item, adaptation.step_id, adaptation.after, rebuild_all=adaptation.rebuild_all,
-                                 what=f"adapted ({adaptation.rule}), loop {iteration}")
+                                 what=f"adapted ({adaptation.rule}), loop {iteration}", rule=adaptation.rule,
+                                 rationale=adaptation.rationale)
             if warn:
                 tx.log(item.id, "warning", f"adaptation loop {iteration} of {loop.max_adapt_loops}")
 
