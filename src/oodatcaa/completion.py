@@ -41,11 +41,13 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from oodatcaa.archive import archived_sprints
 from oodatcaa.core.criteria import (
     CheckContext,
     CommandCheck,
@@ -56,10 +58,10 @@ from oodatcaa.core.criteria import (
     format_check,
     parse_criterion_line,
 )
-from oodatcaa.core.errors import BacklogError, GitOperationError
+from oodatcaa.core.errors import BacklogError, GitOperationError, OodatcaaError
 from oodatcaa.core.ids import STORY_ID_PATTERN
 from oodatcaa.core.leases import pid_alive
-from oodatcaa.core.models import Queue
+from oodatcaa.core.models import ObjectiveSnapshot, Queue
 from oodatcaa.core.objective import (
     CriterionState,
     Evidence,
@@ -69,6 +71,7 @@ from oodatcaa.core.objective import (
     SuccessCriterion,
     completion_percent,
     criteria_for_link,
+    default_exit_criteria,
     link_segments,
     linked_stories_state,
     no_criteria_message,
@@ -78,7 +81,6 @@ from oodatcaa.core.objective import (
     stories_still_moving,
     story_ids_named,
 )
-from oodatcaa.core.queuefile import parse_queue
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.gitops import GitRepo
@@ -87,6 +89,7 @@ __all__ = [
     "ObjectiveReport",
     "StoryBook",
     "TrunkCheckout",
+    "detect_completion",
     "evaluate_exit_criteria",
     "evaluate_objective",
     "format_report",
@@ -147,17 +150,6 @@ class StoryBook(BaseModel):
     exit_criteria: list[tuple[int, str]] = Field(default_factory=list)
 
 
-def _archived_queues(ws: Workspace) -> list[Queue]:
-    """Queues of earlier sprints, oldest first. Raises :class:`QueueFileError` for a corrupt one."""
-    found: list[tuple[int, Path]] = []
-    if ws.archive_dir.is_dir():
-        for d in ws.archive_dir.iterdir():
-            m = re.fullmatch(r"sprint_([0-9]+)", d.name)
-            if m and (d / "SPRINT_QUEUE.json").is_file():
-                found.append((int(m.group(1)), d / "SPRINT_QUEUE.json"))
-    return [parse_queue(p.read_text(encoding="utf-8"), p) for _, p in sorted(found)]
-
-
 def read_story_book(ws: Workspace, git: GitRepo, queue: Queue | None = None) -> StoryBook:
     """Collect the stories of the archived queues and of ``queue`` (default: the workspace's
     current queue, or none when no sprint was started), later sprints winning for one ID.
@@ -172,7 +164,7 @@ def read_story_book(ws: Workspace, git: GitRepo, queue: Queue | None = None) -> 
     stories: dict[str, StoryFact] = {}
     # sprint id -> (number, exit criteria); a completed sprint's queue is also archived, so later wins
     exits: dict[str, tuple[int, list[str]]] = {}
-    for q in [*_archived_queues(ws), queue]:
+    for q in [*(a.queue for a in archived_sprints(ws)), queue]:
         number = q.sprint.number if q.sprint else 0
         if q.sprint is not None:
             exits[q.sprint.id] = (number, list(q.sprint.exit_criteria))
@@ -450,8 +442,7 @@ def evaluate_exit_criteria(ws: Workspace, queue: Queue, *, git: GitRepo | None =
     sprint = queue.sprint
     if sprint is None:
         return []
-    texts = list(sprint.exit_criteria) or [f"{t.id} {t.title} is done and merged" for t in queue.tasks
-                                           if t.status.value != "cancelled"]
+    texts = list(sprint.exit_criteria) or default_exit_criteria(queue.tasks)
     try:
         objective: Objective | None = load_objective(ws, require_criteria=False)
     except ObjectiveError:
@@ -495,3 +486,26 @@ def sprint_exit_ready_now(ws: Workspace, queue: Queue, *, git: GitRepo | None = 
     states = evaluate_exit_criteria(ws, queue, git=git)
     return sprint_exit_ready(states, queue.tasks), states
 
+
+
+# --------------------------------------------------------------------------------------------
+# The Completion Detector
+# --------------------------------------------------------------------------------------------
+
+
+def detect_completion(ws: Workspace, now: datetime, *, git: GitRepo | None = None,
+                      queue: Queue | None = None) -> tuple[ObjectiveSnapshot, ObjectiveReport | None]:
+    """The original's Completion Detector: the objective evaluated now, as a queue snapshot and the full report.
+
+    Never raises for a workspace problem: a missing or malformed objective, a broken trunk or a
+    corrupt archive gives a snapshot whose ``error`` says why (counts 0) and no report, so the
+    Negotiator can run it after every merge without stopping a sprint.
+    """
+    try:
+        report = evaluate_objective(ws, git=git, queue=queue)
+    except OodatcaaError as exc:
+        return ObjectiveSnapshot(percent=0.0, met=0, total=0, checked_at=now, error=str(exc)[:500]), None
+    manual = sum(1 for c in report.criteria if c.state == "needs_manual")
+    snapshot = ObjectiveSnapshot(percent=round(report.completion_percent, 2), met=report.met, total=len(report.criteria),
+                                 needs_manual=manual, trunk_commit=report.trunk_commit, checked_at=now)
+    return snapshot, report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 
@@ -57,8 +58,9 @@ class _ItemBuilder:
 
 
 class _Parser:
-    def __init__(self, text: str, source: str) -> None:
+    def __init__(self, text: str, source: str, known_stories: frozenset[str] = frozenset()) -> None:
         self.source = source
+        self.known_stories = known_stories  # stories of earlier sprints: dependencies on them are allowed
         self.lines = text.lstrip("\ufeff").splitlines()
         self.title: str | None = None
         # Goal sources, best first: a **Sprint Goal:** label, a "## Goal" section, the paragraph
@@ -530,13 +532,14 @@ class _Parser:
         dep_line = {b.id: b.field_lines.get("dependencies", b.line) for b in self.items}
         for item in items:
             for dep in item.dependencies:
-                if dep not in known:
+                if dep not in known and dep not in self.known_stories:
                     raise self.error(
                         dep_line[item.id],
-                        f"{item.id} depends on {dep}, which is not in this backlog "
-                        f"(items: {', '.join(sorted(known))}); add {dep} or remove the dependency",
+                        f"{item.id} depends on {dep}, which is neither in this backlog "
+                        f"(items: {', '.join(sorted(known))}) nor a story of an earlier sprint; "
+                        f"add {dep} or remove the dependency",
                     )
-        graph = {item.id: item.dependencies for item in items}
+        graph = {item.id: [d for d in item.dependencies if d in known] for item in items}
         state: dict[str, int] = {}  # 1 = on the current path, 2 = done
         for start in graph:
             if state.get(start):
@@ -579,11 +582,13 @@ def _join_description(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-def parse_backlog(text: str, *, source: str = "<backlog>", strict: bool = False) -> Backlog:
+def parse_backlog(text: str, *, source: str = "<backlog>", strict: bool = False,
+                  known_stories: Iterable[str] = ()) -> Backlog:
     """Parse backlog Markdown (DESIGN.md §4, ``docs/backlog-format.md``) into a :class:`Backlog`.
 
     Raises :class:`BacklogError` (``source``, 1-based line, the problem and the fix) for: an
-    invalid item ID (``../x``, ``T1:2``), a duplicate ID, a dependency on an unknown item, a
+    invalid item ID (``../x``, ``T1:2``), a duplicate ID, a dependency on an item neither in the
+    backlog nor in ``known_stories`` (stories of earlier sprints), a
     dependency cycle (named, ``T001 -> T002 -> T001``), a job block that is not valid YAML (the
     line inside the file), not a mapping, without a string ``kind`` or with a duplicate key, an
     unclosed code fence, a job block outside an item, a repeated field label, a non-integer
@@ -596,7 +601,7 @@ def parse_backlog(text: str, *, source: str = "<backlog>", strict: bool = False)
     status ``sprint new`` acts on); with ``strict`` the warnings are raised as one
     :class:`BacklogError` at the first warning's line (see :func:`raise_warnings`).
     """
-    backlog = _Parser(text, source).parse()
+    backlog = _Parser(text, source, frozenset(known_stories)).parse()
     if strict:
         raise_warnings(backlog)
     return backlog
@@ -616,8 +621,10 @@ def raise_warnings(backlog: Backlog) -> None:
                        f"{first.message}{more} (warnings are errors under --strict)")
 
 
-def load_backlog(path: Path | str, *, strict: bool = False) -> Backlog:
+def load_backlog(path: Path | str, *, strict: bool = False, known_stories: Iterable[str] = ()) -> Backlog:
     """Read and parse a backlog file (UTF-8); the error source is the path.
+
+    ``known_stories``: IDs of stories of earlier sprints, which the items may depend on.
 
     Raises :class:`BacklogError` when the file cannot be read or does not parse, or under
     ``strict`` when it has warnings (:func:`parse_backlog`).
@@ -631,4 +638,4 @@ def load_backlog(path: Path | str, *, strict: bool = False) -> Backlog:
         raise BacklogError(str(path), None, f"backlog file is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     except OSError as exc:
         raise BacklogError(str(path), None, f"cannot read the backlog file: {exc.strerror or exc}") from None
-    return parse_backlog(text, source=str(path), strict=strict)
+    return parse_backlog(text, source=str(path), strict=strict, known_stories=known_stories)

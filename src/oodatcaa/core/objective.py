@@ -69,6 +69,7 @@ __all__ = [
     "StoryFact",
     "SuccessCriterion",
     "completion_percent",
+    "default_exit_criteria",
     "criteria_for_link",
     "link_segments",
     "linked_stories_state",
@@ -524,6 +525,15 @@ def stories_still_moving(tasks: Sequence[Task]) -> list[str]:
 
     return [t for t, s in statuses.items()
             if s not in _SETTLED and not any(blocked_forever(d, frozenset({t})) for d in dependencies.get(t, []))]
+
+
+def default_exit_criteria(tasks: Sequence[Task]) -> list[str]:
+    """The exit criteria of a sprint whose backlog wrote none: one per story not cancelled.
+
+    ``T001 <title> is done and merged`` names the story, so each is decided by that story.
+    ``SPRINT_GOAL.md`` shows the same list, in the same order.
+    """
+    return [f"{t.id} {t.title} is done and merged" for t in tasks if t.status.value != "cancelled"]
 
 
 def sprint_exit_ready(states: Sequence[CriterionState], tasks: Sequence[Task]) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from oodatcaa.archive import earlier_stories, story_artifact_dirs
 from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.leases import Claim, update_claimed
@@ -160,12 +161,33 @@ class Builder(RoleAgent):
         artifacts = ws.artifacts_dir(step.id, step.attempts)
         if artifacts.exists():
             shutil.rmtree(artifacts)
-        earlier = [Path(s.result["artifacts_dir"]) for s in task.builds()
-                   if s.step < step.step and s.result and s.result.get("artifacts_dir")]
+        earlier = [*self.dependency_artifacts(task),
+                   *(Path(s.result["artifacts_dir"]) for s in task.builds()
+                     if s.step < step.step and s.result and s.result.get("artifacts_dir"))]
         assert step.job is not None
         job = resolve_earlier_outputs(step.job, worktree, earlier)
         job = resume_from_earlier_attempt(job, ws.artifacts_dir(step.id, 0).parent, step.attempts)
         return StepRun(task, step, base, worktree, rel_run, run_dir, artifacts, job)
+
+    def dependency_artifacts(self, task: Task) -> list[Path]:
+        """Artifacts dirs of the stories ``task`` depends on: this sprint's, then earlier sprints' (merged there).
+
+        A sprint-2 story saying ``adapter: adapters`` gets the adapter its dependency ``T005`` trained
+        in sprint 1; the story's own earlier steps still win (they are looked up last-first).
+        """
+        queue = self.store.read()
+        dirs: list[Path] = []
+        if task.prior_dependencies:
+            before = earlier_stories(self.ctx.ws)
+            for dep in task.prior_dependencies:
+                if dep in before:
+                    dirs += story_artifact_dirs(before[dep][0])
+        for dep in task.dependencies:
+            try:
+                dirs += story_artifact_dirs(queue.task(dep))
+            except KeyError:
+                continue
+        return dirs
 
     def run_step(self, claim: Claim, run: StepRun) -> JobResult:
         """Run the step's job in a child process, with progress written to the queue at most every 10 s."""

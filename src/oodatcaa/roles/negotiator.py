@@ -3,9 +3,15 @@
 Each tick it reclaims stale leases (expired, or owner process gone), promotes
 ``planning_complete`` stories to ``ready`` or ``blocked`` and ``blocked`` ones to ``ready`` when their
 dependencies are done, restarts agents that died (with backoff, up to ``max_restarts`` each), and
-writes a heartbeat to ``SPRINT_LOG.md`` every minute. It exits 0 when every story is ``done`` or
-``cancelled`` (the sprint is then ``completed``, archived and tagged), and non-zero with a clear
-message when the sprint is stuck or an agent keeps dying.
+writes a heartbeat to ``SPRINT_LOG.md`` every minute, and after every merge runs the Completion
+Detector (the objective's percentage goes into the queue, the heartbeat and ``status``).
+
+The sprint is done when no story is still moving and every exit criterion is met
+(:func:`oodatcaa.completion.evaluate_exit_criteria`, on the trunk): it is then closed by
+:func:`oodatcaa.closing.complete_sprint` (retrospective, archive, ``sprint-<N>-complete``) and the
+Negotiator exits 0. Stories left with a person do not hold a sprint open; an exit criterion that is
+not met does. When nothing can move and an exit criterion is unmet, or an agent keeps dying, it
+exits non-zero with what a person must do.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from oodatcaa.closing import complete_sprint
+from oodatcaa.completion import detect_completion, evaluate_exit_criteria
 from oodatcaa.core import lifecycle
-from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.config import AGENT_ROLES, EstimatesSection
 from oodatcaa.core.errors import WorkspaceError
 from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.leases import reclaim_stale
 from oodatcaa.core.models import Estimate, Queue, Task
+from oodatcaa.core.objective import CriterionState, sprint_exit_ready, stories_still_moving
 from oodatcaa.core.rotation import rotate_log
 from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import Transaction
@@ -70,8 +78,15 @@ def estimate_text(estimate: Estimate) -> str:
     return text if estimate.source == "backlog" else f"{text} by complexity"
 
 
-def sprint_finished(queue: Queue) -> bool:
-    return bool(queue.tasks) and all(t.status in (S.DONE, S.CANCELLED) for t in queue.tasks)
+def sprint_closed(queue: Queue) -> bool:
+    """The queue's sprint is no longer running (``completed`` or ``project_complete``)."""
+    return queue.sprint is not None and queue.sprint.status != SprintStatus.IN_PROGRESS
+
+
+def nothing_moves(queue: Queue) -> bool:
+    """No item is claimed and no story can progress without a person: time to decide on the sprint."""
+    return bool(queue.tasks) and not any(i.lease is not None for i in queue.items()) and not stories_still_moving(
+        queue.tasks)
 
 
 def stuck_reason(queue: Queue) -> str | None:
@@ -114,6 +129,9 @@ class Negotiator:
         self._last_change = time.monotonic()
         self._warned: set[str] = set()
         self._ticks = 0
+        self._done_seen: frozenset[str] | None = None
+        self._exit_revision = -1
+        self._exit_states: list[CriterionState] = []
 
     # -- agents -----------------------------------------------------------------------------
     def plan_agents(self) -> list[AgentProcess]:
@@ -145,7 +163,7 @@ class Negotiator:
                 continue
             agent.exit_codes.append(code)
             agent.process = None
-            if code == 0 and sprint_finished(self.ctx.store.read()):
+            if code == 0 and sprint_closed(self.ctx.store.read()):
                 continue
             if agent.restarts >= cfg.max_restarts:
                 tail = _tail(agent.log_path)
@@ -229,32 +247,43 @@ class Negotiator:
                 self.sprint_event("log rotated", result.describe())
         return done
 
-    def finish_sprint(self, queue: Queue) -> None:
-        """Mark the sprint completed, archive queue and logs, commit and tag ``sprint-<N>-complete``."""
-        ws = self.ctx.ws
+    def detect_completion(self, queue: Queue) -> None:
+        """The Completion Detector after every merge: when the set of done stories changed, evaluate
+        the objective on the trunk and record its snapshot in the queue (and the SPRINT_LOG)."""
+        done = frozenset(t.id for t in queue.tasks if t.status == S.DONE)
+        if done == self._done_seen:
+            return
+        self._done_seen = done
+        git = GitRepo.for_workspace(self.ctx.ws, "negotiator", trunk=self.ctx.config.git.trunk)
+        snapshot, _report = detect_completion(self.ctx.ws, self.ctx.clock.now(), git=git, queue=queue)
         with self.ctx.store.transaction("negotiator") as tx:
-            sprint = tx.queue.sprint
-            assert sprint is not None
-            if sprint.status != SprintStatus.COMPLETED:
-                sprint.status = SprintStatus.COMPLETED
-                sprint.completed_at = tx.now
-                tx.log("-", "sprint completed", f"{sprint.id}: {len(tx.queue.tasks)} tasks closed")
-        queue = self.ctx.store.read()
-        sprint = queue.sprint
-        assert sprint is not None
-        done = [t.id for t in queue.tasks if t.status == S.DONE]
-        self.sprint_event("sprint completed", f"Sprint {sprint.number} completed: {len(done)} done ({', '.join(done)})")
-        archive = ws.sprint_archive_dir(sprint.number)
-        archive.mkdir(parents=True, exist_ok=True)
-        for src in (ws.queue_path, ws.agent_log_path, ws.sprint_log_path):
-            if src.exists():
-                atomic_write_text(archive / src.name, src.read_text(encoding="utf-8"))
-        git = GitRepo.for_workspace(ws, "negotiator", trunk=self.ctx.config.git.trunk)
-        git.commit_paths([ws.relative(archive), ws.relative(ws.reports_index_path)],
-                         f"[docs] {sprint.id}: sprint {sprint.number} archive")
-        tag = f"sprint-{sprint.number}-complete"
-        if not git.tag_exists(tag):
-            git.tag(tag, f"{sprint.id} completed: {', '.join(done)}")
+            tx.queue.objective = snapshot
+        self.sprint_event("completion", snapshot.describe())
+
+    def try_close(self, queue: Queue) -> tuple[int, str] | None:
+        """Nothing moves: close the sprint when its exit criteria are met, else say it is stuck.
+
+        The exit criteria are evaluated once per queue revision (a check may run commands).
+        Returns the exit code and message, or ``None`` to keep waiting (the stuck grace period).
+        """
+        if queue.revision != self._exit_revision:
+            git = GitRepo.for_workspace(self.ctx.ws, "negotiator", trunk=self.ctx.config.git.trunk)
+            self._exit_states = evaluate_exit_criteria(self.ctx.ws, queue, git=git)
+            self._exit_revision = queue.revision
+        states = self._exit_states
+        if sprint_exit_ready(states, queue.tasks):
+            self.stop_agents()
+            closed = complete_sprint(self.ctx.ws, actor="negotiator", clock=self.ctx.clock, exit_states=states)
+            return EXIT_OK, closed.describe()
+        if time.monotonic() - self._last_change <= 3 * self.ctx.config.negotiator.tick_seconds:
+            return None
+        problems = [f"{s.id} {s.state}: {s.text} — {s.reason}" for s in states if s.state != "met"]
+        stories = stuck_reason(queue)
+        if stories:
+            problems.append(stories)
+        return EXIT_STUCK, ("sprint stuck, a person is needed: " + "; ".join(problems)
+                            + ". Fix it and `oodatcaa run` again, or close the sprint as it is with "
+                              "`oodatcaa sprint complete --force`")
 
     def preflight(self) -> None:
         """Refuse to start on a checkout the Integrator could not merge into.
@@ -283,8 +312,12 @@ class Negotiator:
         queue = self.ctx.store.read()
         if queue.sprint is None:
             return EXIT_STUCK, "no sprint in the queue; run `oodatcaa sprint new --backlog FILE`"
-        if queue.sprint.status == SprintStatus.COMPLETED:
-            return EXIT_OK, f"{queue.sprint.id} is already completed"
+        if sprint_closed(queue):
+            tag = f"sprint-{queue.sprint.number}-complete"
+            if queue.sprint.status == SprintStatus.COMPLETED and not GitRepo.for_workspace(
+                    self.ctx.ws, "negotiator", trunk=self.ctx.config.git.trunk).tag_exists(tag):
+                return EXIT_OK, complete_sprint(self.ctx.ws, actor="negotiator", clock=self.ctx.clock).describe()
+            return EXIT_OK, f"{queue.sprint.id} is already {queue.sprint.status.value}"
         self.preflight()
         self.sprint_event("run", f"negotiator started (pid {os.getpid()})")
         self.agents = self.plan_agents() if self.spawn_agents else []
@@ -295,21 +328,17 @@ class Negotiator:
                     code, message = EXIT_STOPPED, "stopped by signal"
                     break
                 queue = self.tick()
-                if sprint_finished(queue):
-                    self.stop_agents()
-                    self.finish_sprint(queue)
-                    sprint_id = queue.sprint.id if queue.sprint else "the sprint"
-                    code, message = EXIT_OK, f"{sprint_id} completed: every task done or cancelled"
-                    break
+                if queue.revision != self._last_revision:
+                    self._last_revision, self._last_change = queue.revision, time.monotonic()
+                self.detect_completion(queue)
+                if nothing_moves(queue):
+                    outcome = self.try_close(queue)
+                    if outcome is not None:
+                        code, message = outcome
+                        break
                 died = self.check_agents()
                 if died:
                     code, message = EXIT_AGENT_DIED, died
-                    break
-                if queue.revision != self._last_revision:
-                    self._last_revision, self._last_change = queue.revision, time.monotonic()
-                reason = stuck_reason(queue)
-                if reason and time.monotonic() - self._last_change > 3 * cfg.tick_seconds:
-                    code, message = EXIT_STUCK, f"sprint stuck, a person is needed: {reason}"
                     break
                 if time.monotonic() - self._last_change > cfg.idle_timeout_seconds and not any(
                     i.lease for i in queue.items()):
@@ -341,7 +370,8 @@ _NOT_RUNNING = frozenset({S.NEEDS_PLAN, S.BLOCKED, S.NEEDS_MANUAL, S.DONE, S.CAN
 def heartbeat_text(queue: Queue, now: datetime, rules: EstimatesSection) -> str:
     """The SPRINT_LOG heartbeat: story counts, then elapsed against estimate per running story.
 
-    ``needs_plan=1, in_progress=1; T004 in_progress 35 min of 120-180 min``. Elapsed minutes count
+    ``needs_plan=1, in_progress=1; T004 in_progress 35 min of 120-180 min; objective 50.0 % (2/4 met)``
+    (the last part once the Completion Detector has run). Elapsed minutes count
     from the story's first claim (``Task.started_at``); a story waiting (``needs_plan``,
     ``blocked``), with a person (``needs_manual``) or closed is not running.
     """
@@ -353,7 +383,8 @@ def heartbeat_text(queue: Queue, now: datetime, rules: EstimatesSection) -> str:
         estimate = story_estimate(task, rules)
         against = f"of {estimate_text(estimate)}" if estimate is not None else "(no estimate)"
         running.append(f"{task.id} {task.status.value} {elapsed:.0f} min {against}")
-    return _counts(queue) + ("; " + "; ".join(running) if running else "")
+    objective = f"; {queue.objective.describe()}" if queue.objective is not None else ""
+    return _counts(queue) + ("; " + "; ".join(running) if running else "") + objective
 
 
 def _tail(path: Path | None, lines: int = 15) -> str:
