@@ -15,7 +15,6 @@ from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.retrospective import (
     COMPLETION_SECTIONS,
     RETROSPECTIVE_SECTIONS,
-    _estimate_text,
     outcome_group,
     render_completion_report,
     render_retrospective,
@@ -23,7 +22,6 @@ from oodatcaa.retrospective import (
     verify_completion_report,
     verify_retrospective,
 )
-from oodatcaa.roles.negotiator import estimate_text
 
 S = TaskStatus
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -179,11 +177,6 @@ def test_under_estimate_and_no_rules_means_no_estimate():
     assert story_time(by_complexity, NOW).estimate is None
     assert story_time(by_complexity, NOW, EstimatesSection()).verdict == "within"
     assert "| T002 | 2026-03-02 09:00 UTC | 400 | none | - |" in render()
-
-
-def test_estimate_text_matches_the_negotiator():
-    for e in (est(120, 180), est(45, 45), Estimate(low_minutes=144, high_minutes=288, source="complexity")):
-        assert _estimate_text(e) == estimate_text(e)
 
 
 def test_metrics_table_escapes_titles_and_rounds_floats():

@@ -150,15 +150,18 @@ def complete_sprint(ws: Workspace, *, force: bool = False, actor: str = "sprint_
     verify_retrospective(text, queue)
     retrospective = write_verified(archive / "RETROSPECTIVE.md", text)
     _record_history(ws, sprint, states, snapshot, tag, queue)
-    _archive_queue_and_logs(ws, store, archive, actor)
     done = [t.id for t in queue.tasks if t.status.value == "done"]
+    result = SprintCompletion(sprint, list(states), snapshot, retrospective, tag, sprint.forced)
+    _sprint_log(ws).append([LogEntry(clock.now(), actor, sprint.id, "sprint completed",
+                                     f"{result.describe()}; done: {', '.join(done) or 'none'}")])
+    _archive_queue_and_logs(ws, store, archive, actor)
     git.commit_paths([ws.relative(archive), ws.relative(ws.objectives_dir), ws.relative(ws.archive_dir / "ARCHIVE_INDEX.md"),
                       ws.relative(ws.reports_index_path)], f"[docs] {sprint.id}: sprint {sprint.number} completed")
     if not git.tag_exists(tag):
         met = sum(1 for s in states if s.state == "met")
         git.tag(tag, f"{sprint.id} completed{' (forced)' if sprint.forced else ''}\n\nDone: {', '.join(done) or 'none'}\n"
                      f"Exit criteria met: {met}/{len(states)}\nObjective: {snapshot.describe()}\n")
-    return SprintCompletion(sprint, list(states), snapshot, retrospective, tag, sprint.forced)
+    return result
 
 
 def _sprint_log(ws: Workspace) -> EventLog:

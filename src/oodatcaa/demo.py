@@ -1,7 +1,10 @@
-"""``oodatcaa demo PATH``: the bundled demo sprint, copied into a fresh git repository and run.
+"""``oodatcaa demo PATH``: the bundled demo roadmap, copied into a fresh git repository and run.
 
-The demo definition is this repository's ``.oodatcaa/`` (config, objective, backlog) plus its
-``data/`` dataset. An earlier demo at PATH (recognised by its ``.oodatcaa-demo`` marker) is
+The demo definition is this repository's ``.oodatcaa/`` (config, an objective whose success
+criteria are all machine-checkable, and a two-sprint roadmap in ``work/backlogs/``) plus its
+``data/`` dataset. It runs as ``oodatcaa run --until-objective`` does: sprint 1 trains and evaluates
+a LoRA adapter; sprint 2 fuses it, quantizes the fused model and evaluates both; the project then
+ends ``project_complete``. An earlier demo at PATH (recognised by its ``.oodatcaa-demo`` marker) is
 replaced; any other existing non-empty directory is refused.
 
 The demo runs and reports its outcome; showing it (the status table, the figures) is the CLI's job,
@@ -13,9 +16,11 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from oodatcaa.completion import ObjectiveReport
 from oodatcaa.core.config import bundled_dir
 from oodatcaa.core.errors import WorkspaceError
 from oodatcaa.core.models import Queue
@@ -23,11 +28,14 @@ from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.gitops import DEFAULT_TRUNK, GitRepo, init_repository
 
+if TYPE_CHECKING:
+    from oodatcaa.roadmap import SprintRun
+
 MARKER = ".oodatcaa-demo"
 #: The demo repository's trunk (a fresh repository, so the branch is ours to name).
 DEMO_TRUNK = DEFAULT_TRUNK
 #: The demo workspace definition copied from the bundled ``.oodatcaa/``.
-DEFINITION_FILES = ("config.toml", "objectives/OBJECTIVE.md", "work/SPRINT_BACKLOG.md")
+DEFINITION_FILES = ("config.toml", "objectives/OBJECTIVE.md", "work/backlogs/sprint-01.md", "work/backlogs/sprint-02.md")
 
 
 def prepare_demo_repo(path: Path) -> Workspace:
@@ -49,7 +57,7 @@ def prepare_demo_repo(path: Path) -> Workspace:
         shutil.copyfile(source / rel, target)
     shutil.copytree(source / "data", path / "data")
     (path / "README.md").write_text(
-        "# oodatcaa demo\n\nA training-system-foundation sprint run by `oodatcaa demo`. "
+        "# oodatcaa demo\n\nA two-sprint roadmap run by `oodatcaa demo` until its objective is met. "
         "See `CHANGELOG.md`, `git log --graph --oneline --all`, `git tag` and `.oodatcaa/work/`.\n"
     )
     return ws
@@ -60,11 +68,13 @@ class DemoOutcome:
     """How a demo run ended, for the caller to show (the demo itself prints nothing).
 
     Attributes:
-        code: the Negotiator's exit code (0 = every task done).
-        message: the Negotiator's closing sentence.
-        queue: the final queue as read after the run.
+        code: the exit code of the roadmap run (0 = project complete).
+        message: its closing sentence.
+        queue: the final queue as read after the run (the last sprint).
         wall_seconds: time from the start of set-up to the end of the run.
         root: the demo repository.
+        sprints: each sprint run, with its wall time (seconds).
+        report: the objective report of the last check (``None`` if it never ran).
     """
 
     code: int
@@ -72,19 +82,22 @@ class DemoOutcome:
     queue: Queue
     wall_seconds: float
     root: Path
+    sprints: list[SprintRun] = field(default_factory=list)
+    report: ObjectiveReport | None = None
 
 
 def run_demo(path: Path, *, model: str | None = None, max_seconds: float | None = 1800,
              progress: Callable[[str], None] | None = None) -> DemoOutcome:
-    """Set up and run the demo sprint at ``path``; returns its :class:`DemoOutcome`.
+    """Set up and run the demo roadmap at ``path`` until its objective is met; returns its :class:`DemoOutcome`.
 
     ``progress`` receives a plain-text line at each stage (model preparation, sprint start); it is
     text, not markup. Raises :class:`WorkspaceError` when ``path`` is a non-empty directory that
     is not an earlier demo, and what the sprint start raises for a bad backlog.
     """
+    from oodatcaa.roadmap import run_until_objective
     from oodatcaa.roles.base import AgentContext, install_signal_handlers
     from oodatcaa.roles.negotiator import Negotiator
-    from oodatcaa.sprints import init_workspace, new_sprint
+    from oodatcaa.sprints import init_workspace
 
     say = progress or (lambda line: None)
     started = time.monotonic()
@@ -105,10 +118,10 @@ def run_demo(path: Path, *, model: str | None = None, max_seconds: float | None 
         say("preparing the default model (SmolLM2-135M-Instruct, converted once and cached)...")
         model_dir = ensure_default_model()
         say(f"default model: {model_dir} ({time.monotonic() - t0:.1f} s)")
-    sprint = new_sprint(ws, ws.backlog_path)
-    say(f"{sprint.id} initiated in {ws.root}; running the agents...")
     ctx = AgentContext.open(ws, "negotiator")
     install_signal_handlers(ctx)
-    code, message = Negotiator(ctx, max_seconds=max_seconds).run()
+    outcome = run_until_objective(ws, lambda left: Negotiator(ctx, max_seconds=left).run(), max_seconds=max_seconds,
+                                  on_event=say)
     queue = QueueStore.for_workspace(ws).read()
-    return DemoOutcome(code, message, queue, time.monotonic() - started, ws.root)
+    return DemoOutcome(outcome.code, outcome.message, queue, time.monotonic() - started, ws.root, outcome.sprints,
+                       outcome.report)

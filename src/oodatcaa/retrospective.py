@@ -101,18 +101,6 @@ def _value(value: object) -> str:
     return str(value)
 
 
-def _estimate_text(estimate: Estimate) -> str:
-    """``120-180 min`` (``45 min`` for a point), plus ``by complexity`` when not from the backlog.
-
-    The same text as :func:`oodatcaa.roles.negotiator.estimate_text` (a test keeps them equal);
-    not imported from there because the Negotiator writes the retrospective, and a module of
-    ``oodatcaa.roles`` importing back would close a cycle.
-    """
-    low, high = estimate.low_minutes, estimate.high_minutes
-    text = f"{low:.0f} min" if low == high else f"{low:.0f}-{high:.0f} min"
-    return text if estimate.source == "backlog" else f"{text} by complexity"
-
-
 def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
     """A Markdown table; every cell escaped (``|``, backslashes, newlines as ``<br>``)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -246,7 +234,7 @@ def _time_row(task: Task, t: StoryTime) -> tuple[str, str, str, str, str]:
     else:
         elapsed = f"{t.elapsed_minutes:.0f}" + (" (running)" if t.running else "")
         verdict = t.verdict + (" so far" if t.running and t.verdict != "-" else "")
-    return task.id, _when(task.started_at), elapsed, _estimate_text(t.estimate) if t.estimate else "none", verdict
+    return task.id, _when(task.started_at), elapsed, t.estimate.describe() if t.estimate else "none", verdict
 
 
 def _times(queue: Queue, end: datetime, rules: EstimatesSection | None) -> list[str]:

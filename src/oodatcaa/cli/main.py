@@ -72,9 +72,22 @@ def cmd_sprint_new(args: argparse.Namespace) -> int:
 
     ws = _ws(args)
     # backlog text is data: warn() prints it literally, never as markup
-    sprint = new_sprint(ws, Path(args.backlog), force=args.force, strict=args.strict,
+    sprint = new_sprint(ws, Path(args.backlog), force=args.force, strict=args.strict, carry_over=args.carry_over,
                         on_warning=lambda w: warn(f"warning: {w}"))
     say(f"{sprint.id} initiated (Sprint {sprint.number}); run `oodatcaa run` to start the agents")
+    return 0
+
+
+def cmd_sprint_complete(args: argparse.Namespace) -> int:
+    """Close the current sprint: retrospective, archive, SPRINT_GOAL history, tag ``sprint-<N>-complete``."""
+    from oodatcaa.closing import complete_sprint
+
+    ws = _ws(args)
+    closed = complete_sprint(ws, force=args.force, actor="sprint_planner")
+    say(closed.describe())
+    for state in closed.exit_states:
+        say(f"  {state.id} {state.state}: {state.text}")
+    say(f"retrospective: {ws.relative(closed.retrospective)}")
     return 0
 
 
@@ -82,9 +95,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from oodatcaa.roles.base import AgentContext, install_signal_handlers
     from oodatcaa.roles.negotiator import Negotiator
 
-    ctx = AgentContext.open(_ws(args), "negotiator")
+    ws = _ws(args)
+    ctx = AgentContext.open(ws, "negotiator")
     install_signal_handlers(ctx)
-    code, message = Negotiator(ctx, max_seconds=args.max_seconds).run()
+    if args.until_objective:
+        from oodatcaa.roadmap import run_until_objective
+
+        outcome = run_until_objective(ws, lambda left: Negotiator(ctx, max_seconds=left).run(),
+                                      carry_over=args.carry_over, max_seconds=args.max_seconds, on_event=say)
+        code, message = outcome.code, outcome.message
+    else:
+        code, message = Negotiator(ctx, max_seconds=args.max_seconds).run()
     if code == 0:
         console.print(message, markup=False, highlight=False, soft_wrap=True)
     else:
@@ -118,6 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         # plain print, not rich: JSON must not depend on the terminal width
         data = {
             "sprint": queue.sprint.model_dump(mode="json") if queue.sprint else None,
+            "objective": queue.objective.model_dump(mode="json") if queue.objective else None,
             "counters": queue.counters,
             "revision": queue.revision,
             "tasks": status_rows(queue),
@@ -125,6 +147,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         console.print(status_table(queue))
+        if queue.objective is not None:
+            text = queue.objective.describe()
+            say(text[:1].upper() + text[1:]
+                + (f" at {queue.objective.trunk_commit[:12]}" if queue.objective.trunk_commit else ""))
     return 0
 
 
@@ -278,12 +304,19 @@ def cmd_objective(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from oodatcaa.cli.render import status_table, task_figures
+    from oodatcaa.completion import format_report
     from oodatcaa.demo import run_demo
 
     outcome = run_demo(Path(args.path), model=args.model, max_seconds=args.max_seconds, progress=say)
     console.print(status_table(outcome.queue))
     for line in task_figures(outcome.queue):
         console.print(line)
+    if outcome.report is not None:
+        say("")
+        for line in format_report(outcome.report):
+            say(line)
+    for run in outcome.sprints:
+        say(f"{run.sprint_id}: {run.seconds:.0f} s (exit {run.code})")
     verdict = f"in {outcome.wall_seconds:.0f} s: {outcome.message}"
     if outcome.code == 0:
         say(f"demo completed {verdict}")
@@ -343,10 +376,23 @@ def _add_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     q.add_argument("--force", action="store_true", help="replace a sprint that is still running")
     q.add_argument("--strict", action="store_true",
                    help="refuse the backlog when it has warnings (unknown fields, ...) instead of printing them")
+    q.add_argument("--carry-over", action="store_true",
+                   help="bring the previous sprint's unfinished stories into the new one (planned again)")
     q.set_defaults(func=cmd_sprint_new)
+    q = sprint_sub.add_parser("complete", help="close the sprint: retrospective, archive, history, tag "
+                                               "sprint-<N>-complete (refused while items are claimed)")
+    q.add_argument("--force", action="store_true",
+                   help="complete even though exit criteria are unmet or stories unfinished (the retrospective says which)")
+    q.set_defaults(func=cmd_sprint_complete)
 
-    p = sub.add_parser("run", help="start the Negotiator and the role agents; exits 0 when the sprint completes")
+    p = sub.add_parser("run", help="start the Negotiator and the role agents; exits 0 when the sprint completes "
+                                  "(its exit criteria met)")
     p.add_argument("--max-seconds", type=float, default=None, help="give up after this many seconds (exit 6)")
+    p.add_argument("--until-objective", action="store_true",
+                   help="then start the next backlog of .oodatcaa/work/backlogs/ and so on, until every success "
+                        "criterion of OBJECTIVE.md is met (exit 0, tag project-complete) or the roadmap runs out (exit 7)")
+    p.add_argument("--carry-over", action="store_true",
+                   help="with --until-objective: carry unfinished stories into each next sprint")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("agent", help="run one role agent in the foreground")
@@ -411,7 +457,8 @@ def _add_operation_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         q.add_argument("--json", action="store_true", help="status: print JSON")
         q.set_defaults(func=cmd_agents)
 
-    p = sub.add_parser("demo", help="copy the bundled demo sprint into a fresh repository at PATH and run it")
+    p = sub.add_parser("demo", help="copy the bundled demo roadmap (2 sprints) into a fresh repository at PATH and "
+                                   "run it until its objective is met")
     p.add_argument("path", help="where to create the demo repository (replaced if it is an earlier demo)")
     p.add_argument("--model", default=None, help="local mlx-lm model dir instead of the default SmolLM2")
     p.add_argument("--max-seconds", type=float, default=1800, help="give up after this many seconds")

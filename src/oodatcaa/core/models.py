@@ -104,6 +104,15 @@ class Estimate(_Model):
     source: Literal["backlog", "complexity"]
     text: str | None = None
 
+    def minutes(self) -> str:
+        """``120-180 min``, or ``45 min`` when both ends round to the same minute."""
+        low, high = self.low_minutes, self.high_minutes
+        return f"{low:.0f} min" if round(low) == round(high) else f"{low:.0f}-{high:.0f} min"
+
+    def describe(self) -> str:
+        """:meth:`minutes`, plus ``by complexity`` when it does not come from the backlog."""
+        return self.minutes() if self.source == "backlog" else f"{self.minutes()} by complexity"
+
     @model_validator(mode="after")
     def _ordered(self) -> Estimate:
         if self.high_minutes < self.low_minutes:

@@ -58,6 +58,11 @@ class Workspace:
         return self.work_dir / "SPRINT_BACKLOG.md"
 
     @property
+    def backlogs_dir(self) -> Path:
+        """The roadmap: one backlog per sprint, run in file-name order by ``run --until-objective``."""
+        return self.work_dir / "backlogs"
+
+    @property
     def agent_log_path(self) -> Path:
         return self.work_dir / "AGENT_LOG.md"
 

@@ -71,13 +71,6 @@ def story_estimate(story: Task, rules: EstimatesSection) -> Estimate | None:
     return story.estimate if story.estimate is not None else rules.for_complexity(story.complexity)
 
 
-def estimate_text(estimate: Estimate) -> str:
-    """``120-180 min`` (``45 min`` for a point estimate), plus where it came from when not the backlog."""
-    low, high = estimate.low_minutes, estimate.high_minutes
-    text = f"{low:.0f} min" if low == high else f"{low:.0f}-{high:.0f} min"
-    return text if estimate.source == "backlog" else f"{text} by complexity"
-
-
 def sprint_closed(queue: Queue) -> bool:
     """The queue's sprint is no longer running (``completed`` or ``project_complete``)."""
     return queue.sprint is not None and queue.sprint.status != SprintStatus.IN_PROGRESS
@@ -231,7 +224,7 @@ class Negotiator:
             if held > 2 * estimate.high_minutes:
                 self._warned.add(lease.claim_id)
                 tx.log(item.id, "warning", f"held by {lease.owner} for {held:.0f} min, over twice its estimate "
-                                           f"({estimate_text(estimate)} for {story.id})")
+                                           f"({estimate.describe()} for {story.id})")
 
     def rotate_logs(self) -> list[str]:
         """Rotate AGENT_LOG.md and SPRINT_LOG.md into the sprint's archive when over the limit."""
@@ -381,7 +374,7 @@ def heartbeat_text(queue: Queue, now: datetime, rules: EstimatesSection) -> str:
             continue
         elapsed = max(0.0, (now - task.started_at).total_seconds() / 60)
         estimate = story_estimate(task, rules)
-        against = f"of {estimate_text(estimate)}" if estimate is not None else "(no estimate)"
+        against = f"of {estimate.describe()}" if estimate is not None else "(no estimate)"
         running.append(f"{task.id} {task.status.value} {elapsed:.0f} min {against}")
     objective = f"; {queue.objective.describe()}" if queue.objective is not None else ""
     return _counts(queue) + ("; " + "; ".join(running) if running else "") + objective

@@ -94,16 +94,11 @@ def step_estimates(estimate: Estimate | None, steps: int) -> list[Estimate | Non
     return [share] * steps
 
 
-def _minutes(estimate: Estimate) -> str:
-    low, high = estimate.low_minutes, estimate.high_minutes
-    return f"{low:.0f} min" if round(low) == round(high) else f"{low:.0f}-{high:.0f} min"
-
-
 def _story_estimate_text(task: Task) -> str:
     if task.estimate is None:
         return "none (no Estimated Time, no complexity rule)"
     where = "Estimated Time" if task.estimate.source == "backlog" else f"complexity {task.complexity}"
-    return f"{_minutes(task.estimate)} (from its {where})"
+    return f"{task.estimate.minutes()} (from its {where})"
 
 
 def render_agent_plan(task: Task, steps: list[Subtask], baseline: str | None, version: int, trunk: str = DEFAULT_TRUNK) -> str:
@@ -125,8 +120,8 @@ def render_agent_plan(task: Task, steps: list[Subtask], baseline: str | None, ve
     for s, share in zip(builds, shares, strict=True):
         spec = yaml.safe_dump(s.job, sort_keys=False).strip()
         deps = ", ".join(s.dependencies) or "none"
-        estimate = (f"{_minutes(share)} ({'all' if len(builds) == 1 else f'1/{len(builds)}'} of the story's "
-                    f"{_minutes(task.estimate)})" if share is not None and task.estimate is not None else "none")
+        estimate = (f"{share.minutes()} ({'all' if len(builds) == 1 else f'1/{len(builds)}'} of the story's "
+                    f"{task.estimate.minutes()})" if share is not None and task.estimate is not None else "none")
         out.append(
             f"\n### {s.id} — step {s.step:02d}: {s.title}\n\n- **Branch:** `{s.branch}`\n"
             f"- **Starts from:** {trunk if s.step == 1 else 'the branch of step ' + f'{s.step - 1:02d}'}\n"
