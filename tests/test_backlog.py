@@ -696,3 +696,19 @@ def test_fuzz_arbitrary_text(text):
         parse_backlog(text)
     except BacklogError:
         pass
+
+
+def test_a_margin_is_parsed_and_its_reference_metric_checked_against_the_job_kinds():
+    from oodatcaa.sprints import _validate_jobs
+
+    text = ("### T001: x\n```job\nkind: lora_train\ndata: d\n```\n**Acceptance Criteria:**\n"
+            "- [ ] loss down by 0.1 `metric: train.final_loss <= train.first_loss - 0.1` (critical)\n")
+    backlog = parse_backlog(text, source="B.md")
+    check = backlog.items[0].acceptance_criteria[0].check
+    assert check == MetricCheck(metric="train.final_loss", op="<=", value="train.first_loss", offset=-0.1)
+    _validate_jobs(backlog)
+    typo = parse_backlog(text.replace("train.first_loss - 0.1", "train.first_los - 0.1"), source="B.md")
+    with pytest.raises(BacklogError, match=r"did you mean 'train\.first_loss'"):
+        _validate_jobs(typo)
+    with pytest.raises(BacklogError, match=r"B\.md:7: acceptance criterion AC1: margin \+ 1 after the plain number 2"):
+        parse_backlog(text.replace("train.first_loss - 0.1", "2 + 1"), source="B.md")

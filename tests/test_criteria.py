@@ -80,6 +80,58 @@ def test_number_forms(raw, value):
     assert parse(f"- [ ] x `metric: a.b >= {raw}`").check.value == value
 
 
+@pytest.mark.parametrize("right,offset,factor", [
+    ("T006.eval.loss + 0.3", 0.3, 1.0),
+    ("T006.eval.loss+0.3", 0.3, 1.0),
+    ("T006.eval.loss  +   0.3", 0.3, 1.0),
+    ("T006.eval.loss - 0.1", -0.1, 1.0),
+    ("T006.eval.loss-.1", -0.1, 1.0),
+    ("T006.eval.loss - 1e-3", -0.001, 1.0),
+    ("T006.eval.loss * 1.05", 0.0, 1.05),
+    ("T006.eval.loss*2", 0.0, 2.0),
+    ("T006.eval.loss + 0", 0.0, 1.0),  # no margin at all
+    ("T006.eval.loss * 1", 0.0, 1.0),
+])
+def test_metric_margin(right, offset, factor):
+    c = parse(f"- [ ] no worse than the base `metric: T007.eval.loss <= {right}` (critical)")
+    assert c.check == MetricCheck(metric="T007.eval.loss", op="<=", value="T006.eval.loss", offset=offset,
+                                  factor=factor)
+    assert c.critical is True and c.text == "no worse than the base"
+
+
+@pytest.mark.parametrize("op", OPERATORS)
+def test_metric_margin_with_every_operator(op):
+    c = parse(f"- [ ] x `metric: a.b{op}a.c*0.5`")
+    assert c.check == MetricCheck(metric="a.b", op=op, value="a.c", factor=0.5)
+
+
+@pytest.mark.parametrize("value,words,fix", [
+    ("2 + 1", "after the plain number 2", "`metric: train.loss < 3`"),
+    ("2-0.5", "after the plain number 2", "`metric: train.loss < 1.5`"),
+    ("2 * 3", "after the plain number 2", "`metric: train.loss < 6`"),
+    ("train.base + abc", "unparsable margin 'abc'", "`metric: train.loss < train.base + 0.3`"),
+    ("train.base + train.other", "unparsable margin 'train.other'", "`metric: train.loss < train.base + 0.3`"),
+    ("train.base + 0.3 GB", "unparsable margin '0.3 GB'", "without units, like `metric: train.loss < train.base + 0.3`"),
+    ("train.base * 1.05x", "unparsable factor '1.05x'", "`metric: train.loss < train.base * 1.05`"),
+    ("train.base + 0.3 * 2", "two margins", "one margin"),
+    ("train.base * 1.05 + 0.1", "two margins", "one margin"),
+    ("train.base + 0.3 - 0.1", "two margins", "one margin"),
+    ("train.base +", "missing number after '+'", "`metric: train.loss < train.base + 0.3`"),
+    ("train.base*", "missing number after '*'", "`metric: train.loss < train.base * 1.05`"),
+    ("train.base + -0.1", "signed margin", "`metric: train.loss < train.base - 0.1`"),
+    ("train.base - -0.1", "signed margin", "`metric: train.loss < train.base + 0.1`"),
+    ("train.base * -1", "signed factor", "positive number"),
+    ("train.base * 0", "factor 0", "positive factor"),
+    ("train.base + 1e999", "out of range", "finite number"),
+])
+def test_bad_metric_margin(value, words, fix):
+    err = bad(f"- [ ] x `metric: train.loss < {value}`")
+    assert str(err).startswith("backlog.md:7: acceptance criterion AC1: ")
+    assert words in str(err)
+    assert fix in str(err)
+    assert f"`metric: train.loss < {value}`" in str(err)
+
+
 def test_file_and_command_checks():
     f = parse("- [ ] adapter saved `file: adapters/adapter_config.json`")
     assert f.check == FileCheck(path="adapters/adapter_config.json")
@@ -235,6 +287,20 @@ def test_model_validation():
         MetricCheck(metric="a.b", op="<", value="16")  # a string value is a metric name
     with pytest.raises(ValidationError):
         MetricCheck(metric="a.b", op="<", value=math.nan)
+    with pytest.raises(ValidationError, match="only when value is a metric name"):
+        MetricCheck(metric="a.b", op="<", value=2, offset=1)
+    with pytest.raises(ValidationError, match="only when value is a metric name"):
+        MetricCheck(metric="a.b", op="<", value=2, factor=2)
+    with pytest.raises(ValidationError, match="not both"):
+        MetricCheck(metric="a.b", op="<", value="a.c", offset=1, factor=2)
+    with pytest.raises(ValidationError):
+        MetricCheck(metric="a.b", op="<", value="a.c", factor=0)
+    with pytest.raises(ValidationError):
+        MetricCheck(metric="a.b", op="<", value="a.c", factor=-1)
+    with pytest.raises(ValidationError):
+        MetricCheck(metric="a.b", op="<", value="a.c", offset=math.inf)
+    with pytest.raises(ValidationError):
+        MetricCheck(metric="a.b", op="<", value="a.c", factor=math.nan)
     with pytest.raises(ValidationError):
         FileCheck(path="/abs")
     with pytest.raises(ValidationError):
@@ -256,6 +322,8 @@ def test_criterion_json_roundtrip_keeps_check_kind():
         Criterion(id="AC3", text="c", check=FileCheck(path="x/y")),
         Criterion(id="AC4", text="d", check=CommandCheck(run="true", timeout_s=5, expect_exit=1)),
         Criterion(id="AC5", text="e"),
+        Criterion(id="AC6", text="f", check=MetricCheck(metric="a.b", op="<=", value="a.c", offset=-0.1)),
+        Criterion(id="AC7", text="g", check=MetricCheck(metric="a.b", op=">", value="a.c", factor=1.05)),
     ]
     for c in items:
         assert Criterion.model_validate_json(c.model_dump_json()) == c
@@ -266,7 +334,22 @@ def test_format_check():
     assert format_check(MetricCheck(metric="a.b", op="<=", value=16)) == "metric: a.b <= 16"
     assert format_check(MetricCheck(metric="a.b", op="<=", value=0.25)) == "metric: a.b <= 0.25"
     assert format_check(MetricCheck(metric="a.b", op="<", value="a.c")) == "metric: a.b < a.c"
+    assert format_check(MetricCheck(metric="a.b", op="<=", value="a.c", offset=0.3)) == "metric: a.b <= a.c + 0.3"
+    assert format_check(MetricCheck(metric="a.b", op="<=", value="a.c", offset=-0.1)) == "metric: a.b <= a.c - 0.1"
+    assert format_check(MetricCheck(metric="a.b", op=">", value="a.c", factor=1.05)) == "metric: a.b > a.c * 1.05"
+    assert format_check(MetricCheck(metric="a.b", op=">", value="a.c", offset=2)) == "metric: a.b > a.c + 2"
     assert format_check(FileCheck(path="a")) == "file: a"
+
+
+def test_checks_without_margin_dump_as_before():
+    old = {"kind": "metric", "metric": "a.b", "op": "<", "value": "a.c"}
+    check = MetricCheck.model_validate(old)
+    assert check.offset == 0.0 and check.factor == 1.0 and not check.has_margin
+    assert check.model_dump(exclude_defaults=True) == {"metric": "a.b", "op": "<", "value": "a.c"}
+    assert MetricCheck(metric="a.b", op="<", value=2).model_dump(exclude_defaults=True) == {
+        "metric": "a.b", "op": "<", "value": 2.0}
+    assert MetricCheck(metric="a.b", op="<", value="a.c", offset=-0.1).model_dump(exclude_defaults=True) == {
+        "metric": "a.b", "op": "<", "value": "a.c", "offset": -0.1}
     assert format_check(CommandCheck(run="pytest -q")) == "command: pytest -q"
 
 
@@ -275,15 +358,25 @@ _words = st.text(alphabet="abcdefghij klmnop,.-_()'\"", min_size=0, max_size=30)
     lambda s: " ".join(s.replace("(", "").replace(")", "").split())
 )
 _name = st.from_regex(r"[a-z_][a-z0-9_]{0,6}\.[a-z0-9_]{1,8}", fullmatch=True)
-_metric = st.builds(
-    MetricCheck,
-    metric=_name,
-    op=st.sampled_from(OPERATORS),
-    value=st.one_of(
-        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12),
-        st.integers(-10**6, 10**6).map(float),
-        _name,
+_margin_number = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False, min_value=1e-9, max_value=1e12),
+    st.integers(1, 10**6).map(float),
+)
+_metric = st.one_of(
+    st.builds(
+        MetricCheck,
+        metric=_name,
+        op=st.sampled_from(OPERATORS),
+        value=st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12),
+            st.integers(-10**6, 10**6).map(float),
+            _name,
+        ),
     ),
+    # a margin on a metric-name value: + N, - N or * N
+    st.builds(MetricCheck, metric=_name, op=st.sampled_from(OPERATORS), value=_name,
+              offset=st.one_of(_margin_number, _margin_number.map(lambda x: -x))),
+    st.builds(MetricCheck, metric=_name, op=st.sampled_from(OPERATORS), value=_name, factor=_margin_number),
 )
 _file = st.builds(FileCheck, path=st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,20}", fullmatch=True).filter(
     lambda p: ".." not in p.split("/") and not p.endswith(" ")))
@@ -359,6 +452,55 @@ def test_metric_against_metric():
     assert r.observed == "train.final_loss = 1.5, train.first_loss = 3.0"
     r = evaluate_criterion(crit(MetricCheck(metric="train.first_loss", op="<", value="train.final_loss")), ctx())
     assert r.outcome == "FAIL"
+
+
+@pytest.mark.parametrize("check,outcome,observed,detail", [
+    (MetricCheck(metric="train.final_loss", op="<=", value="train.first_loss", offset=-1.5), "PASS",
+     "train.final_loss = 1.5, train.first_loss = 3.0 (- 1.5 = 1.5)", "1.5 <= 3 - 1.5 (= 1.5) is true"),
+    (MetricCheck(metric="train.final_loss", op="<", value="train.first_loss", offset=-1.5), "FAIL",
+     "train.final_loss = 1.5, train.first_loss = 3.0 (- 1.5 = 1.5)", "1.5 < 3 - 1.5 (= 1.5) is false"),
+    (MetricCheck(metric="train.first_loss", op="<=", value="train.final_loss", offset=1.6), "PASS",
+     "train.first_loss = 3.0, train.final_loss = 1.5 (+ 1.6 = 3.1)", "3 <= 1.5 + 1.6 (= 3.1) is true"),
+    (MetricCheck(metric="train.first_loss", op="<=", value="train.final_loss", factor=1.5), "FAIL",
+     "train.first_loss = 3.0, train.final_loss = 1.5 (* 1.5 = 2.25)", "3 <= 1.5 * 1.5 (= 2.25) is false"),
+    (MetricCheck(metric="train.first_loss", op="==", value="train.final_loss", factor=2), "PASS",
+     "train.first_loss = 3.0, train.final_loss = 1.5 (* 2 = 3)", "3 == 1.5 * 2 (= 3) is true"),
+])
+def test_metric_against_metric_with_margin(check, outcome, observed, detail):
+    r = evaluate_criterion(crit(check), ctx())
+    assert (r.outcome, r.observed, r.detail) == (outcome, observed, detail)
+    assert r.expected == format_check(check).removeprefix("metric: ")
+
+
+def test_margin_detail_shows_the_computed_right_side():
+    metrics = {"T007": {"eval": {"loss": 1.92}}, "T006": {"eval": {"loss": 1.85}}}
+    check = parse("- [ ] x `metric: T007.eval.loss <= T006.eval.loss + 0.3`").check
+    r = evaluate_criterion(crit(check), CheckContext(metrics=metrics))
+    assert r.outcome == "PASS"
+    assert r.detail == "1.92 <= 1.85 + 0.3 (= 2.15) is true"
+    assert r.expected == "T007.eval.loss <= T006.eval.loss + 0.3"
+    assert r.observed == "T007.eval.loss = 1.92, T006.eval.loss = 1.85 (+ 0.3 = 2.15)"
+    metrics["T007"]["eval"]["loss"] = 2.2
+    r = evaluate_criterion(crit(check), CheckContext(metrics=metrics))
+    assert r.outcome == "FAIL" and r.detail == "2.2 <= 1.85 + 0.3 (= 2.15) is false"
+
+
+def test_margin_with_missing_or_bad_reference_fails():
+    r = evaluate_criterion(crit(MetricCheck(metric="train.final_loss", op="<", value="train.nope", offset=1)), ctx())
+    assert r.outcome == "FAIL" and "metric train.nope not found" in r.detail
+    r = evaluate_criterion(crit(MetricCheck(metric="train.final_loss", op="<", value="train.bad", factor=2)), ctx())
+    assert r.outcome == "FAIL" and "NaN" in r.detail
+    r = evaluate_criterion(crit(MetricCheck(metric="train.final_loss", op="<", value="model.dtype", offset=1)),
+                           ctx())
+    assert r.outcome == "FAIL" and "model.dtype is not a number" in r.detail
+
+
+@pytest.mark.parametrize("check", [MetricCheck(metric="a.b", op=">", value="a.c", offset=1),
+                                   MetricCheck(metric="a.c", op="<", value="a.b", factor=2),
+                                   MetricCheck(metric="a.b", op=">", value=1)])
+def test_an_infinite_metric_fails_with_a_reason(check):
+    r = evaluate_criterion(crit(check), CheckContext(metrics={"a": {"b": math.inf, "c": 1.0}}))
+    assert r.outcome == "FAIL" and "infinite value" in r.detail
 
 
 def test_missing_metric_lists_available():

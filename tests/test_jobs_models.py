@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from oodatcaa.jobs.registry import key_metrics
 from oodatcaa.jobs.runner import JobResult, run_job
 
 
@@ -31,6 +32,9 @@ def test_evaluate_base_vs_adapted(tiny_model: Path, tiny_adapter: Path, tmp_path
     assert ev["base_perplexity"] == pytest.approx(math.exp(ev["base_loss"]), rel=1e-9)
     assert ev["loss"] < ev["base_loss"] and ev["loss_delta"] == pytest.approx(ev["loss"] - ev["base_loss"])
     assert ev["tokens"] > 0 and ev["batches"] == 2
+    # MLX's peak over the phases (GB = 1e9 bytes): at least the resident weights, far below a real model
+    assert isinstance(ev["peak_memory_gb"], float) and 0 < ev["peak_memory_gb"] < 1
+    assert key_metrics(result.summary)["eval.peak_memory_gb"] == round(ev["peak_memory_gb"], 4)  # on the story
     outputs = json.loads((result.run_dir / "outputs.json").read_text())
     assert outputs["split"] == "test" and len(outputs["outputs"]) == 3
     for row in outputs["outputs"]:
@@ -45,6 +49,7 @@ def test_evaluate_base_vs_adapted(tiny_model: Path, tiny_adapter: Path, tmp_path
     assert base.ok, base.error
     assert base.summary["eval"]["adapter"] == 0 and base.summary["eval"]["base_loss"] == base.summary["eval"]["loss"]
     assert base.summary["eval"]["batches"] == 1 and base.summary["eval"]["tokens"] < ev["tokens"]
+    assert isinstance(base.summary["eval"]["peak_memory_gb"], float) and base.summary["eval"]["peak_memory_gb"] > 0
     assert json.loads((base.run_dir / "outputs.json").read_text())["outputs"][0].keys() == {"prompt", "base"}
 
 

@@ -140,6 +140,8 @@ def test_fenced_code_is_not_parsed_and_other_sections_are_kept():
 @pytest.mark.parametrize("line, fragment", [
     ("- [ ] loss `metric: T005.eval.loss =< 2`", "did you mean '<='"),
     ("- [ ] loss `metric: eval.loss < 2`", "names no task"),
+    ("- [ ] loss `metric: T005.eval.loss < eval.base + 0.3`", "'eval.base' names no task"),
+    ("- [ ] loss `metric: T005.eval.loss < T004.eval.loss + 0.3 GB`", "without units"),
     ("- [ ] escape `file: ../etc/passwd`", "'..'"),
     ("- [ ] two `file: a` and `file: b`", "2 checks on one line"),
 ])
@@ -262,6 +264,22 @@ def test_a_metric_counts_only_for_a_merged_task(tmp_path):
     queue.tasks[0].metrics = {"eval.loss": 2.4}
     report = evaluate_objective(ws, queue=queue)
     assert report.criteria[0].state == "unmet" and report.criteria[0].evidence[0].observed == "T001.eval.loss = 2.4"
+
+
+def test_a_metric_with_a_margin_compares_two_merged_stories(tmp_path):
+    ws = workspace(tmp_path)
+    write_objective(ws, "## Success Criteria\n- [ ] close to the base `metric: T002.eval.loss <= T001.eval.loss + 0.3`\n")
+    sha1 = merge_story(ws, "T001", {"a.txt": "a\n"})
+    sha2 = merge_story(ws, "T002", {"b.txt": "b\n"})
+    queue = queue_of(2, T001={"status": S.DONE, "merged_commit": sha1, "metrics": {"eval.loss": 1.85}},
+                     T002={"status": S.DONE, "merged_commit": sha2, "metrics": {"eval.loss": 1.92}})
+    report = evaluate_objective(ws, queue=queue)
+    sc1 = report.criteria[0]
+    assert sc1.state == "met"
+    assert sc1.evidence[0].detail == "1.92 <= 1.85 + 0.3 (= 2.15) is true"
+    queue.tasks[1].metrics = {"eval.loss": 2.2}
+    sc1 = evaluate_objective(ws, queue=queue).criteria[0]
+    assert sc1.state == "unmet" and "2.2 <= 1.85 + 0.3 (= 2.15) is false" in sc1.reason
 
 
 def test_a_done_task_whose_merge_is_not_on_the_trunk_does_not_count(tmp_path):

@@ -4,6 +4,7 @@ A criterion is one checkbox line of a backlog item. It may carry one inline chec
 
     - [ ] peak memory under target `metric: train.peak_memory_gb <= 16` (critical)
     - [ ] loss goes down `metric: train.final_loss < train.first_loss`
+    - [ ] no worse than the base `metric: T007.eval.loss <= T006.eval.loss + 0.3`
     - [ ] adapter saved `file: adapters/adapter_config.json`
     - [ ] the script runs `command: python -c "print(1)"`
     - [ ] the answers read naturally                       (prose only: a person decides)
@@ -61,7 +62,17 @@ Decision = Literal["accept", "adapt", "needs_manual"]
 METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$"
 _METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 # A plain decimal number: 16, -2, 0.5, .5, 1e-3, 2.5E+9 (no units, no inf/nan).
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_UNSIGNED_BODY = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_NUMBER_BODY = r"[+-]?" + _UNSIGNED_BODY
+_NUMBER = re.compile(rf"^{_NUMBER_BODY}$")
+_UNSIGNED = re.compile(rf"^{_UNSIGNED_BODY}$")
+_NUMBER_PREFIX = re.compile(rf"^{_NUMBER_BODY}")
+# A margin after a metric name on the right side: "train.first_loss + 0.3", "a.b*1.05" (N read later).
+_MARGIN_OPS = ("+", "-", "*")
+_WITH_MARGIN = re.compile(
+    r"^(?P<ref>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+)\s*(?P<mop>[-+*])\s*(?P<n>.*)$", re.S)
+# A number followed by a margin operator: "2 + 1" (refused: a margin needs a metric to apply to).
+_NUMBER_THEN_MARGIN = re.compile(rf"^(?P<num>{_NUMBER_BODY})\s*(?P<mop>[-+*])\s*(?P<n>.*)$", re.S)
 # Equality of floats is relative: |a - b| <= 1e-9 * max(|a|, |b|) (math.isclose default).
 _EQ_REL_TOL = 1e-9
 
@@ -95,12 +106,26 @@ class MetricCheck(_Strict):
     namespaced summary (``train.peak_memory_gb`` is ``summary["train"]["peak_memory_gb"]``); units
     are whatever the job reports (GB = 1e9 bytes, seconds, tokens/s). ``==`` and ``!=`` compare
     numbers with a relative tolerance of 1e-9 (``math.isclose``).
+
+    When ``value`` is a metric name the right side may carry one margin: the check compares
+    ``metric OP factor * value + offset``. ``offset`` is in the units of the metric (written
+    ``+ 0.3`` or ``- 0.1``), ``factor`` is a positive ratio without unit (written ``* 1.05``). The
+    defaults (``offset`` 0.0, ``factor`` 1.0) mean no margin: checks stored before margins existed
+    still validate, and their ``model_dump(exclude_defaults=True)`` is what it was.
+
+    Raises :class:`pydantic.ValidationError` for an undotted name, a string ``value`` that is not a
+    metric name, a non-finite number, a factor that is not > 0, a margin on a plain-number
+    ``value``, or both an offset and a factor.
     """
 
     kind: Literal["metric"] = "metric"
     metric: str
     op: Op
     value: float | str
+    offset: float = Field(default=0.0, description="Added to the compared metric (its units); only with a "
+                                                     "metric-name value.")
+    factor: float = Field(default=1.0, gt=0, description="Multiplies the compared metric (a ratio); only with a "
+                                                         "metric-name value.")
 
     @field_validator("metric")
     @classmethod
@@ -119,6 +144,42 @@ class MetricCheck(_Strict):
         if not math.isfinite(value):
             raise ValueError("value must be a finite number")
         return float(value)
+
+    @field_validator("offset", "factor")
+    @classmethod
+    def _finite_margin(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("a margin must be a finite number")
+        return float(value)
+
+    @model_validator(mode="after")
+    def _one_margin(self) -> MetricCheck:
+        has_offset, has_factor = self.offset != 0.0, self.factor != 1.0
+        if (has_offset or has_factor) and not isinstance(self.value, str):
+            raise ValueError("a margin (offset or factor) applies only when value is a metric name; "
+                             "fold it into the number instead")
+        if has_offset and has_factor:
+            raise ValueError("give one margin: an offset or a factor, not both")
+        return self
+
+    @property
+    def has_margin(self) -> bool:
+        """Whether the right side carries a margin (an offset other than 0 or a factor other than 1)."""
+        return self.offset != 0.0 or self.factor != 1.0
+
+    def right_side(self) -> str:
+        """The right side as written inline: ``16``, ``train.first_loss``, ``T006.eval.loss + 0.3``."""
+        return _format_value(self.value) + self.margin_text()
+
+    def margin_text(self) -> str:
+        """The margin as written inline, with a leading space (``" + 0.3"``, ``" * 1.05"``), or ``""``."""
+        if self.factor != 1.0:
+            return f" * {_format_value(self.factor)}"
+        if self.offset > 0:
+            return f" + {_format_value(self.offset)}"
+        if self.offset < 0:
+            return f" - {_format_value(-self.offset)}"
+        return ""
 
 
 class FileCheck(_Strict):
@@ -180,7 +241,7 @@ class Criterion(_Strict):
 def format_check(check: MetricCheck | FileCheck | CommandCheck) -> str:
     """The inline form of a check, without backticks: ``metric: train.final_loss < 2``."""
     if isinstance(check, MetricCheck):
-        return f"metric: {check.metric} {check.op} {_format_value(check.value)}"
+        return f"metric: {check.metric} {check.op} {check.right_side()}"
     if isinstance(check, FileCheck):
         return f"file: {check.path}"
     return f"command: {check.run}"
@@ -189,7 +250,7 @@ def format_check(check: MetricCheck | FileCheck | CommandCheck) -> str:
 def _format_value(value: float | str) -> str:
     if isinstance(value, str):
         return value
-    if value == int(value) and abs(value) < 1e15:
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
 
@@ -225,10 +286,17 @@ def parse_criterion_line(text: str, *, index: int, source: str, line: int) -> Cr
     ``file:`` or ``command:``) is read; other code spans stay part of the prose. ``(critical)``
     anywhere outside code spans, in any case, marks the criterion critical. ``index`` is 1-based.
 
+    A metric check is ``metric: NAME OP VALUE`` where ``VALUE`` is a plain number or a dotted
+    metric name; a metric name may be followed by one margin ``+ N``, ``- N`` or ``* N`` (``N`` an
+    unsigned plain number, spaces optional): ``metric: T007.eval.loss <= T006.eval.loss + 0.3``
+    compares with ``T006.eval.loss + 0.3`` (:attr:`MetricCheck.offset` 0.3), ``... * 1.05`` with
+    1.05 times it (:attr:`MetricCheck.factor`).
+
     Raises :class:`BacklogError` (``source``, ``line``, the problem and the fix) for a check with
-    bad syntax: an unknown operator, a value that is not a number or a metric name, a ``file:``
-    path that is absolute or contains ``..``, an empty command, a misspelled check kind, or two
-    checks on one line, or an empty criterion. Raises :class:`ValueError` if ``index`` < 1.
+    bad syntax: an unknown operator, a value that is not a number or a metric name, a margin after
+    a plain number, a margin that is not one unsigned plain number (units, a sign, a second
+    margin, a zero factor), a ``file:`` path that is absolute or contains ``..``, an empty command,
+    a misspelled check kind, or two checks on one line, or an empty criterion. Raises :class:`ValueError` if ``index`` < 1.
     """
     if index < 1:
         raise ValueError(f"criterion index must be >= 1, got {index}")
@@ -333,12 +401,67 @@ def _parse_metric(expr: str, content: str, fail: Any) -> MetricCheck:
         return MetricCheck(metric=name, op=cast(Op, op), value=number)
     if _METRIC_NAME.fullmatch(value):
         return MetricCheck(metric=name, op=cast(Op, op), value=value)
-    number_like = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", value)
+    margin = _WITH_MARGIN.match(value)
+    if margin:
+        return _parse_margin(name, op, margin.group("ref"), margin.group("mop"), margin.group("n").strip(),
+                             content, fail)
+    after_number = _NUMBER_THEN_MARGIN.match(value)
+    if after_number and re.match(r"^[+-]?[\d.]", after_number.group("n").strip()):
+        num, mop, n = after_number.group("num"), after_number.group("mop"), after_number.group("n").strip()
+        if _NUMBER.fullmatch(n):
+            a, b = float(num), float(n)
+            computed = a + b if mop == "+" else a - b if mop == "-" else a * b
+            like = f"`metric: {name} {op} {_format_computed(computed) if math.isfinite(computed) else num}`"
+        else:
+            like = f"`metric: {name} {op} {num}`"
+        raise fail(
+            f"margin {mop} {n} after the plain number {num} in `{content}`: a margin applies only to another "
+            f"metric (like `metric: {name} {op} train.first_loss {mop} {n}`); with a number, write "
+            f"the number itself, like {like}"
+        )
+    number_like = _NUMBER_PREFIX.match(value)
     if number_like and number_like.group(0):
         fix = f"write a plain number without units, like `metric: {name} {op} {number_like.group(0)}`"
     else:
-        fix = "write a plain number (16, 0.5, 1e-3) or another dotted metric name (train.first_loss)"
+        fix = ("write a plain number (16, 0.5, 1e-3) or another dotted metric name (train.first_loss), "
+               "optionally with one margin (train.first_loss + 0.3)")
     raise fail(f"unparsable value {value!r} in `{content}`: {fix}")
+
+
+def _parse_margin(name: str, op: str, ref: str, mop: str, n: str, content: str, fail: Any) -> MetricCheck:
+    """The check ``name op ref mop n`` (``mop`` one of ``+ - *``); raises ``fail(...)`` for a bad ``n``."""
+    example = {"+": "0.3", "-": "0.1", "*": "1.05"}[mop]
+    form = f"`metric: {name} {op} {ref} {mop} {example}`"
+    what = "factor" if mop == "*" else "margin"
+    if not n:
+        raise fail(f"missing number after {mop!r} in `{content}`: write one plain number, like {form}")
+    if _UNSIGNED.fullmatch(n):
+        number = float(n)
+        if not math.isfinite(number):
+            raise fail(f"{what} {n!r} in `{content}` is out of range; use a finite number, like {form}")
+        if mop == "*":
+            if number == 0:
+                raise fail(f"factor 0 in `{content}` compares with 0, not with {ref}; use a positive factor, "
+                           f"like {form}, or compare with the number: `metric: {name} {op} 0`")
+            return MetricCheck(metric=name, op=cast(Op, op), value=ref, factor=number)
+        return MetricCheck(metric=name, op=cast(Op, op), value=ref, offset=number if mop == "+" else -number)
+    if _NUMBER.fullmatch(n):  # signed: "+ -0.1", "* -1"
+        if mop == "*":
+            raise fail(f"negative or signed factor {n!r} in `{content}`: a factor is a positive number "
+                       f"without a sign, like {form}")
+        flipped = "-" if (mop == "+") == n.startswith("-") else "+"
+        raise fail(f"signed margin {mop} {n} in `{content}`: write the number without a sign, "
+                   f"like `metric: {name} {op} {ref} {flipped} {n.lstrip('+-')}`")
+    prefix = _NUMBER_PREFIX.match(n)
+    if prefix and prefix.group(0):
+        rest = n[prefix.end():].lstrip()
+        if rest[:1] in _MARGIN_OPS:
+            raise fail(f"two margins in `{content}`: write one margin (`+ N`, `- N` or `* N`) after {ref}, "
+                       f"like {form}; fold the others into its number")
+        raise fail(f"unparsable {what} {n!r} in `{content}`: write a plain number without units, "
+                   f"like `metric: {name} {op} {ref} {mop} {prefix.group(0).lstrip('+-')}`")
+    raise fail(f"unparsable {what} {n!r} in `{content}`: a margin is one plain number (0.3, 1e-3), not a "
+               f"name or an expression; write it like {form}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,7 +511,8 @@ def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResu
 
     - prose only → ``UNVERIFIED`` ("needs a person"), never a pass;
     - metric → ``FAIL`` when the metric (or the compared metric) is missing — the detail names
-      the available metrics — or is not a finite number;
+      the available metrics — or is not a finite number (NaN, inf); with a margin the right side
+      ``factor * other + offset`` is what is compared, and ``observed`` and ``detail`` show it;
     - file → ``PASS`` when ``root / path`` exists under any root;
     - command → run by ``bash -c`` (:func:`oodatcaa.core.process.run_process`: cwd ``ctx.workdir``,
       the child environment rules plus ``ctx.env``, its own process group); ``PASS`` when the exit
@@ -423,7 +547,7 @@ def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResu
 
 def _expected(check: MetricCheck | FileCheck | CommandCheck) -> str:
     if isinstance(check, MetricCheck):
-        return f"{check.metric} {check.op} {_format_value(check.value)}"
+        return f"{check.metric} {check.op} {check.right_side()}"
     if isinstance(check, FileCheck):
         return f"{check.path} exists"
     return f"`{check.run}` exits {check.expect_exit}"
@@ -490,21 +614,37 @@ def _eval_metric(check: MetricCheck, ctx: CheckContext) -> tuple[Outcome, str, s
     observed = f"{check.metric} = {raw!r}" if not isinstance(raw, (int, float)) else f"{check.metric} = {raw}"
     if left is None:
         return "FAIL", observed, f"metric {check.metric} is not a number: {raw!r}"
+    shown_right = ""
     if isinstance(check.value, str):
         found_r, raw_r = _lookup(ctx.metrics, check.value)
         if not found_r:
             return "FAIL", observed, _missing(check.value, ctx)
-        right = _as_number(raw_r)
-        observed += f", {check.value} = {raw_r!r}" if right is None else f", {check.value} = {raw_r}"
-        if right is None:
+        other = _as_number(raw_r)
+        observed += f", {check.value} = {raw_r!r}" if other is None else f", {check.value} = {raw_r}"
+        if other is None:
             return "FAIL", observed, f"metric {check.value} is not a number: {raw_r!r}"
+        right = check.factor * other + check.offset
+        shown_right = _format_value(other)
+        if check.has_margin and not math.isnan(right):
+            observed += f" ({check.margin_text().strip()} = {_format_computed(right)})"
+            shown_right += f"{check.margin_text()} (= {_format_computed(right)})"
     else:
         right = check.value
+        shown_right = _format_value(right)
     if math.isnan(left) or math.isnan(right):
         return "FAIL", observed, "NaN never satisfies a comparison"
+    if math.isinf(left) or math.isinf(right):
+        return "FAIL", observed, "an infinite value never satisfies a check (a diverged or overflowed metric)"
     ok = _compare(left, check.op, right)
-    detail = f"{_format_value(left)} {check.op} {_format_value(right)} is {'true' if ok else 'false'}"
+    detail = f"{_format_value(left)} {check.op} {shown_right} is {'true' if ok else 'false'}"
     return ("PASS" if ok else "FAIL"), observed, detail
+
+
+def _format_computed(value: float) -> str:
+    """A computed right side for people: 12 significant digits (``1.85 + 0.3`` shows ``2.15``)."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.12g}"
 
 
 def _eval_file(check: FileCheck, ctx: CheckContext) -> tuple[Outcome, str, str]:

@@ -19,7 +19,9 @@
 Summary namespace ``eval``: ``loss``, ``perplexity`` (of the adapted model when there is an adapter,
 else of the base), ``base_loss``, ``base_perplexity``, ``loss_delta`` (loss - base_loss; negative =
 the adapter helps), ``tokens``, ``examples``, ``batches``, ``split``, ``prompts``, ``adapter`` (1/0),
-``eval_seconds``, ``load_seconds``.
+``eval_seconds``, ``load_seconds``, ``peak_memory_gb`` (``mx.get_peak_memory()`` in GB = 1e9 bytes, reset
+after loading the model, read after the last phase: the resident weights plus the largest evaluation
+batch or generation of any phase, the adapter's weights included).
 """
 
 from __future__ import annotations
@@ -113,13 +115,17 @@ def run(spec: EvaluateJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Run an ``evaluate`` job; returns ``{"eval": {...}}`` (see the module docstring).
 
     Phases: inputs, load, then per model (``base`` and/or ``adapted``) loss + generations, outputs.json
-    and the summary.
+    and the summary. MLX's peak memory is reset after the load and read after the last phase
+    (``peak_memory_gb``, GB = 1e9 bytes), as ``lora_train`` and ``inference_bench`` measure theirs.
 
     Raises:
         JobFailure: missing split file, model or adapter that does not load, or an empty split.
     """
+    import mlx.core as mx
+
     inputs = _inputs(spec, ctx)
     loaded = _load(spec, ctx, inputs)
+    mx.reset_peak_memory()
     start = time.perf_counter()
     phases: list[str] = []
     if inputs.adapter is None or spec.compare_base:
@@ -130,6 +136,7 @@ def run(spec: EvaluateJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
                prompts=len(loaded.prompts))
     results = {phase: _evaluate(spec, ctx, loaded, phase, inputs.adapter) for phase in phases}
     seconds = time.perf_counter() - start
+    peak_memory_gb = mx.get_peak_memory() / 1e9
 
     outputs = []
     for i, prompt in enumerate(loaded.prompts):
@@ -140,7 +147,7 @@ def run(spec: EvaluateJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     adapter = inputs.adapter
     write_json(ctx.run_dir / "outputs.json", {"model": str(inputs.model_path), "adapter": str(adapter) if adapter else None,
                                                "split": spec.split, "outputs": outputs})
-    return {"eval": _summary(spec, inputs, loaded, results, seconds)}
+    return {"eval": _summary(spec, inputs, loaded, results, seconds, peak_memory_gb)}
 
 
 def _inputs(spec: EvaluateJob, ctx: JobContext) -> _Inputs:
@@ -216,8 +223,9 @@ def _evaluate(spec: EvaluateJob, ctx: JobContext, loaded: _Loaded, phase: str, a
 
 
 def _summary(spec: EvaluateJob, inputs: _Inputs, loaded: _Loaded, results: dict[str, _PhaseResult],
-             seconds: float) -> dict[str, Any]:
-    """The ``eval`` namespace of the summary (the module docstring lists the keys)."""
+             seconds: float, peak_memory_gb: float) -> dict[str, Any]:
+    """The ``eval`` namespace of the summary (the module docstring lists the keys); ``seconds`` is the
+    wall time of the phases, ``peak_memory_gb`` MLX's peak over them in GB (1e9 bytes)."""
     adapter = inputs.adapter
     main = results["adapted" if adapter is not None else "base"]
     base = results.get("base")
@@ -235,4 +243,5 @@ def _summary(spec: EvaluateJob, inputs: _Inputs, loaded: _Loaded, results: dict[
         "adapter": int(adapter is not None),
         "eval_seconds": round(seconds, 4),
         "load_seconds": round(loaded.load_seconds, 4),
+        "peak_memory_gb": round(peak_memory_gb, 6),
     }

@@ -157,9 +157,9 @@ _REGISTRY: tuple[JobKind, ...] = (
     ),
     JobKind(
         "evaluate", S.EvaluateJob, "oodatcaa.jobs.evaluate", uses_mlx=True, trains=False, namespace="eval",
-        key_metrics=_keys("eval", "loss perplexity"),
+        key_metrics=_keys("eval", "loss perplexity peak_memory_gb"),
         metrics=_keys("eval", "loss perplexity base_loss base_perplexity loss_delta tokens examples batches split prompts "
-                              "adapter eval_seconds load_seconds"),
+                              "adapter eval_seconds load_seconds peak_memory_gb"),
         docs_section="evaluate",
     ),
     JobKind(
