@@ -418,7 +418,8 @@ def test_duplicate_id():
 
 def test_unknown_dependency():
     text = item(1) + item(2, deps="T001, T009")
-    assert_error(text, line_of(text, "T009"), "T002 depends on T009", "neither in this backlog", "nor a story of an earlier sprint", "T001, T002")
+    assert_error(text, line_of(text, "T009"), "T002 depends on T009", "neither in this backlog",
+                 "nor a story of an earlier sprint", "T001, T002")
 
 
 def test_invalid_dependency():

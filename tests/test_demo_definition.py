@@ -2,9 +2,9 @@
 
 from oodatcaa.backlog import load_backlog
 from oodatcaa.core.config import bundled_dir, load_config
-from oodatcaa.demo import prepare_demo_repo
 from oodatcaa.core.criteria import format_check
 from oodatcaa.core.objective import parse_objective, story_ids_named
+from oodatcaa.demo import prepare_demo_repo
 from oodatcaa.jobs.spec import parse_job_spec
 from oodatcaa.sprints import _validate_jobs
 

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.models import Queue
+from oodatcaa.jobs.registry import headline
 
 #: Colour of a status cell; other statuses are unstyled.
 STATUS_COLOURS = {"done": "green", "needs_manual": "red", "needs_adapt": "yellow", "cancelled": "grey50"}
@@ -37,9 +38,10 @@ def status_rows(queue: Queue) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for task in queue.tasks:
         metric = ""
-        if task.metrics:
-            key = sorted(task.metrics)[-1]
-            metric = f"{key}={task.metrics[key]}"
+        shown = headline(task.metrics)
+        if shown:
+            key = sorted(shown)[-1]
+            metric = f"{key}={shown[key]}"
         rows.append({
             "id": task.id, "kind": "story", "title": task.title, "status": task.status.value,
             "owner": task.lease.owner if task.lease else None,
@@ -89,7 +91,7 @@ def task_figures(queue: Queue) -> list[Text]:
     """One line per story: ``T001 done — loops 0 — key=value, ...`` (the demo's closing figures)."""
     lines: list[Text] = []
     for task in queue.tasks:
-        figures = ", ".join(f"{k}={v}" for k, v in sorted(task.metrics.items()))
+        figures = ", ".join(f"{k}={v}" for k, v in sorted(headline(task.metrics).items()))
         lines.append(Text.assemble((task.id, "bold"), f" {task.status.value} — loops {task.adapt_loops} — {figures}"))
     return lines
 

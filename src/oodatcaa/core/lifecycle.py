@@ -69,16 +69,16 @@ def on_released(tx: Transaction, item: Item) -> None:
             tx.move(story, S.AWAITING_TEST, f"tester {item.id} handed back")
 
 
-def on_build_done(tx: Transaction, step: Subtask, result: dict[str, Any], headline: dict[str, Any]) -> None:
+def on_build_done(tx: Transaction, step: Subtask, result: dict[str, Any], metrics: dict[str, Any]) -> None:
     """A builder step built (the step itself is already ``awaiting_test``).
 
-    Records ``result`` on the step and ``headline`` (flat ``namespace.key -> value``) on the
-    story; when every step is built, the story awaits its test and the tester becomes ``ready``.
+    Records ``result`` on the step and ``metrics`` (flat ``namespace.key -> value``, every number
+    the job reported) on the story; when every step is built, the story awaits its test and the tester becomes ``ready``.
     """
     step.result = result
     step.failure = None
     story = _story(tx, step)
-    story.metrics = {**story.metrics, **headline}
+    story.metrics = {**story.metrics, **metrics}
     if all(s.status in (S.AWAITING_TEST, S.DONE) for s in story.builds()):
         if story.status == S.IN_PROGRESS:
             tx.move(story, S.AWAITING_TEST, "all builder steps built")

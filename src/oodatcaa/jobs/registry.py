@@ -244,25 +244,46 @@ def metrics_of(kinds: Iterable[str]) -> set[str]:
     return out
 
 
-def key_metrics(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Flat ``{"namespace.key": value}`` of the headline metrics present in a job summary.
+def numeric_metrics(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Flat ``{"namespace.key": value}`` of every number in a job summary — what a story records.
 
-    ``summary`` is a job's namespaced summary (``{"train": {"final_loss": 1.23, ...}}``). Only numbers
-    are kept (booleans are not numbers here); floats are rounded to 4 decimals. Order: registry order.
+    ``summary`` is a job's namespaced summary (``{"train": {"final_loss": 1.23, ...}}``); nested
+    sections are not descended, strings and booleans are left out (booleans are not numbers here),
+    floats are rounded to 6 decimals. An objective's ``metric: T005.eval.base_loss`` reads these.
+    """
+    out: dict[str, Any] = {}
+    for ns, section in summary.items():
+        if not isinstance(section, dict):
+            continue
+        for key, value in section.items():
+            if isinstance(value, float):
+                out[f"{ns}.{key}"] = round(value, 6)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                out[f"{ns}.{key}"] = value
+    return out
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline metrics (each kind's ``key_metrics``) present in flat ``metrics``, in registry order.
+
+    Floats are rounded to 4 decimals: this is what tags, the CHANGELOG and ``status`` show.
     """
     out: dict[str, Any] = {}
     for kind in _REGISTRY:
         for metric in kind.key_metrics:
-            if metric in out:
+            value = metrics.get(metric)
+            if metric in out or value is None or isinstance(value, bool):
                 continue
-            ns, key = metric.split(".", 1)
-            section = summary.get(ns)
-            value = section.get(key) if isinstance(section, dict) else None
             if isinstance(value, float):
                 out[metric] = round(value, 4)
-            elif isinstance(value, int) and not isinstance(value, bool):
+            elif isinstance(value, int):
                 out[metric] = value
     return out
+
+
+def key_metrics(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Flat ``{"namespace.key": value}`` of the headline metrics present in a job summary (see :func:`headline`)."""
+    return headline(numeric_metrics(summary))
 
 
 def check_metric_names(metric_names: list[str], job_kinds: list[str]) -> list[str]:

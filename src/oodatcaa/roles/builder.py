@@ -26,7 +26,7 @@ from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.core.workspace import run_dir_in_branch
 from oodatcaa.gitops import GitRepo
-from oodatcaa.jobs.registry import key_metrics  # the headline metrics of each job kind
+from oodatcaa.jobs.registry import headline, numeric_metrics
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent, as_subtask
 
@@ -128,10 +128,10 @@ class Builder(RoleAgent):
         run = self.prepare(git, queue.task(claim.task_id), step)
         result = self.run_step(claim, run)
         self.check_abort()  # a cancelled job is handed back, never recorded as a result
-        record, summary_line, headline = self.record(git, run, result)
+        record, summary_line, metrics = self.record(git, run, result)
         if result.ok:
             self.finish(claim, S.AWAITING_TEST, f"built: {summary_line}"[:300],
-                        lambda tx, item: lifecycle.on_build_done(tx, as_subtask(item), record, headline))
+                        lambda tx, item: lifecycle.on_build_done(tx, as_subtask(item), record, metrics))
             return
         assert result.failure is not None  # the runner's contract: ok is exactly "no failure"
         failure = result.failure.model_copy(update={"item": step.id})
@@ -223,7 +223,7 @@ class Builder(RoleAgent):
     def record(self, git: GitRepo, run: StepRun, result: JobResult) -> tuple[dict[str, Any], str, dict[str, Any]]:
         """Write ``result.json``, commit the run files on the branch, write the report.
 
-        Returns ``(the step's result record, one-line summary, headline metrics)``.
+        Returns ``(the step's result record, one-line summary, every numeric metric, flat)``.
         """
         step, attempt = run.step, run.attempt
         failure = result.failure.model_dump(mode="json") if result.failure else None
@@ -238,9 +238,10 @@ class Builder(RoleAgent):
         commit, left_out = git.commit_worktree(
             run.worktree, f"[impl] {run.task.id}: {kind} step {step.step:02d} {verdict} (attempt {attempt})")
         git.remove_worktree(run.worktree)
-        headline = key_metrics(result.summary)
+        metrics = numeric_metrics(result.summary)
+        shown = headline(metrics)
         summary_line = f"{step.id} attempt {attempt}: {verdict}" + (
-            "; " + ", ".join(f"{k}={v}" for k, v in headline.items()) if headline else f"; {result.error or ''}"[:200])
+            "; " + ", ".join(f"{k}={v}" for k, v in shown.items()) if shown else f"; {result.error or ''}"[:200])
         write_report(self.ctx.ws, run.task.id, "builder", self.ctx.owner, f"Builder report — {step.id}",
                      _report_body(run, result, commit, verdict, left_out), summary_line,
                      suffix=step.id if attempt <= 1 else f"{step.id}_{attempt}", clock=self.ctx.clock)
@@ -249,7 +250,7 @@ class Builder(RoleAgent):
             "artifacts": result.artifacts, "summary": result.summary, "wall_seconds": round(result.wall_seconds, 3),
             "max_rss_gb": result.max_rss_gb,
         }
-        return record, summary_line, headline
+        return record, summary_line, metrics
 
 
 def _report_body(run: StepRun, result: JobResult, commit: str, verdict: str, left_out: list[str]) -> str:

@@ -19,6 +19,7 @@ from oodatcaa.core.leases import Claim
 from oodatcaa.core.models import Item, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
+from oodatcaa.jobs.registry import headline
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
 
@@ -34,7 +35,8 @@ def merge_failure(exc: MergeConflictError | BranchMissingError, item: str) -> Fa
 
 
 def metrics_text(task: Task) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(task.metrics.items()))
+    """The story's headline metrics (each job kind's key metrics) as ``k=v, ...`` for its tag and CHANGELOG line."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(headline(task.metrics).items()))
 
 
 class Integrator(RoleAgent):
