@@ -141,7 +141,8 @@ def test_demo_output_is_literal(ws, capsys, monkeypatch, tmp_path):
     import oodatcaa.demo as demo
 
     queue = QueueStore.for_workspace(ws).read()
-    queue.tasks[0].metrics = {"[red]loss[/red]": 0.5}
+    # the figures show each job kind's headline metrics; another key (a job's own) is not shown at all
+    queue.tasks[0].metrics = {"eval.loss": 0.5, "[red]loss[/red]": 0.5}
 
     def fake_run_demo(path, *, model=None, max_seconds=None, progress=None):
         progress(f"preparing [/] {TITLE}")
@@ -151,6 +152,6 @@ def test_demo_output_is_literal(ws, capsys, monkeypatch, tmp_path):
     code, out, err = run(capsys, "demo", str(tmp_path / "d"))
     assert code == 3
     assert f"preparing [/] {TITLE}" in out and TITLE in out  # progress line and the table's title
-    assert "T001 needs_plan — loops 0 — [red]loss[/red]=0.5" in out
+    assert "T001 needs_plan — loops 0 — eval.loss=0.5" in out and "[red]loss" not in out
     assert f"demo FAILED in 1 s: {ERROR}" in err
     assert DIRNAME in out  # the inspect line

@@ -31,7 +31,7 @@ from oodatcaa.core.objective import (
 )
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.sprints import OBJECTIVE_TEMPLATE
-from support import S, sample_queue, store_with, workspace
+from support import S, git, merge_story, queue_of, store_with, workspace
 
 FULL = """\
 # OBJECTIVE: procedures assistant
@@ -67,37 +67,6 @@ def write_objective(ws: Workspace, text: str) -> Path:
     path = objective_path(ws)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
-def merge_story(ws: Workspace, task_id: str, files: dict[str, str], *, tag: bool = True) -> str:
-    """Commit ``files`` on a feature branch of ``task_id`` and merge it into main; returns the merge commit."""
-    root = ws.root
-    branch = f"feat/{task_id}-step-01-x"
-    git(root, "checkout", "-qb", branch)
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-        git(root, "add", name)
-    git(root, "commit", "-qm", f"[impl] {task_id}: work")
-    git(root, "checkout", "-q", "main")
-    git(root, "merge", "-q", "--no-ff", "-m", f"[impl] {task_id}: merge {branch}", branch)
-    sha = git(root, "rev-parse", "HEAD")
-    if tag:
-        git(root, "tag", "-a", f"{task_id}-complete", "-m", "done")
-    return sha
-
-
-def queue_of(n: int, **changes: dict) -> Queue:
-    """``sample_queue(n)`` with per-task field changes: ``queue_of(2, T001={"status": S.DONE})``."""
-    queue = sample_queue(n)
-    for task in queue.tasks:
-        for key, value in changes.get(task.id, {}).items():
-            setattr(task, key, value)
-    return queue
 
 
 # --------------------------------------------------------------------------------------------
