@@ -139,7 +139,8 @@ def test_a_two_backlog_roadmap_runs_to_project_complete(tmp_path, tiny_model):
     queue = json.loads((work / "archive" / "sprint_2" / "SPRINT_QUEUE.json").read_text())
     t3 = next(t for t in queue["tasks"] if t["id"] == "T003")
     assert t3["prior_dependencies"] == ["T002"] and t3["metrics"]["fuse.fused_modules"] >= 1
-    assert "T002-B01" in json.dumps(t3["subtasks"][0]["job"])  # the adapter path resolved into T002's artifacts
+    job = json.loads(git(repo, "show", "main:.oodatcaa/runs/T003-B01/job.json"))
+    assert "/artifacts/T002-B01/" in job["spec"]["adapter"]  # the adapter path resolved into T002's artifacts
     goal = (repo / ".oodatcaa" / "objectives" / "SPRINT_GOAL.md").read_text()
     assert "Sprint 1 completed" in goal and "Sprint 2 completed" in goal
     assert not git(repo, "status", "--porcelain", "--untracked-files=no")
