@@ -116,3 +116,57 @@ def test_the_warning_uses_the_story_estimate_high_end(tmp_path):
     negotiator.tick()
     [warning] = [e for e in store.log.entries() if e.change == "warning"]
     assert "held by builder-1 for 91 min, over twice its estimate (30-45 min for T001)" in warning.what
+
+
+COMMAND_AND_PROSE = """\
+# Mixed sprint
+
+## Exit Criteria
+
+- [ ] T001 is merged
+EXTRA
+### T001: Write a marker
+**Type:** Story  **Complexity:** S  **Priority:** 1  **Dependencies:** None
+
+```job
+kind: command
+run: "echo ok"
+```
+
+**Acceptance Criteria:**
+- [ ] it runs `metric: command.returncode == 0` (critical)
+
+### T002: Decide the roadmap
+**Type:** Story  **Complexity:** S  **Priority:** 2  **Dependencies:** None
+
+**Acceptance Criteria:**
+- [ ] the team agrees on a roadmap
+"""
+
+
+def _run(ws, extra_exit: str = "") -> subprocess.CompletedProcess:
+    fast_config(ws)
+    backlog = ws.root.parent / "b.md"
+    backlog.write_text(COMMAND_AND_PROSE.replace("EXTRA\n", extra_exit))
+    new_sprint(ws, backlog)
+    return subprocess.run([sys.executable, "-m", "oodatcaa", "-C", str(ws.root), "run", "--max-seconds", "90"],
+                          capture_output=True, text=True, timeout=150)
+
+
+def test_the_sprint_completes_on_its_exit_criteria_with_a_story_left_to_a_person(tmp_path):
+    ws = workspace(tmp_path)
+    run = _run(ws)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "completed: 1/1 exit criteria met" in run.stdout
+    queue = QueueStore.for_workspace(ws).read()
+    assert queue.task("T001").status == S.DONE and queue.task("T002").status == S.NEEDS_MANUAL
+    retro = (ws.sprint_archive_dir(1) / "RETROSPECTIVE.md").read_text()
+    assert "### Left to a person" in retro and "T002 Decide the roadmap" in retro
+
+
+def test_an_exit_criterion_only_a_person_can_judge_stops_the_run_saying_how_to_close(tmp_path):
+    ws = workspace(tmp_path)
+    run = _run(ws, "- [ ] the roadmap reads well\n")
+    assert run.returncode == EXIT_STUCK, run.stdout + run.stderr
+    assert "EC2 needs_manual: the roadmap reads well" in run.stderr and "sprint complete --force" in run.stderr
+    assert QueueStore.for_workspace(ws).read().sprint.status.value == "in_progress"

@@ -316,20 +316,26 @@ def verify_retrospective(text: str, queue: Queue) -> None:
     :data:`RETROSPECTIVE_SECTIONS` absent as a line of its own; a story ID of ``queue`` not
     mentioned. Returns ``None`` when all is there.
     """
-    if not text.strip():
-        raise ValueError("the retrospective is empty")
-    problems: list[str] = []
     sprint = queue.sprint
+    title = None
     if sprint is not None and not re.search(rf"^# Retrospective .*\({re.escape(sprint.id)}\)[ \t]*$", text, re.MULTILINE):
-        problems.append(f"no title line naming {sprint.id}")
-    missing = _missing_headings(text, RETROSPECTIVE_SECTIONS)
+        title = f"no title line naming {sprint.id}"
+    _verify(text, "the retrospective", RETROSPECTIVE_SECTIONS, "story", [t.id for t in queue.tasks], title)
+
+
+def _verify(text: str, what: str, headings: Sequence[str], id_kind: str, ids: Sequence[str], problem: str | None) -> None:
+    """Raise ``ValueError`` when ``text`` is empty, lacks a heading or an ID, or ``problem`` is set."""
+    if not text.strip():
+        raise ValueError(f"{what} is empty")
+    problems = [problem] if problem else []
+    missing = _missing_headings(text, headings)
     if missing:
         problems.append(f"missing section(s): {', '.join(missing)}")
-    absent = [t.id for t in queue.tasks if not _mentions(text, t.id)]
+    absent = [i for i in ids if not _mentions(text, i)]
     if absent:
-        problems.append(f"story ID(s) not mentioned: {', '.join(absent)}")
+        problems.append(f"{id_kind} ID(s) not mentioned: {', '.join(absent)}")
     if problems:
-        raise ValueError("the retrospective is incomplete: " + "; ".join(problems))
+        raise ValueError(f"{what} is incomplete: " + "; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,14 +421,5 @@ def verify_completion_report(text: str, report: ObjectiveReport) -> None:
     Refused: empty or whitespace-only text; a heading of :data:`COMPLETION_SECTIONS` absent as a
     line of its own; a success criterion ID of ``report`` not mentioned.
     """
-    if not text.strip():
-        raise ValueError("the project completion report is empty")
-    problems: list[str] = []
-    missing = _missing_headings(text, ("# Project completion report", *COMPLETION_SECTIONS))
-    if missing:
-        problems.append(f"missing section(s): {', '.join(missing)}")
-    absent = [c.id for c in report.criteria if not _mentions(text, c.id)]
-    if absent:
-        problems.append(f"success criterion ID(s) not mentioned: {', '.join(absent)}")
-    if problems:
-        raise ValueError("the project completion report is incomplete: " + "; ".join(problems))
+    _verify(text, "the project completion report", ("# Project completion report", *COMPLETION_SECTIONS),
+            "success criterion", [c.id for c in report.criteria], None)

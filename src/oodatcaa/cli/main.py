@@ -44,8 +44,8 @@ def _new_consoles() -> None:
 
 
 def say(text: str) -> None:
-    """Print ``text`` on stdout literally (never as markup)."""
-    console.print(text, markup=False, highlight=False)
+    """Print ``text`` on stdout literally (never as markup), unwrapped (long lines stay copyable)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def warn(text: str) -> None:
