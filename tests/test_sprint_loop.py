@@ -18,7 +18,7 @@ from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.roadmap import EXIT_ROADMAP_DONE, next_backlog, run_until_objective
 from oodatcaa.sprints import new_sprint
-from support import S, git, merge_story, queue_of, store_with, workspace
+from support import S, git, merge_story, workspace
 
 
 def item(n: int, deps: str = "None", status: str | None = None) -> str:

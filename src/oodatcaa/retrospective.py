@@ -24,10 +24,11 @@ from datetime import UTC, datetime
 
 from oodatcaa.completion import ObjectiveReport
 from oodatcaa.core.config import EstimatesSection
-from oodatcaa.core.criteria import _cell
+from oodatcaa.core.criteria import MetricCheck, _cell
 from oodatcaa.core.models import Estimate, ObjectiveSnapshot, Queue, Sprint, Task
 from oodatcaa.core.objective import CriterionState
 from oodatcaa.core.statuses import TaskStatus
+from oodatcaa.jobs.registry import headline
 
 __all__ = [
     "COMPLETION_SECTIONS",
@@ -252,9 +253,20 @@ def _times(queue: Queue, end: datetime, rules: EstimatesSection | None) -> list[
             f"Total: {total:.0f} min ({total / 60:.1f} h) elapsed over {len(timed)} stories{against}."]
 
 
+def shown_metrics(task: Task) -> dict[str, object]:
+    """The metrics a retrospective shows for ``task``: its job kinds' headline metrics and every metric
+    its acceptance criteria check (``Task.metrics`` holds every number its jobs reported)."""
+    named = {c.check.metric for c in task.acceptance_criteria if isinstance(c.check, MetricCheck)}
+    named |= {c.check.value for c in task.acceptance_criteria
+              if isinstance(c.check, MetricCheck) and isinstance(c.check.value, str)}
+    return {**headline(task.metrics), **{k: v for k, v in task.metrics.items() if k in named}}
+
+
 def _metrics(queue: Queue) -> list[str]:
-    rows = [(t.id, t.title, _metrics_text(t.metrics)) for t in queue.tasks]
-    return ["## Metrics", "", *(_table(("Story", "Title", "Metrics"), rows) if rows else ["none"])]
+    rows = [(t.id, t.title, _metrics_text(shown_metrics(t))) for t in queue.tasks]
+    return ["## Metrics", "", "Headline metrics and the metrics the acceptance criteria check "
+            "(every recorded metric is in the archived queue).", "",
+            *(_table(("Story", "Title", "Metrics"), rows) if rows else ["none"])]
 
 
 def _exit_criteria(states: Sequence[CriterionState]) -> list[str]:

@@ -21,14 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oodatcaa.closing import complete_project
+from oodatcaa.archive import archived_sprints
+from oodatcaa.closing import complete_project, complete_sprint, sprint_tag
 from oodatcaa.completion import ObjectiveReport, detect_completion, load_objective
 from oodatcaa.core.clock import Clock
+from oodatcaa.core.config import load_config
 from oodatcaa.core.errors import WorkspaceError
 from oodatcaa.core.models import Queue
 from oodatcaa.core.statuses import SprintStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
+from oodatcaa.gitops import GitRepo
 from oodatcaa.sprints import new_sprint
 
 #: ``run --until-objective``: the roadmap ran out with success criteria still unmet.
@@ -51,8 +54,6 @@ def _resolved(ws: Workspace, source: str) -> Path:
 
 def backlogs_run(ws: Workspace, queue: Queue | None = None) -> set[Path]:
     """Resolved paths of the backlogs that sprints of this workspace were started from."""
-    from oodatcaa.archive import archived_sprints
-
     sources = [a.backlog_source for a in archived_sprints(ws)]
     if queue is not None and queue.sprint is not None:
         sources.append(queue.sprint.backlog_source)
@@ -83,6 +84,11 @@ class RoadmapOutcome:
     message: str
     sprints: list[SprintRun] = field(default_factory=list)
     report: ObjectiveReport | None = None
+
+
+def _tagged(ws: Workspace, number: int) -> bool:
+    trunk = load_config(ws.config_path, ws.agents_dir).git.trunk
+    return GitRepo.for_workspace(ws, "sprint_planner", trunk=trunk).tag_exists(sprint_tag(number))
 
 
 def _unmet(report: ObjectiveReport) -> str:
@@ -125,6 +131,9 @@ def run_until_objective(ws: Workspace, run_sprint: SprintRunner, *, carry_over: 
             if code != 0:
                 outcome.code, outcome.message = code, message
                 return outcome
+            continue
+        if sprint is not None and sprint.status == SprintStatus.COMPLETED and not _tagged(ws, sprint.number):
+            say(complete_sprint(ws, clock=clock).describe())  # a close killed half-way is finished first
             continue
         snapshot, report = detect_completion(ws, clock.now(), queue=queue)
         if report is None:
