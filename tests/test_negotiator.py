@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.roles.base import AgentContext
@@ -153,6 +155,7 @@ def _run(ws, extra_exit: str = "") -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=150)
 
 
+@pytest.mark.slow
 def test_the_sprint_completes_on_its_exit_criteria_with_a_story_left_to_a_person(tmp_path):
     ws = workspace(tmp_path)
     run = _run(ws)
@@ -164,6 +167,7 @@ def test_the_sprint_completes_on_its_exit_criteria_with_a_story_left_to_a_person
     assert "### Left to a person" in retro and "T002 Decide the roadmap" in retro
 
 
+@pytest.mark.slow
 def test_an_exit_criterion_only_a_person_can_judge_stops_the_run_saying_how_to_close(tmp_path):
     ws = workspace(tmp_path)
     run = _run(ws, "- [ ] the roadmap reads well\n")
