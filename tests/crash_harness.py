@@ -428,11 +428,9 @@ def check_sprint(sprint: Sprint, rc: int, out: str, err: str) -> dict[str, int]:
 
 def rows(ws: Workspace) -> list[LogEntry]:
     """Every row of AGENT_LOG.md (and of rotated parts in the archive), each of which must parse."""
-    files: list[Path] = []
-    # per sprint: the parts rotated during it, then the rest of its log moved there when it closed
-    for sprint in sorted(ws.archive_dir.glob("sprint_*"), key=lambda d: int(d.name.split("_")[1])):
-        files += sorted(sprint.glob("AGENT_LOG_archive_*.md")) + [p for p in [sprint / "AGENT_LOG.md"] if p.exists()]
-    files.append(ws.agent_log_path)
+    from oodatcaa.archive import agent_log_files
+
+    files = [f for f in agent_log_files(ws) if f.exists()]
     out = []
     for path in files:
         for line in path.read_text().splitlines(keepends=True):

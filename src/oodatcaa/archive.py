@@ -67,6 +67,17 @@ def story_artifact_dirs(task: Task) -> list[Path]:
             if s.result and isinstance(s.result.get("artifacts_dir"), str)]
 
 
+def agent_log_files(ws: Workspace) -> list[Path]:
+    """Every file holding AGENT_LOG rows, oldest first: per archived sprint its rotated parts
+    (``AGENT_LOG_archive_NNN.md``) then the rest moved there at its close (``AGENT_LOG.md``), then
+    the live ``work/AGENT_LOG.md``."""
+    files: list[Path] = []
+    sprints = [d for d in ws.archive_dir.glob("sprint_*") if _SPRINT_DIR.fullmatch(d.name)] if ws.archive_dir.is_dir() else []
+    for sprint in sorted(sprints, key=lambda d: int(d.name.split("_")[1])):
+        files += sorted(sprint.glob("AGENT_LOG_archive_*.md")) + [p for p in [sprint / "AGENT_LOG.md"] if p.exists()]
+    return [*files, ws.agent_log_path]
+
+
 @dataclass(frozen=True)
 class MovedLog:
     """A live log moved into a sprint archive: where, and how many entries."""

@@ -163,7 +163,12 @@ def cmd_log(args: argparse.Namespace) -> int:
         return _rotate(ws, args.dry_run)
     entries = EventLog(ws.agent_log_path, ws.lock_path("agent_log")).entries()
     if args.task:
+        from oodatcaa.archive import agent_log_files
+
         validate_task_id(args.task)
+        # a task of an earlier sprint: its rows moved into work/archive/sprint_<N>/ when that sprint closed
+        entries = [e for path in agent_log_files(ws) if path.exists()
+                   for e in EventLog(path, ws.lock_path("agent_log")).entries()]
         entries = [e for e in entries if e.task == args.task or e.task.startswith(args.task + "-")]
     if args.tail:
         entries = entries[-args.tail:]
@@ -413,7 +418,7 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("action", nargs="?", choices=("show", "rotate"), default="show",
                    help="show (default) or rotate: move all but the newest ~450 entries of a log over 1000 lines "
                         "into work/archive/sprint_<N>/")
-    p.add_argument("--task", help="only this task (and its subtasks)")
+    p.add_argument("--task", help="only this task (and its subtasks), from the logs of every sprint")
     p.add_argument("--tail", type=int, default=None, help="only the last N entries")
     p.add_argument("--dry-run", action="store_true", help="rotate: say what would move, change nothing")
     p.set_defaults(func=cmd_log)
