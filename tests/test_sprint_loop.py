@@ -186,3 +186,33 @@ def test_roadmap_runs_backlogs_in_order_and_stops_when_it_runs_out(tmp_path):
     assert outcome.report is not None and outcome.report.met == 2
     assert QueueStore.for_workspace(ws).read().objective.met == 2
     assert next_backlog(ws) is None
+
+
+def _stuck_roadmap(tmp_path: Path, criterion: str) -> Workspace:
+    ws = workspace(tmp_path)
+    (ws.objectives_dir / "OBJECTIVE.md").write_text(f"# OBJECTIVE\n\n## Success Criteria\n\n- [ ] {criterion}\n")
+    backlog(ws.backlogs_dir / "sprint-01.md", item(1), item(2))
+    return ws
+
+
+def _stuck_sprint(ws: Workspace) -> tuple[int, str]:
+    finish_story(ws, "T001")
+    finish_story(ws, "T002", S.NEEDS_MANUAL, "a person must judge")
+    return 3, "sprint stuck, a person is needed: T002"
+
+
+def test_a_met_objective_completes_the_project_even_when_the_sprint_is_stuck(tmp_path):
+    ws = _stuck_roadmap(tmp_path, "T001's file is on the trunk `file: T001.txt`")
+    outcome = run_until_objective(ws, lambda left: _stuck_sprint(ws))
+    assert outcome.code == 0 and "project complete" in outcome.message
+    queue = QueueStore.for_workspace(ws).read()
+    assert queue.sprint.status == SprintStatus.PROJECT_COMPLETE and queue.sprint.forced
+    assert "a person must judge" in (ws.sprint_archive_dir(1) / "RETROSPECTIVE.md").read_text()
+    assert "project-complete" in git(ws.root, "tag")
+
+
+def test_a_stuck_sprint_with_the_objective_unmet_ends_the_run_with_its_code(tmp_path):
+    ws = _stuck_roadmap(tmp_path, "never `file: no-such-file.txt`")
+    outcome = run_until_objective(ws, lambda left: _stuck_sprint(ws))
+    assert outcome.code == 3 and "T002" in outcome.message
+    assert QueueStore.for_workspace(ws).read().sprint.status == SprintStatus.IN_PROGRESS

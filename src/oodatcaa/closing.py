@@ -155,8 +155,10 @@ def complete_sprint(ws: Workspace, *, force: bool = False, actor: str = "sprint_
     _sprint_log(ws).append([LogEntry(clock.now(), actor, sprint.id, "sprint completed",
                                      f"{result.describe()}; done: {', '.join(done) or 'none'}")])
     _archive_queue_and_logs(ws, store, archive, actor)
+    # with the plans and reports of the stories that were never merged (those of merged ones are committed already)
     git.commit_paths([ws.relative(archive), ws.relative(ws.objectives_dir), ws.relative(ws.archive_dir / "ARCHIVE_INDEX.md"),
-                      ws.relative(ws.reports_index_path)], f"[docs] {sprint.id}: sprint {sprint.number} completed")
+                      ws.relative(ws.reports_index_path), ws.relative(ws.work_dir / "plans"),
+                      ws.relative(ws.work_dir / "reports")], f"[docs] {sprint.id}: sprint {sprint.number} completed")
     if not git.tag_exists(tag):
         met = sum(1 for s in states if s.state == "met")
         git.tag(tag, f"{sprint.id} completed{' (forced)' if sprint.forced else ''}\n\nDone: {', '.join(done) or 'none'}\n"

@@ -212,13 +212,13 @@ class _EarlierSprints:
                 continue
             task, archived = earlier
             if task.status in (TaskStatus.DONE, TaskStatus.CANCELLED):
-                free = next(n for n in range(1, 1000) if n not in used)
+                free = max(used) + 1
                 where = archived.backlog_source or str(archived.path)
                 raise BacklogError(
                     backlog.source, item.line,
                     f"story ID {item.id} is already used by sprint {archived.number} (`{where}`), where it is "
                     f"{task.status.value}; story IDs are unique across the sprints of a workspace: give this item "
-                    f"a new ID (the lowest free one is {item.id[0]}{free:03d})")
+                    f"a new ID (the next free one is {item.id[0]}{free:03d})")
 
     def split_dependencies(self, task: Task, in_sprint: set[str], source: str, line: int | None) -> Task:
         """Move the dependencies met in earlier sprints to ``prior_dependencies``; refuse unmet ones."""
@@ -344,7 +344,8 @@ def new_sprint(ws: Workspace, backlog_path: Path, *, force: bool = False, strict
         if carry_over else []
     in_sprint = defined | {t.id for t in carried}
     lines = {item.id: item.line for item in backlog.items}
-    tasks = [earlier.split_dependencies(t, in_sprint, backlog.source, lines.get(t.id)) for t in [*tasks, *carried]]
+    # carried stories first: they were started before this backlog was written
+    tasks = [earlier.split_dependencies(t, in_sprint, backlog.source, lines.get(t.id)) for t in [*carried, *tasks]]
     _commit_sprint_files(ws, sprint, tasks, backlog, backlog_path, trunk=config.git.trunk)
     reset = _reset_carried_branches(ws, earlier, {t.id for t in tasks if t.carried_from}, config.git.trunk)
     with store.transaction("sprint_planner", create=True) as tx:
