@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from crash_harness import Sprint, check_sprint, git, lock_holders, make_sprint, merging
+from crash_harness import Sprint, check_sprint, git, lock_holders, make_sprint, merging, rows
 
 KILLS: dict[str, int] = {}
 
@@ -291,7 +291,8 @@ def test_another_story_integrates_between_a_killed_integration_and_its_successor
     KILLS[f"later integration, {where}"] = 1
     rc, out, err = sprint.finish(timeout=150)
     order = [t.id for t in sorted(sprint.store.read().tasks, key=lambda t: t.merged_commit or "")]
-    integrated = [line for line in sprint.store.log.entries() if line.change == "ready_for_integrator -> integrating"]
+    # every sprint's rows: the closed sprint's log moved into its archive
+    integrated = [line for line in rows(sprint.ws) if line.change == "ready_for_integrator -> integrating"]
     if [e.task for e in integrated][:3] != ["T001", "T002", "T001"] and rc == 0:
         raise RuntimeError(f"T002 was not integrated between T001's attempts: {[e.task for e in integrated]} {order}")
     check_sprint(sprint, rc, out, err)

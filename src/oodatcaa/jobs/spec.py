@@ -122,6 +122,11 @@ class _ModelJob(_Job):
         description='"default" (env OODATCAA_DEFAULT_MODEL or the built-in SmolLM2-135M-Instruct) or a '
         "local mlx-lm model directory (relative paths resolve against the job's workdir).",
     )
+    inherit: bool = Field(
+        True,
+        description="training kinds: take the settings an accepted adaptation of a dependency found "
+        "(fields this block leaves unset); false opts out",
+    )
 
 
 class ModelCheckJob(_ModelJob):

@@ -29,6 +29,7 @@ from oodatcaa.gitops import GitRepo
 from oodatcaa.jobs.registry import headline, numeric_metrics
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent, as_subtask
+from oodatcaa.roles.inheritance import inherited_settings
 
 if TYPE_CHECKING:
     from oodatcaa.jobs.runner import JobResult
@@ -125,6 +126,7 @@ class Builder(RoleAgent):
         step = queue.item(claim.item_id)
         assert isinstance(step, Subtask) and step.branch and step.job is not None
         git = self.git()
+        step = self.inherit(claim, queue.task(claim.task_id), step)
         run = self.prepare(git, queue.task(claim.task_id), step)
         result = self.run_step(claim, run)
         self.check_abort()  # a cancelled job is handed back, never recorded as a result
@@ -169,25 +171,50 @@ class Builder(RoleAgent):
         job = resume_from_earlier_attempt(job, ws.artifacts_dir(step.id, 0).parent, step.attempts)
         return StepRun(task, step, base, worktree, rel_run, run_dir, artifacts, job)
 
+    def dependency_stories(self, task: Task) -> list[Task]:
+        """The stories ``task`` depends on: earlier sprints' (``prior_dependencies``) first, then this sprint's."""
+        before = earlier_stories(self.ctx.ws) if task.prior_dependencies else {}
+        out = [before[d][0] for d in task.prior_dependencies if d in before]
+        queue = self.store.read()
+        for dep in task.dependencies:
+            try:
+                out.append(queue.task(dep))
+            except KeyError:
+                continue
+        return out
+
+    def inherit(self, claim: Claim, task: Task, step: Subtask) -> Subtask:
+        """Before a step's first run, take the settings its dependencies' accepted adaptations found.
+
+        The inherited fields are written into the step's job in the queue (so every later attempt and
+        any Refiner change start from them) and appended to the story's plan. Returns the step as it
+        now is. See :mod:`oodatcaa.roles.inheritance`.
+        """
+        if step.attempts != 1 or step.job is None or step.step > len(task.jobs):
+            return step
+        found = inherited_settings(task.jobs[step.step - 1], step.job, self.dependency_stories(task))
+        if found is None:
+            return step
+
+        def put(tx: Transaction, item: Item) -> None:
+            sub = as_subtask(item)
+            sub.job = {**(sub.job or {}), **found.fields}
+            tx.log(sub.id, "inherited", found.describe()[:300])
+
+        update_claimed(self.store, claim, put)
+        plan = self.ctx.ws.plan_dir(task.id) / "AGENT_PLAN.md"
+        if plan.exists():
+            atomic_write_text(plan, plan.read_text(encoding="utf-8").rstrip("\n")
+                              + f"\n\n## Inherited settings — {step.id}\n\n{found.describe()}.\n")
+        return as_subtask(self.store.read().item(step.id))
+
     def dependency_artifacts(self, task: Task) -> list[Path]:
         """Artifacts dirs of the stories ``task`` depends on: this sprint's, then earlier sprints' (merged there).
 
         A sprint-2 story saying ``adapter: adapters`` gets the adapter its dependency ``T005`` trained
         in sprint 1; the story's own earlier steps still win (they are looked up last-first).
         """
-        queue = self.store.read()
-        dirs: list[Path] = []
-        if task.prior_dependencies:
-            before = earlier_stories(self.ctx.ws)
-            for dep in task.prior_dependencies:
-                if dep in before:
-                    dirs += story_artifact_dirs(before[dep][0])
-        for dep in task.dependencies:
-            try:
-                dirs += story_artifact_dirs(queue.task(dep))
-            except KeyError:
-                continue
-        return dirs
+        return [d for story in self.dependency_stories(task) for d in story_artifact_dirs(story)]
 
     def run_step(self, claim: Claim, run: StepRun) -> JobResult:
         """Run the step's job in a child process, with progress written to the queue at most every 10 s."""
