@@ -248,6 +248,20 @@ class GitRepo:
         except git.GitCommandError:
             return False
 
+    def person_identity(self) -> tuple[str, str]:
+        """``(user.name, user.email)`` of this repository's git configuration (repo, then global).
+
+        Who a person's decision (``oodatcaa approve``, ``reject``, ``resolve``) is recorded as. A
+        missing ``user.name`` falls back on ``$USER`` (then ``person``), a missing email on ``""``.
+        """
+        def value(key: str) -> str:
+            try:
+                return str(self.repo.git.config("--get", key)).strip()
+            except git.GitCommandError:
+                return ""
+
+        return value("user.name") or os.environ.get("USER", "") or "person", value("user.email")
+
     def reset_branch(self, branch: str, to: str | None = None) -> None:
         """Point ``branch`` at ``to`` (default: the trunk's tip) under the git lock, like ``git branch -f``.
 

@@ -11,9 +11,10 @@ close (the Negotiator), runs the Completion Detector, and then
   (:func:`oodatcaa.closing.complete_project`: ``project_complete``, the completion report, the
   ``project-complete`` tag) and it returns 0;
 - else it starts the next backlog of the roadmap not yet run (``sprint new``) and goes on;
-- a sprint that stops stuck (exit 3: stories or exit criteria only a person can settle) ends the
-  run with that code — unless the objective is already met, which is what the roadmap is for: the
-  sprint is then closed as it is (``sprint complete --force``) and the project completed;
+- a sprint that stops stuck (exit 3: stories or exit criteria only a person can settle; or 8: nobody
+  acted on what waits for a person) ends the run with that code — unless the objective is already
+  met, which is what the roadmap is for: the sprint is then closed as it is (``sprint complete
+  --force``) and the project completed;
 - when the roadmap runs out first it returns :data:`EXIT_ROADMAP_DONE` naming the unmet criteria.
 """
 
@@ -41,6 +42,8 @@ from oodatcaa.sprints import new_sprint
 EXIT_ROADMAP_DONE = 7
 #: The Negotiator's "stuck: a person is needed" (:data:`oodatcaa.roles.negotiator.EXIT_STUCK`).
 EXIT_STUCK = 3
+#: The Negotiator's "nobody acted on what waits for a person" (:data:`oodatcaa.roles.negotiator.EXIT_PERSON_WAIT`).
+EXIT_PERSON_WAIT = 8
 
 SprintRunner = Callable[[float | None], "tuple[int, str]"]
 
@@ -138,7 +141,7 @@ def run_until_objective(ws: Workspace, run_sprint: SprintRunner, *, carry_over: 
             code, message = run_sprint(left)
             outcome.sprints.append(SprintRun(sprint.id, time.monotonic() - t0, code, message))
             say(f"{sprint.id}: {message} ({time.monotonic() - t0:.0f} s)")
-            if code == EXIT_STUCK and _objective_met(ws, clock):
+            if code in (EXIT_STUCK, EXIT_PERSON_WAIT) and _objective_met(ws, clock):
                 # the objective is what the roadmap is for: a sprint stuck on work a person must judge
                 # does not hold a met objective back; it is closed as it is (the retrospective says what was left)
                 say(complete_sprint(ws, force=True, clock=clock).describe())

@@ -257,7 +257,7 @@ def _carry(task: Task, sprint_id: str) -> Task:
         priority=task.priority, dependencies=list(task.dependencies), description=task.description,
         acceptance_criteria=list(task.acceptance_criteria), jobs=list(task.jobs), estimate=task.estimate,
         objective_links=list(task.objective_links), backlog_status=task.backlog_status, plan_version=task.plan_version,
-        adaptations=list(task.adaptations), carried_from=sprint_id,
+        adaptations=list(task.adaptations), carried_from=sprint_id, approval_required=task.approval_required,
     )
 
 
@@ -278,6 +278,7 @@ def _task(item: BacklogItem, rules: EstimatesSection, done: set[str]) -> Task:
         estimate=item.estimate if item.estimate is not None else rules.for_complexity(item.complexity),
         objective_links=item.objective_links,
         backlog_status=item.status,
+        approval_required=item.approval_required,
     )
 
 

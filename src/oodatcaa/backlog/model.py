@@ -91,6 +91,7 @@ class BacklogItem(_Strict):
     ``objective_links`` are the ``**Links to Objective:**`` paths into OBJECTIVE.md, as written.
     ``estimate`` is the ``**Estimated Time:**`` range in minutes (source ``"backlog"``), or ``None``
     when none is written (``sprint new`` then derives one from ``complexity``).
+    ``approval_required`` is ``**Approval:** required``: a person approves the story before its merge.
     """
 
     id: str
@@ -105,6 +106,7 @@ class BacklogItem(_Strict):
     jobs: list[JobBlock] = Field(default_factory=list)
     objective_links: list[str] = Field(default_factory=list)
     estimate: Estimate | None = None
+    approval_required: bool = False
     line: int = Field(default=1, ge=1)
 
     @property

@@ -42,6 +42,11 @@ from oodatcaa.core.models import Estimate
 __all__ = ["load_backlog", "parse_backlog", "raise_warnings"]
 
 
+#: ``**Approval:**`` values (lower-cased) that make a person approve the story before its merge, and that do not.
+_APPROVAL_REQUIRED = frozenset({"required", "yes", "true", "person", "human"})
+_APPROVAL_NOT_REQUIRED = frozenset({"", "none", "no", "false", "not required", "-", "n/a"})
+
+
 class _ItemBuilder:
     def __init__(self, item_id: str, title: str, line: int) -> None:
         self.id = item_id
@@ -476,10 +481,24 @@ class _Parser:
             jobs=b.jobs,
             objective_links=b.links,
             estimate=estimate,
+            approval_required=self._approval(b),
             line=b.line,
         )
         self._status_warnings(b, item)
         return item
+
+    def _approval(self, b: _ItemBuilder) -> bool:
+        """``**Approval:** required`` -> True; ``not required`` / ``none`` / nothing -> False; else an error."""
+        raw = " ".join(b.fields.get("approval", "").strip().lower().split())
+        if raw in _APPROVAL_REQUIRED:
+            return True
+        if raw in _APPROVAL_NOT_REQUIRED:
+            return False
+        raise self.error(
+            b.field_lines["approval"],
+            f"**Approval:** {b.fields.get('approval', '').strip()!r} of {b.id} is not understood; write "
+            "`**Approval:** required` (a person approves before the merge) or `**Approval:** none`",
+        )
 
     def _estimate(self, b: _ItemBuilder) -> Estimate | None:
         raw = b.fields.get("estimated_time", "").strip()

@@ -28,11 +28,12 @@ FIELD_LABELS: dict[str, str] = {
     "estimated time": "estimated_time",
     "estimate": "estimated_time",
     "time estimate": "estimated_time",
+    "approval": "approval",
 }
 _KNOWN_LABELS_TEXT = ", ".join(
     f"**{label}:**"
     for label in ("Type", "Complexity", "Status", "Priority", "Dependencies", "Description", "Acceptance Criteria",
-                  "Links to Objective", "Estimated Time")
+                  "Links to Objective", "Estimated Time", "Approval")
 )
 _GOAL_LABELS = ("sprint goal", "goal")
 # Sprint-level dates: `**Sprint 4 Start:**`, `**Start Date:**`; `**Target Completion:**`, `**End Date:**`.

@@ -40,6 +40,8 @@ def format_item(item: BacklogItem) -> str:
         out += ["", "**Links to Objective:**", *(f"- {link}" for link in item.objective_links)]
     if item.estimate is not None:
         out += ["", f"**Estimated Time:** {item.estimate.text or _minutes_text(item.estimate)}"]
+    if item.approval_required:
+        out += ["", "**Approval:** required"]
     return "\n".join(out) + "\n"
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -20,6 +21,11 @@ from oodatcaa import __version__
 from oodatcaa.core.errors import OodatcaaError
 from oodatcaa.core.statuses import AGENT_ROLES, PROCESS_ROLES
 from oodatcaa.core.workspace import Workspace, find_workspace
+
+if TYPE_CHECKING:
+    from oodatcaa.core.config import Config
+    from oodatcaa.core.store import QueueStore
+    from oodatcaa.person import Person
 
 #: Roles that write reports and claim items (``report --role``).
 ROLE_CHOICES: tuple[str, ...] = tuple(r.value for r in AGENT_ROLES)
@@ -101,11 +107,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.until_objective:
         from oodatcaa.roadmap import run_until_objective
 
-        outcome = run_until_objective(ws, lambda left: Negotiator(ctx, max_seconds=left).run(),
+        outcome = run_until_objective(ws, lambda left: Negotiator(ctx, max_seconds=left, on_event=say).run(),
                                       carry_over=args.carry_over, max_seconds=args.max_seconds, on_event=say)
         code, message = outcome.code, outcome.message
     else:
-        code, message = Negotiator(ctx, max_seconds=args.max_seconds).run()
+        code, message = Negotiator(ctx, max_seconds=args.max_seconds, on_event=say).run()
     if code == 0:
         console.print(message, markup=False, highlight=False, soft_wrap=True)
     else:
@@ -132,25 +138,84 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from oodatcaa.cli.render import status_rows, status_table
+    from oodatcaa.core.config import load_config
     from oodatcaa.core.store import QueueStore
+    from oodatcaa.person import awaiting_approval, waiting_for_person
 
-    queue = QueueStore.for_workspace(_ws(args)).read()
+    ws = _ws(args)
+    queue = QueueStore.for_workspace(ws).read()
+    config = load_config(ws.config_path, ws.agents_dir)
+    waiting = waiting_for_person(queue, config)
     if args.json:
+        rows = status_rows(queue)
+        for row in rows:
+            if row["kind"] == "story":
+                task = queue.task(row["id"])
+                row["awaiting_approval"] = awaiting_approval(task, config)
+                row["approval"] = task.approval.model_dump(mode="json") if task.approval else None
         # plain print, not rich: JSON must not depend on the terminal width
         data = {
             "sprint": queue.sprint.model_dump(mode="json") if queue.sprint else None,
             "objective": queue.objective.model_dump(mode="json") if queue.objective else None,
             "counters": queue.counters,
             "revision": queue.revision,
-            "tasks": status_rows(queue),
+            "tasks": rows,
+            "waiting_for_person": [w.to_json() for w in waiting],
         }
         print(json.dumps(data, indent=2))
     else:
         console.print(status_table(queue))
+        if waiting:
+            say("Waiting for a person:")
+            for w in waiting:
+                say("  " + w.describe())
         if queue.objective is not None:
             text = queue.objective.describe()
             say(text[:1].upper() + text[1:]
                 + (f" at {queue.objective.trunk_commit[:12]}" if queue.objective.trunk_commit else ""))
+    return 0
+
+
+def _person_context(args: argparse.Namespace) -> tuple[Workspace, Config, QueueStore, Person]:
+    """The workspace, its config, its queue store and the person acting (git user.name / user.email)."""
+    from oodatcaa.core.config import load_config
+    from oodatcaa.person import open_store, person_of
+
+    ws = _ws(args)
+    config = load_config(ws.config_path, ws.agents_dir)
+    return ws, config, open_store(ws), person_of(ws, config)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Approve an accepted story awaiting approval: the Integrator merges it next."""
+    from oodatcaa.person import approval_text, approve
+
+    _, config, store, person = _person_context(args)
+    task = approve(store, args.task, person, config, note=args.note or "")
+    say(f"{task.id} approved: {approval_text(task)}; the Integrator merges it on its next look at the queue")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    """Reject an accepted story at review: needs_adapt (failure kind ``rejected``) or needs_manual."""
+    from oodatcaa.person import reject
+
+    _, config, store, person = _person_context(args)
+    task = reject(store, args.task, person, config, args.reason, to_person=args.to_person)
+    say(f"{task.id} rejected by {person.who()} -> {task.status.value}: {args.reason}")
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    """Settle a needs_manual story: --retry, --replan, --cancel or --accept."""
+    from oodatcaa.gitops import GitRepo
+    from oodatcaa.person import RESOLVE_ACTIONS, resolve
+
+    ws, config, store, person = _person_context(args)
+    action = next(a for a in RESOLVE_ACTIONS if getattr(args, a))
+    git = GitRepo.for_workspace(ws, "person", trunk=config.git.trunk) if action == "replan" else None
+    outcome = resolve(store, args.task, action, person, reason=args.reason or "", git=git)
+    say(outcome.message)
     return 0
 
 
@@ -361,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_loop_commands(sub)
     _add_view_commands(sub)
+    _add_person_commands(sub)
     _add_operation_commands(sub)
     return parser
 
@@ -433,6 +499,39 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--json", action="store_true",
                    help='print {"completion_percent": 0-100, "criteria": [{"text", "state", "evidence"}, ...]}')
     p.set_defaults(func=cmd_objective)
+
+
+def _add_person_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """approve, reject, resolve: a person's decisions, without editing the queue."""
+    p = sub.add_parser("approve", help="approve a story awaiting approval (accepted by the Tester; `**Approval:** "
+                                       "required` or [integrator] require_approval): the Integrator merges it")
+    p.add_argument("task", help="story ID, e.g. T001")
+    p.add_argument("--note", default=None, help="a note kept with the approval (AGENT_LOG, report, tag message)")
+    p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser("reject", help="reject a story awaiting approval: needs_adapt with failure kind `rejected` "
+                                      "(the Refiner adapts it), or needs_manual with --to-person")
+    p.add_argument("task", help="story ID, e.g. T001")
+    p.add_argument("--reason", required=True, help="why (kept on the story and in AGENT_LOG)")
+    p.add_argument("--to-person", action="store_true", help="send it to needs_manual instead of the Refiner")
+    p.set_defaults(func=cmd_reject)
+
+    p = sub.add_parser("resolve", help="settle a needs_manual story without editing the queue: retry the failed "
+                                       "step, re-plan, cancel, or accept a Tester verdict left to a person")
+    p.add_argument("task", help="story ID, e.g. T001")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--retry", action="store_true",
+                     help="the failed step back to its claimable status (plan, build, test or merge again); "
+                          "adaptation loops used are kept")
+    how.add_argument("--replan", action="store_true",
+                     help="the Start-Over Gate: branches reset to the baseline tag, subtasks cancelled, "
+                          "needs_plan for plan version +1")
+    how.add_argument("--cancel", action="store_true", help="cancel the story and its open subtasks (needs --reason)")
+    how.add_argument("--accept", action="store_true",
+                     help="accept a gray-zone or unverified Tester verdict: ready_for_integrator, counted as "
+                          "approved (needs --reason)")
+    p.add_argument("--reason", default=None, help="why (required with --cancel and --accept; logged)")
+    p.set_defaults(func=cmd_resolve)
 
 
 def _add_operation_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

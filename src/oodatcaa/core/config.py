@@ -92,6 +92,17 @@ class NegotiatorSection(_Strict):
     idle_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Stuck: no status change and nothing held for this long."
     )
+    person_wait_minutes: float = Field(
+        default=60.0, gt=0,
+        description="When only work waiting for a person is left: minutes to wait for approve/reject/resolve (then exit 8).")
+
+
+class IntegratorSection(_Strict):
+    """Integration policy: whether a person approves every accepted story before it is merged."""
+
+    require_approval: bool = Field(
+        default=False,
+        description="true: every accepted story waits for `oodatcaa approve TASK` before it is merged.")
 
 
 class ComplexityEstimate(_Strict):
@@ -189,6 +200,7 @@ class Config(_Strict):
     loop: LoopSection = LoopSection()
     check: CheckPolicy = CheckPolicy()
     negotiator: NegotiatorSection = NegotiatorSection()
+    integrator: IntegratorSection = IntegratorSection()
     jobs: JobsSection = JobsSection()
     git: GitSection = GitSection()
     estimates: EstimatesSection = EstimatesSection()
@@ -306,6 +318,7 @@ _SECTION_NOTES = {
     "loop": "adaptation loops per task before a person is asked (the original's loop policy)",
     "check": "Tester verdict (Check): ratios of passing acceptance criteria",
     "negotiator": "the supervisor",
+    "integrator": "merging accepted stories (a person's approval first, when required)",
     "estimates": ("minutes per complexity when a backlog item has no Estimated Time (buffer added to both ends); "
                   "a claim held over twice its story's estimate is warned about"),
     "jobs": "Builder jobs",

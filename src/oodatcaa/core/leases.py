@@ -118,17 +118,21 @@ def claim_next(
     pid: int | None = None,
     host: str | None = None,
     only: str | None = None,
+    hold: Callable[[Queue, Item], str | None] | None = None,
 ) -> Claim | None:
     """Atomically claim the highest-priority eligible item for ``role``; ``None`` if none or at the wip limit.
 
-    ``only`` restricts the claim to one item ID. The claimed item (and, for builder and tester
-    subtasks, its story) moves to the claimed status with one log entry per change.
+    ``only`` restricts the claim to one item ID. ``hold(queue, item)`` returns why an eligible item
+    must not be claimed now (a story awaiting a person's approval, :func:`oodatcaa.person.hold_reason`)
+    or ``None``; held items are skipped. The claimed item (and, for builder and tester subtasks, its
+    story) moves to the claimed status with one log entry per change.
     """
     with store.transaction(owner) as tx:
         queue = tx.queue
         if leases_held(queue, role) >= wip_limit:
             return None
-        candidates = [i for i in _eligible(queue, role) if only is None or i.id == only]
+        candidates = [i for i in _eligible(queue, role)
+                      if (only is None or i.id == only) and (hold is None or hold(queue, i) is None)]
         if not candidates:
             return None
         item = candidates[0]

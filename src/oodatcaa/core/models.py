@@ -159,6 +159,27 @@ class ObjectiveSnapshot(_Model):
         return f"objective {self.percent:.1f} % ({self.met}/{self.total} met{manual})"
 
 
+class ApprovalRecord(_Model):
+    """A person's decision on a story: approved for integration, rejected, or accepted from the gray zone.
+
+    ``by_name`` / ``by_email`` are the repository's git ``user.name`` / ``user.email`` when the command
+    ran (:meth:`oodatcaa.gitops.GitRepo.person_identity`); ``at`` is the clock's time. ``commit`` is the
+    Tester's results commit the decision was made on: an approval holds only for that commit, so work
+    rebuilt and re-tested after it waits for a new approval (:func:`oodatcaa.person.is_approved`).
+    """
+
+    decision: Literal["approved", "rejected"]
+    by_name: str = Field(min_length=1, max_length=200)
+    by_email: str = Field(default="", max_length=200)
+    at: datetime
+    note: str = Field(default="", max_length=2000)
+    commit: str | None = Field(default=None, description="The Tester's results commit the decision was made on.")
+
+    def who(self) -> str:
+        """``Ada Lovelace <ada@example.org>`` (the name alone without an email)."""
+        return f"{self.by_name} <{self.by_email}>" if self.by_email else self.by_name
+
+
 class Subtask(_FailureCarrier):
     """A Builder step (``T001-B01``, one job, one branch) or the Tester subtask (``T001-T01``)."""
 
@@ -239,6 +260,10 @@ class Task(_FailureCarrier):
     manual_reason: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict, description="Key metrics of the last build (flat).")
     merged_commit: str | None = None
+    approval_required: bool = Field(
+        default=False, description="`**Approval:** required` in the backlog: a person approves before the merge.")
+    approval: ApprovalRecord | None = Field(
+        default=None, description="The latest approval or rejection by a person (`oodatcaa approve` / `reject`).")
 
     @field_validator("id")
     @classmethod

@@ -94,10 +94,11 @@ _STORY: dict[S, set[S]] = {
     S.NEEDS_ADAPT: {S.ADAPTING, S.NEEDS_MANUAL, S.CANCELLED},
     # ready: a builder step re-runs; needs_plan: the Start-Over Gate; needs_adapt: lease reclaimed
     S.ADAPTING: {S.READY, S.NEEDS_PLAN, S.NEEDS_MANUAL, S.NEEDS_ADAPT, S.CANCELLED},
-    S.READY_FOR_INTEGRATOR: {S.INTEGRATING, S.CANCELLED},
+    # needs_adapt / needs_manual: a person rejects it at review (`oodatcaa reject`)
+    S.READY_FOR_INTEGRATOR: {S.INTEGRATING, S.NEEDS_ADAPT, S.NEEDS_MANUAL, S.CANCELLED},
     S.INTEGRATING: {S.DONE, S.NEEDS_ADAPT, S.NEEDS_MANUAL, S.READY_FOR_INTEGRATOR, S.CANCELLED},
-    # a person resolves needs_manual
-    S.NEEDS_MANUAL: {S.NEEDS_PLAN, S.READY, S.CANCELLED},
+    # a person resolves needs_manual (`oodatcaa resolve`): re-plan, retry a step, re-test, accept, cancel
+    S.NEEDS_MANUAL: {S.NEEDS_PLAN, S.READY, S.AWAITING_TEST, S.READY_FOR_INTEGRATOR, S.CANCELLED},
     S.DONE: set(),
     S.CANCELLED: set(),
 }
@@ -119,9 +120,10 @@ _TEST: dict[S, set[S]] = {
     S.READY: {S.TESTING, S.BLOCKED, S.CANCELLED},
     S.TESTING: {S.READY_FOR_INTEGRATOR, S.NEEDS_ADAPT, S.NEEDS_MANUAL, S.READY, S.CANCELLED},
     # blocked again: after an adaptation the step must be re-built before it is re-tested
-    S.READY_FOR_INTEGRATOR: {S.DONE, S.BLOCKED, S.CANCELLED},
-    S.NEEDS_ADAPT: {S.BLOCKED, S.NEEDS_MANUAL, S.CANCELLED},
-    S.NEEDS_MANUAL: {S.BLOCKED, S.CANCELLED},
+    S.READY_FOR_INTEGRATOR: {S.DONE, S.BLOCKED, S.NEEDS_ADAPT, S.NEEDS_MANUAL, S.CANCELLED},
+    # ready: a person retries the test (`resolve --retry`); ready_for_integrator: accepts it (`--accept`)
+    S.NEEDS_ADAPT: {S.BLOCKED, S.NEEDS_MANUAL, S.READY, S.CANCELLED},
+    S.NEEDS_MANUAL: {S.BLOCKED, S.READY, S.READY_FOR_INTEGRATOR, S.CANCELLED},
     S.DONE: set(),
     S.CANCELLED: set(),
 }

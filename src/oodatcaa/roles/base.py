@@ -28,6 +28,7 @@ from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import QueueStore, Transaction
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.gitops import GitRepo
+from oodatcaa.person import hold_reason
 
 log = logging.getLogger("oodatcaa.agent")
 
@@ -147,6 +148,7 @@ class RoleAgent:
             self.ctx.owner,
             ttl_seconds=cfg.lease_ttl_seconds(self.role),
             wip_limit=cfg.wip_limit(self.role),
+            hold=lambda queue, item: hold_reason(queue, item, cfg, self.role),
         )
 
     def run(self, *, once: bool = False, exit_when_complete: bool = True) -> int:

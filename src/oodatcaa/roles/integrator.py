@@ -20,6 +20,7 @@ from oodatcaa.core.models import Item, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.jobs.registry import headline
+from oodatcaa.person import approval_text
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
 
@@ -95,6 +96,7 @@ class Integrator(RoleAgent):
             f"## Integrated\n\n- **Branch:** `{branch}`\n- **Merge commit:** `{merge_commit}`"
             f"{' (already merged by an earlier attempt)' if merged_already else ''}\n- **Tag:** `{tag}`\n"
             f"- **Key metrics:** {metrics or 'none'}\n- **CHANGELOG:** entry under Sprint {sprint.number}\n"
+            + (f"- **Approval:** {approval_text(task)}\n" if approval_text(task) else "")
         )
         write_report(ws, task.id, "integrator", self.ctx.owner, f"Integrator report — {task.id}", body,
                      f"merged {branch}, tagged {tag}", clock=self.ctx.clock)
@@ -104,7 +106,8 @@ class Integrator(RoleAgent):
         if not git.tag_exists(tag):
             # on this task's own commit: after a crash, HEAD may already be another task's
             git.tag(tag, f"{task.id}: {task.title}\n\nSprint: {sprint.id}\nBranch: {branch}\n"
-                         f"Merge: {merge_commit}\nMetrics: {metrics or 'none'}\n", docs_commit or merge_commit)
+                         f"Merge: {merge_commit}\nMetrics: {metrics or 'none'}\n"
+                         + (f"Approval: {approval_text(task)}\n" if approval_text(task) else ""), docs_commit or merge_commit)
         tag_commit = git.head_sha(tag + "^{commit}")
 
         def apply(tx: Transaction, item: Item) -> None:

@@ -12,6 +12,14 @@ The sprint is done when no story is still moving and every exit criterion is met
 Negotiator exits 0. Stories left with a person do not hold a sprint open; an exit criterion that is
 not met does. When nothing can move and an exit criterion is unmet, or an agent keeps dying, it
 exits non-zero with what a person must do.
+
+When the only work left waits for a person — stories in ``needs_manual``, stories awaiting a
+person's approval, and the stories blocked behind them (:func:`oodatcaa.person.waiting_for_person`)
+— it says so at once (its output and SPRINT_LOG.md: each waiting story, why, who is blocked behind
+it, and the command that resolves it), then waits for that command: any change to the queue resumes
+the sprint; after ``[negotiator] person_wait_minutes`` without one it exits
+:data:`EXIT_PERSON_WAIT` (8) with the same list. A sprint whose objective is already met does not
+wait: it stops stuck (3) as before, for ``run --until-objective`` to close it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,11 +47,14 @@ from oodatcaa.core.rotation import rotate_log
 from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.gitops import GitRepo
+from oodatcaa.person import Waiting, awaiting_approval, person_view, waiting_for_person, waiting_text
 from oodatcaa.processes import log_file, pid_file, spawn_agent
 from oodatcaa.roles.base import AgentContext
 
 S = TaskStatus
 EXIT_OK, EXIT_STUCK, EXIT_AGENT_DIED, EXIT_STOPPED, EXIT_TIMEOUT = 0, 3, 4, 5, 6
+#: Only work waiting for a person was left, and nobody acted within ``[negotiator] person_wait_minutes``.
+EXIT_PERSON_WAIT = 8
 
 
 @dataclass
@@ -110,9 +122,14 @@ class Negotiator:
     """Runs a sprint: ``oodatcaa run``."""
 
     def __init__(self, ctx: AgentContext, *, max_seconds: float | None = None, python: str | None = None,
-                 spawn_agents: bool = True):
-        """``spawn_agents=False`` supervises agents started elsewhere (``oodatcaa agents start``)."""
+                 spawn_agents: bool = True, on_event: Callable[[str], None] | None = None):
+        """``spawn_agents=False`` supervises agents started elsewhere (``oodatcaa agents start``).
+
+        ``on_event`` receives the lines a person must read at once (what waits for them); the CLI
+        prints them. They go to SPRINT_LOG.md either way.
+        """
         self.ctx = ctx
+        self.on_event = on_event
         self.spawn_agents = spawn_agents
         self.max_seconds = max_seconds
         self.python = python or sys.executable
@@ -125,6 +142,9 @@ class Negotiator:
         self._done_seen: frozenset[str] | None = None
         self._exit_revision = -1
         self._exit_states: list[CriterionState] = []
+        self._person_since: float | None = None  # monotonic time the wait for a person began
+        self._person_said: tuple[tuple[str, str], ...] = ()
+        self._approval_logged: set[str] = set()
 
     # -- agents -----------------------------------------------------------------------------
     def plan_agents(self) -> list[AgentProcess]:
@@ -200,6 +220,7 @@ class Negotiator:
         with store.transaction("negotiator") as tx:
             promote(tx)
             self.warn_long_held(tx)
+            self.log_awaiting_approval(tx)
         self._ticks += 1
         if self._ticks % 20 == 1:
             self.rotate_logs()
@@ -225,6 +246,15 @@ class Negotiator:
                 self._warned.add(lease.claim_id)
                 tx.log(item.id, "warning", f"held by {lease.owner} for {held:.0f} min, over twice its estimate "
                                            f"({estimate.describe()} for {story.id})")
+
+    def log_awaiting_approval(self, tx: Transaction) -> None:
+        """One AGENT_LOG row per story the Integrator leaves for a person's approval (why it is not merged)."""
+        for task in tx.queue.tasks:
+            if task.id in self._approval_logged or not awaiting_approval(task, self.ctx.config):
+                continue
+            self._approval_logged.add(task.id)
+            tx.log(task.id, "awaiting approval", f"not claimed by the Integrator until a person decides: "
+                                                 f"`oodatcaa approve {task.id}` or `oodatcaa reject {task.id} --reason TEXT`")
 
     def rotate_logs(self) -> list[str]:
         """Rotate AGENT_LOG.md and SPRINT_LOG.md into the sprint's archive when over the limit."""
@@ -268,15 +298,42 @@ class Negotiator:
             self.stop_agents()
             closed = complete_sprint(self.ctx.ws, actor="negotiator", clock=self.ctx.clock, exit_states=states)
             return EXIT_OK, closed.describe()
+        waiting = waiting_for_person(queue, self.ctx.config)
+        if waiting and not objective_met(queue):
+            return self.wait_for_person(waiting)
         if time.monotonic() - self._last_change <= 3 * self.ctx.config.negotiator.tick_seconds:
             return None
         problems = [f"{s.id} {s.state}: {s.text} — {s.reason}" for s in states if s.state != "met"]
         stories = stuck_reason(queue)
         if stories:
             problems.append(stories)
+        problems += [w.describe() for w in waiting if w.awaiting_approval]
         return EXIT_STUCK, ("sprint stuck, a person is needed: " + "; ".join(problems)
                             + ". Fix it and `oodatcaa run` again, or close the sprint as it is with "
                               "`oodatcaa sprint complete --force`")
+
+    def wait_for_person(self, waiting: list[Waiting]) -> tuple[int, str] | None:
+        """Only a person can move the sprint on: say so at once (output, SPRINT_LOG.md), then wait.
+
+        Announced again whenever the set of waiting stories changes. Returns ``None`` while waiting,
+        :data:`EXIT_PERSON_WAIT` with the same list once ``[negotiator] person_wait_minutes`` pass
+        without anyone acting; any change to the queue ends the wait (:meth:`run` resets it).
+        """
+        now = time.monotonic()
+        if self._person_since is None:
+            self._person_since = now
+        text = waiting_text(waiting)
+        key = tuple((w.task_id, w.status) for w in waiting)
+        if key != self._person_said:
+            self._person_said = key
+            self.sprint_event("waiting for a person", text)
+            if self.on_event is not None:
+                self.on_event(text)
+        minutes = self.ctx.config.negotiator.person_wait_minutes
+        if now - self._person_since > minutes * 60:
+            return EXIT_PERSON_WAIT, (f"nobody acted in {minutes:g} min ([negotiator] person_wait_minutes); {text}. "
+                                      "Act on them, then `oodatcaa run` again")
+        return None
 
     def preflight(self) -> None:
         """Refuse to start on a checkout the Integrator could not merge into.
@@ -323,18 +380,22 @@ class Negotiator:
                 queue = self.tick()
                 if queue.revision != self._last_revision:
                     self._last_revision, self._last_change = queue.revision, time.monotonic()
+                    self._person_since = None  # a person acted (or work moved): the wait starts again
                 self.detect_completion(queue)
-                if nothing_moves(queue):
+                # a story awaiting approval moves only when a person acts: settled, like needs_manual
+                if nothing_moves(person_view(queue, self.ctx.config)):
                     outcome = self.try_close(queue)
                     if outcome is not None:
                         code, message = outcome
                         break
+                else:
+                    self._person_since, self._person_said = None, ()
                 died = self.check_agents()
                 if died:
                     code, message = EXIT_AGENT_DIED, died
                     break
-                if time.monotonic() - self._last_change > cfg.idle_timeout_seconds and not any(
-                    i.lease for i in queue.items()):
+                if self._person_since is None and time.monotonic() - self._last_change > cfg.idle_timeout_seconds \
+                        and not any(i.lease for i in queue.items()):
                     code, message = EXIT_STUCK, f"sprint stuck: no progress for {cfg.idle_timeout_seconds:.0f} s"
                     break
                 if self.max_seconds is not None and time.monotonic() - start > self.max_seconds:
@@ -349,6 +410,16 @@ class Negotiator:
             if code != EXIT_OK:
                 self.sprint_event("run ended", f"exit {code}: {message}"[:500])
         return code, message
+
+
+def objective_met(queue: Queue) -> bool:
+    """The Completion Detector's last snapshot says every success criterion is met.
+
+    A sprint stuck on a person's work then does not wait for them: it stops stuck (exit 3) at once,
+    and ``run --until-objective`` closes it as it is and completes the project.
+    """
+    snap = queue.objective
+    return snap is not None and snap.error is None and snap.total > 0 and snap.met == snap.total
 
 
 def _counts(queue: Queue) -> str:
