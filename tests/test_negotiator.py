@@ -8,7 +8,7 @@ import pytest
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.roles.base import AgentContext
-from oodatcaa.roles.negotiator import EXIT_AGENT_DIED, EXIT_STUCK, Negotiator, promote
+from oodatcaa.roles.negotiator import EXIT_AGENT_DIED, EXIT_PERSON_WAIT, Negotiator, promote
 from oodatcaa.sprints import new_sprint
 from support import add_steps, configure, sample_queue, store_with, workspace
 
@@ -28,7 +28,8 @@ PROSE_ONLY = """\
 
 def fast_config(ws):
     configure(ws.config_path, agents={"poll_seconds": 0.2},
-              negotiator={"tick_seconds": 0.2, "restart_backoff_seconds": 0.0, "max_restarts": 1})
+              negotiator={"tick_seconds": 0.2, "restart_backoff_seconds": 0.0, "max_restarts": 1,
+                          "person_wait_minutes": 0.02})
 
 
 def test_promote_respects_dependencies(tmp_path):
@@ -52,10 +53,12 @@ def test_run_exits_non_zero_naming_what_a_person_must_do(tmp_path):
     new_sprint(ws, backlog)
     run = subprocess.run([sys.executable, "-m", "oodatcaa", "-C", str(ws.root), "run", "--max-seconds", "60"],
                          capture_output=True, text=True, timeout=120)
-    assert run.returncode == EXIT_STUCK, run.stdout + run.stderr
-    assert "T001 needs_manual: no job block" in run.stderr
+    # only a person can move it: announced at once, then, nobody acting, exit 8 with the same list
+    assert run.returncode == EXIT_PERSON_WAIT, run.stdout + run.stderr
+    assert "T001 needs_manual: no job block" in run.stderr and "oodatcaa resolve T001 --retry" in run.stderr
+    assert "waiting for a person: T001 needs_manual" in run.stdout
     assert QueueStore.for_workspace(ws).read().task("T001").status == S.NEEDS_MANUAL
-    assert "exit 3" in ws.sprint_log_path.read_text()
+    assert "exit 8" in ws.sprint_log_path.read_text() and "waiting for a person" in ws.sprint_log_path.read_text()
     assert not list(ws.agents_state_dir.glob("*.pid"))
 
 
@@ -171,6 +174,8 @@ def test_the_sprint_completes_on_its_exit_criteria_with_a_story_left_to_a_person
 def test_an_exit_criterion_only_a_person_can_judge_stops_the_run_saying_how_to_close(tmp_path):
     ws = workspace(tmp_path)
     run = _run(ws, "- [ ] the roadmap reads well\n")
-    assert run.returncode == EXIT_STUCK, run.stdout + run.stderr
+    # T002 (prose) waits for a person too: the run waits for them, then says both
+    assert run.returncode == EXIT_PERSON_WAIT, run.stdout + run.stderr
+    assert "T002 needs_manual" in run.stderr
     assert "EC2 needs_manual: the roadmap reads well" in run.stderr and "sprint complete --force" in run.stderr
     assert QueueStore.for_workspace(ws).read().sprint.status.value == "in_progress"

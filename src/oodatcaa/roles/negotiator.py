@@ -298,12 +298,12 @@ class Negotiator:
             self.stop_agents()
             closed = complete_sprint(self.ctx.ws, actor="negotiator", clock=self.ctx.clock, exit_states=states)
             return EXIT_OK, closed.describe()
+        problems = [f"{s.id} {s.state}: {s.text} — {s.reason}" for s in states if s.state != "met"]
         waiting = waiting_for_person(queue, self.ctx.config)
         if waiting and not objective_met(queue):
-            return self.wait_for_person(waiting)
+            return self.wait_for_person(waiting, problems)
         if time.monotonic() - self._last_change <= 3 * self.ctx.config.negotiator.tick_seconds:
             return None
-        problems = [f"{s.id} {s.state}: {s.text} — {s.reason}" for s in states if s.state != "met"]
         stories = stuck_reason(queue)
         if stories:
             problems.append(stories)
@@ -312,12 +312,13 @@ class Negotiator:
                             + ". Fix it and `oodatcaa run` again, or close the sprint as it is with "
                               "`oodatcaa sprint complete --force`")
 
-    def wait_for_person(self, waiting: list[Waiting]) -> tuple[int, str] | None:
+    def wait_for_person(self, waiting: list[Waiting], problems: list[str]) -> tuple[int, str] | None:
         """Only a person can move the sprint on: say so at once (output, SPRINT_LOG.md), then wait.
 
         Announced again whenever the set of waiting stories changes. Returns ``None`` while waiting,
         :data:`EXIT_PERSON_WAIT` with the same list once ``[negotiator] person_wait_minutes`` pass
-        without anyone acting; any change to the queue ends the wait (:meth:`run` resets it).
+        without anyone acting (``problems``: the unmet exit criteria, named in that message too); any
+        change to the queue ends the wait (:meth:`run` resets it).
         """
         now = time.monotonic()
         if self._person_since is None:
@@ -331,8 +332,10 @@ class Negotiator:
                 self.on_event(text)
         minutes = self.ctx.config.negotiator.person_wait_minutes
         if now - self._person_since > minutes * 60:
-            return EXIT_PERSON_WAIT, (f"nobody acted in {minutes:g} min ([negotiator] person_wait_minutes); {text}. "
-                                      "Act on them, then `oodatcaa run` again")
+            unmet = f"; unmet exit criteria: {'; '.join(problems)}" if problems else ""
+            return EXIT_PERSON_WAIT, (f"nobody acted in {minutes:g} min ([negotiator] person_wait_minutes); {text}{unmet}. "
+                                      "Act on them, then `oodatcaa run` again, or close the sprint as it is with "
+                                      "`oodatcaa sprint complete --force`")
         return None
 
     def preflight(self) -> None:
