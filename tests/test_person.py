@@ -411,3 +411,32 @@ def test_person_identity_falls_back_on_the_user(tmp_path, monkeypatch):
     monkeypatch.setenv("USER", "ana")
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     assert repo.person_identity() == ("ana", "")
+
+
+def test_the_integrator_report_and_tag_message_say_who_approved(tmp_path):
+    q = sample_queue(1)
+    accepted(q.tasks[0]).approval_required = True
+    ws, store, clock = seeded(tmp_path, q)
+    branch = q.tasks[0].builds()[0].branch
+    git(ws.root, "checkout", "-qb", branch)
+    (ws.root / "T001.txt").write_text("work")
+    git(ws.root, "add", "T001.txt")
+    git(ws.root, "commit", "-qm", "[impl] T001: work")
+    git(ws.root, "checkout", "-q", "main")
+    approve(store, "T001", ADA, cfg(ws), note="good enough")
+    assert Integrator(AgentContext.open(ws, "integrator-1", clock=clock)).run(once=True) == 0
+    assert store.read().task("T001").status == S.DONE
+    line = "Approved by Ada Lovelace <ada@example.org> at 2026-03-01T09:00:00Z: good enough"
+    assert f"- **Approval:** {line}" in (ws.report_dir("T001") / "integrator.md").read_text()
+    assert f"Approval: {line}" in git(ws.root, "tag", "-l", "--format=%(contents)", "T001-complete")
+
+
+def test_status_still_shows_the_queue_when_the_config_is_malformed(tmp_path, capsys):
+    q = sample_queue(1)
+    accepted(q.tasks[0]).approval_required = True
+    ws, _, _ = seeded(tmp_path, q)
+    ws.config_path.write_text("[integrator\n")
+    assert main(["-C", str(ws.root), "status", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "require_approval read as false" in out.err
+    assert json.loads(out.out)["waiting_for_person"][0]["task"] == "T001"  # the backlog's Approval still holds

@@ -138,13 +138,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from oodatcaa.cli.render import status_rows, status_table
-    from oodatcaa.core.config import load_config
+    from oodatcaa.core.config import Config, load_config
+    from oodatcaa.core.errors import ConfigError
     from oodatcaa.core.store import QueueStore
     from oodatcaa.person import awaiting_approval, waiting_for_person
 
     ws = _ws(args)
     queue = QueueStore.for_workspace(ws).read()
-    config = load_config(ws.config_path, ws.agents_dir)
+    try:
+        config = load_config(ws.config_path, ws.agents_dir)
+    except ConfigError as exc:  # the queue is still worth showing; approvals fall back on the backlog's
+        warn(f"warning: {exc}; [integrator] require_approval read as false")
+        config = Config()
     waiting = waiting_for_person(queue, config)
     if args.json:
         rows = status_rows(queue)
