@@ -373,6 +373,7 @@ def test_the_negotiator_says_at_once_what_waits_then_exits_8_when_nobody_acts(tm
     assert len(said) == 1 and said[0].startswith("waiting for a person: T001 needs_manual")
     log = ws.sprint_log_path.read_text()
     assert log.count("| waiting for a person |") == 1 and "exit 8" in log
+    assert "needs_manual=1; waiting for a person (0 of 0.01 min): T001" in log  # the heartbeat says it too
 
 
 def test_the_negotiator_resumes_as_soon_as_the_person_acts(tmp_path):

@@ -129,8 +129,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.role == "negotiator":
         from oodatcaa.roles.negotiator import Negotiator
 
-        code, message = Negotiator(ctx, spawn_agents=False).run()
-        logging.getLogger("oodatcaa.agent").info("negotiator exit %s: %s", code, message)
+        agent_log = logging.getLogger("oodatcaa.agent")
+        code, message = Negotiator(ctx, spawn_agents=False, on_event=lambda text: agent_log.warning("%s", text)).run()
+        agent_log.info("negotiator exit %s: %s", code, message)
         return code
     agent = AGENT_CLASSES[args.role](ctx)
     return agent.run(once=args.once)

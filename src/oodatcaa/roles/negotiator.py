@@ -406,7 +406,12 @@ class Negotiator:
                     break
                 if time.monotonic() - self._last_heartbeat > 60:
                     self._last_heartbeat = time.monotonic()
-                    self.sprint_event("heartbeat", heartbeat_text(queue, self.ctx.clock.now(), self.ctx.config.estimates))
+                    beat = heartbeat_text(queue, self.ctx.clock.now(), self.ctx.config.estimates)
+                    if self._person_since is not None:  # say what the sprint waits on, not only the counts
+                        waited = (time.monotonic() - self._person_since) / 60
+                        beat += (f"; waiting for a person ({waited:.0f} of {cfg.person_wait_minutes:g} min): "
+                                 + ", ".join(w.task_id for w in waiting_for_person(queue, self.ctx.config)))
+                    self.sprint_event("heartbeat", beat)
                 self.ctx.stop.wait(cfg.tick_seconds)
         finally:
             self.stop_agents()
