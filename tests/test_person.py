@@ -441,3 +441,23 @@ def test_status_still_shows_the_queue_when_the_config_is_malformed(tmp_path, cap
     out = capsys.readouterr()
     assert "require_approval read as false" in out.err
     assert json.loads(out.out)["waiting_for_person"][0]["task"] == "T001"  # the backlog's Approval still holds
+
+
+def test_retry_after_the_refiner_crashed_gives_it_back_the_failure_it_was_adapting(tmp_path):
+    q = sample_queue(1)
+    task = escalated(q.tasks[0])
+    step = task.builds()[0]
+    step.status, step.failure = S.NEEDS_ADAPT, Failure.of(FailureKind.OOM, "ran out of memory", item=step.id)
+    task.failure = Failure.of(FailureKind.AGENT_CRASHED, "refiner crashed: KeyError: x", item=task.id, role="refiner")
+    ws, store, _ = seeded(tmp_path, q)
+    assert resolve(store, "T001", "retry", ADA).status == S.NEEDS_ADAPT
+    task = store.read().task("T001")
+    assert task.failure.kind == FailureKind.OOM and task.adapt_loops == 3
+
+
+def test_retry_after_the_integrator_stopped_merges_again(tmp_path):
+    q = sample_queue(1)
+    accepted(q.tasks[0]).status = S.NEEDS_MANUAL
+    q.tasks[0].manual_reason = "main has uncommitted changes in: README.md"
+    ws, store, _ = seeded(tmp_path, q)
+    assert resolve(store, "T001", "retry", ADA).status == S.READY_FOR_INTEGRATOR

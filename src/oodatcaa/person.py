@@ -330,12 +330,22 @@ def _require_manual(task: Task, action: ResolveAction) -> None:
 
 
 def _retry(tx: Transaction, task: Task, what: str) -> TaskStatus:
-    """The failed step back to its claimable status; returns where the story went. Loops are kept."""
+    """The failed step back to its claimable status; returns where the story went. Loops are kept.
+
+    No live plan -> ``needs_plan``; the Refiner crashed -> ``needs_adapt``; failed builder steps ->
+    ``ready`` (the story too, the tester ``blocked``); the Tester's verdict or crash -> tested again
+    (``awaiting_test``, tester ``ready``); the Integrator stopped -> ``ready_for_integrator``.
+    """
     live = [s for s in task.subtasks if s.status != S.CANCELLED]
     tester = task.tester()
     failed = [s for s in task.builds() if s.status in (S.NEEDS_MANUAL, S.NEEDS_ADAPT)]
     if not live:  # the Planner sent it here (no job block, or a crash while planning)
         return tx.move(task, S.NEEDS_PLAN, what).status
+    crash = task.failure if task.failure is not None and task.failure.kind == FailureKind.AGENT_CRASHED else None
+    if crash is not None and crash.details.get("role") == Role.REFINER.value:
+        # the Refiner itself crashed: its turn again, on the failure it was adapting (kept on the step)
+        task.failure = next((s.failure for s in failed if s.failure is not None), None)
+        return tx.move(task, S.NEEDS_ADAPT, what).status
     if failed:
         for step in failed:
             tx.move(step, S.READY, what)
