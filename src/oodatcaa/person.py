@@ -344,7 +344,8 @@ def _retry(tx: Transaction, task: Task, what: str) -> TaskStatus:
     crash = task.failure if task.failure is not None and task.failure.kind == FailureKind.AGENT_CRASHED else None
     if crash is not None and crash.details.get("role") == Role.REFINER.value:
         # the Refiner itself crashed: its turn again, on the failure it was adapting (kept on the step)
-        task.failure = next((s.failure for s in failed if s.failure is not None), None)
+        carriers = [*failed, *([tester] if tester is not None else [])]
+        task.failure = next((s.failure for s in carriers if s.failure is not None), None)
         return tx.move(task, S.NEEDS_ADAPT, what).status
     if failed:
         for step in failed:
