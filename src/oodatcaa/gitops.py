@@ -505,6 +505,12 @@ class GitRepo:
                 return parts[0]
         return None
 
+    def commit_with_trailer(self, line: str) -> str | None:
+        """The newest commit on the trunk whose message has the line ``line`` (a trailer such as
+        ``Reverts-merge: <sha>``), or ``None``."""
+        found = self.repo.git.log("--format=%H", "-n", "1", "--fixed-strings", f"--grep={line}", self.trunk).strip()
+        return found or None
+
     def land(self, new: str, old: str) -> None:
         """Move the trunk from ``old`` to ``new`` by compare-and-swap (``new`` must descend from ``old``).
 
