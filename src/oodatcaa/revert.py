@@ -127,7 +127,8 @@ def _land(ws: Workspace, git: GitRepo, gates: Sequence[GateSpec], task: Task, me
         return commit
 
     try:
-        outcome = land_gated(ws, git, gates, build, owner=owner)
+        # the checkout is per process: two reverts at once never share one
+        outcome = land_gated(ws, git, gates, build, owner=f"{owner}-{os.getpid()}")
     except MergeConflictError as exc:
         raise RevertError(f"reverting {task.id}'s merge {merge[:10]} conflicts with later work in: "
                           f"{', '.join(exc.files)}; revert by hand, or revert the later stories first") from None

@@ -107,10 +107,10 @@ class Integrator(RoleAgent):
         except UncommittedChangesError as exc:
             self._needs_person(claim, git, exc.files)
             return
+        self.check_abort()  # a gate stopped because the agent is stopping is no verdict on the story
         if outcome.status != "landed":
             self._gate_refused(claim, git, task, outcome)
             return
-        self.check_abort()
         # the landed commit is the [docs] commit on top of the merge, or the merge itself (nothing to document)
         first_parent = git.head_sha(outcome.commit + "^1")
         merge_commit = outcome.commit if first_parent == outcome.trunk_before else first_parent
