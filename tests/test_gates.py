@@ -333,3 +333,8 @@ def test_two_stories_that_pass_alone_but_break_a_gate_together_never_reach_the_t
     assert "T002" not in git(ws.root, "log", "--format=%s", "main")
     assert not (ws.root / "budget/b.txt").exists()
     assert git(ws.root, "rev-parse", "main") == git(ws.root, "rev-parse", "T001-complete^{commit}")
+    # no Refiner rule can fix a combination by itself (rebuilding on the trunk gives the same merge):
+    # a person decides, with the gate's reason
+    AGENT_CLASSES["refiner"](AgentContext.open(ws, "refiner-t")).run(once=True, exit_when_complete=False)
+    t2 = task(ws, "T002")
+    assert t2.status == S.NEEDS_MANUAL and "gate_failed" in (t2.manual_reason or "")
