@@ -338,3 +338,18 @@ def test_two_stories_that_pass_alone_but_break_a_gate_together_never_reach_the_t
     AGENT_CLASSES["refiner"](AgentContext.open(ws, "refiner-t")).run(once=True, exit_when_complete=False)
     t2 = task(ws, "T002")
     assert t2.status == S.NEEDS_MANUAL and "gate_failed" in (t2.manual_reason or "")
+
+
+def test_a_trunk_checked_out_in_another_worktree_is_never_moved_behind_it(ws, tmp_path):
+    repo = GitRepo.for_workspace(ws, "test")
+    old = git(ws.root, "rev-parse", "main")
+    git(ws.root, "commit", "-q", "--allow-empty", "-m", "next")
+    new = git(ws.root, "rev-parse", "HEAD")
+    git(ws.root, "update-ref", "refs/heads/main", old)
+    git(ws.root, "checkout", "-qb", "person-work", new)
+    git(ws.root, "worktree", "add", "-q", str(tmp_path / "elsewhere"), "main")
+    from oodatcaa.core.errors import GitOperationError
+
+    with pytest.raises(GitOperationError, match="main is checked out in the worktree .*elsewhere"):
+        repo.land(new, old)
+    assert git(ws.root, "rev-parse", "main") == old

@@ -528,6 +528,11 @@ class GitRepo:
             if actual != old:
                 raise TrunkMovedError(self.trunk, old, actual)
             if not self.trunk_checked_out():
+                elsewhere = self._worktree_holding_trunk()
+                if elsewhere is not None:
+                    raise GitOperationError(
+                        f"{self.trunk} is checked out in the worktree {elsewhere}; oodatcaa moves the trunk only in the "
+                        f"primary checkout or where it is checked out nowhere (fix: check out another branch there)")
                 try:
                     self.repo.git.update_ref(f"refs/heads/{self.trunk}", new, old)
                 except git.GitCommandError:
@@ -535,14 +540,24 @@ class GitRepo:
                 return
             self._fast_forward_checkout(new, old)
 
+    def _worktree_holding_trunk(self) -> str | None:
+        """The path of a linked worktree that has the trunk checked out, if any."""
+        path = None
+        for line in self.repo.git.worktree("list", "--porcelain").splitlines():
+            if line.startswith("worktree "):
+                path = line[len("worktree "):]
+            elif line == f"branch refs/heads/{self.trunk}" and path and Path(path).resolve() != self.root.resolve():
+                return path
+        return None
+
     def _fast_forward_checkout(self, new: str, old: str) -> None:
         foreign = self.foreign_changes()
         if foreign:
             raise UncommittedChangesError(self.trunk, foreign)
         touched = self.repo.git.diff("--name-only", "--no-renames", old, new).splitlines()
         tracked_old = set(self.repo.git.ls_tree("-r", "--name-only", old, "--", *touched).splitlines()) if touched else set()
-        in_way = [p for p in touched if (self.root / p).is_file()
-                  and (p not in tracked_old or p in set(self.dirty_tracked_files()))]
+        dirty = set(self.dirty_tracked_files())
+        in_way = [p for p in touched if (self.root / p).is_file() and (p not in tracked_old or p in dirty)]
         blocked = [p for p in in_way if not p.startswith(OWN_PATHS)]
         if blocked:
             raise UncommittedChangesError(self.trunk, blocked)
