@@ -497,6 +497,10 @@ class GitRepo:
             raise GitOperationError(f"git commit in {path} failed: {(exc.stderr or exc.stdout or str(exc)).strip()}") from None
         return wt.git.rev_parse("HEAD")
 
+    def subject(self, commit: str) -> str:
+        """The first line of ``commit``'s message."""
+        return str(self.repo.git.log("-1", "--format=%s", commit)).strip()
+
     def first_parent_child(self, commit: str) -> str | None:
         """The commit on the trunk's first-parent line whose first parent is ``commit``, if any."""
         for line in self.repo.git.rev_list("--first-parent", "--parents", self.trunk).splitlines():

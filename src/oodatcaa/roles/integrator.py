@@ -146,7 +146,10 @@ class Integrator(RoleAgent):
     def _finish_landed(self, claim: Claim, git: GitRepo, task: Task, sprint: Sprint, branch: str) -> None:
         """A predecessor landed the story and was killed before it finished: tag and finish."""
         merge_commit = task.merged_commit or git.merge_commit_of(branch) or git.trunk_sha()
-        landed = git.first_parent_child(merge_commit) or merge_commit
+        child = git.first_parent_child(merge_commit)
+        # the landed commit is this story's [docs] commit on the merge (never a later story's commit)
+        docs = child is not None and git.subject(child).startswith(f"[docs] {task.id}:")
+        landed = child if docs and child is not None else merge_commit
         self._tag_and_finish(claim, git, task, sprint, branch, merge_commit, landed, None)
 
     def _tag_and_finish(self, claim: Claim, git: GitRepo, task: Task, sprint: Sprint, branch: str,
