@@ -353,3 +353,11 @@ def test_a_trunk_checked_out_in_another_worktree_is_never_moved_behind_it(ws, tm
     with pytest.raises(GitOperationError, match="main is checked out in the worktree .*elsewhere"):
         repo.land(new, old)
     assert git(ws.root, "rev-parse", "main") == old
+
+
+def test_problem_lines_are_stripped_and_free_of_the_checkout_path(tmp_path):
+    from oodatcaa.gates import problem_lines
+
+    checkout = tmp_path / "integration" / "integrator-1"
+    text = f"  {checkout}/lib.py:1: E501\n\n{checkout.resolve()}/lib.py:2: F401  \nsummary\n"
+    assert problem_lines(text, checkout) == ["./lib.py:1: E501", "./lib.py:2: F401", "summary"]

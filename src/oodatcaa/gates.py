@@ -101,8 +101,15 @@ def gate_slug(spec: GateSpec) -> str:
 
 def problem_lines(text: str, checkout: Path) -> list[str]:
     """The output's non-empty lines, stripped, with the checkout's path (absolute) replaced by ``.``."""
-    root = str(Path(checkout).resolve())
-    return [line.strip().replace(root, ".") for line in text.splitlines() if line.strip()]
+    # longest first: the resolved path may contain the given one (or the reverse, through a symlink)
+    roots = sorted({str(Path(checkout)), str(Path(checkout).resolve())}, key=len, reverse=True)
+    lines = []
+    for line in text.splitlines():
+        if line.strip():
+            for root in roots:
+                line = line.replace(root, ".")
+            lines.append(line.strip())
+    return lines
 
 
 def _execute(spec: GateSpec, checkout: Path, log_file: Path,
