@@ -226,7 +226,8 @@ def test_integrators_killed_inside_git_merge(tmp_path, tiny_model):
 
 def kill_first_integration_paused_at(tmp_path, tiny_model, where: str) -> Sprint:
     """Run a two-story sprint; the first integration that reaches ``where`` (``merge``: inside ``git merge``,
-    MERGE_HEAD written; ``changelog``: CHANGELOG.md written, not yet committed) is killed with its shim."""
+    MERGE_HEAD written; ``changelog``: CHANGELOG.md written, not yet committed — both in its integration
+    checkout, main untouched) is killed with its shim."""
     sprint = make_sprint(tmp_path, tiny_model, backlog(command_story(1, 0.2), command_story(2, 0.2)),
                          seed=seed_for(f"integrator killed at {where}"))
     (sprint.shim_dir / ("pause-merge" if where == "merge" else "pause-changelog")).write_text("30\n")
@@ -243,10 +244,12 @@ def kill_first_integration_paused_at(tmp_path, tiny_model, where: str) -> Sprint
     victim = next(a for a in sprint.agents() if a.pid == paused[0][1])
     sprint.kill(victim, where)
     KILLS[f"integrator killed at {where}"] = 1
-    if where == "merge" and not (sprint.repo / ".git" / "MERGE_HEAD").exists():
-        raise RuntimeError("the kill did not leave a half-merge")
-    if where == "changelog" and "CHANGELOG.md" not in git(sprint.repo, "status", "--porcelain").stdout:
-        raise RuntimeError("the kill did not leave an uncommitted CHANGELOG.md")
+    # the merge result is built in the Integrator's detached integration checkout, never in main's
+    checkouts = sorted((sprint.repo / ".oodatcaa" / "state" / "integration").glob("*"))
+    if where == "merge" and not list((sprint.repo / ".git" / "worktrees").glob("*/MERGE_HEAD")):
+        raise RuntimeError("the kill did not leave a half-merge in an integration checkout")
+    if where == "changelog" and not any("CHANGELOG.md" in git(c, "status", "--porcelain").stdout for c in checkouts):
+        raise RuntimeError("the kill did not leave an uncommitted CHANGELOG.md in an integration checkout")
     return sprint
 
 

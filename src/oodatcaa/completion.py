@@ -155,7 +155,8 @@ def read_story_book(ws: Workspace, git: GitRepo, queue: Queue | None = None) -> 
     current queue, or none when no sprint was started), later sprints winning for one ID.
 
     A story is merged when its status is ``done`` and its ``merged_commit`` — or, for a queue
-    without one, its ``<TASK>-complete`` tag — is an ancestor of the trunk's tip.
+    without one, its ``<TASK>-complete`` tag — is an ancestor of the trunk's tip, and it was not
+    reverted (``oodatcaa revert``).
     """
     if queue is None:
         store = QueueStore.for_workspace(ws)
@@ -175,8 +176,11 @@ def read_story_book(ws: Workspace, git: GitRepo, queue: Queue | None = None) -> 
             if task.status.value == "done" and trunk_commit is not None:
                 merged = bool(task.merged_commit and git.is_ancestor(task.merged_commit, trunk_commit)) or (
                     has_tag and git.is_ancestor(tag, trunk_commit))
+            # a reverted story's merge is still in the history but undone: its metrics no longer count
+            merged = merged and task.reverted is None
             stories[task.id] = StoryFact(
                 task=task.id, title=task.title, status=task.status.value, merged=merged,
+                reverted=task.reverted is not None,
                 merged_commit=task.merged_commit, tag=tag if has_tag else None, sprint=number or None,
                 metrics=dict(task.metrics), objective_links=list(task.objective_links))
     flat = [(n, text) for n, texts in exits.values() for text in texts]
@@ -264,6 +268,7 @@ def _evaluate_check(cid: str, text: str, check: Check, book: StoryBook, checkout
         if waiting:
             evidence = [Evidence(task=t, status=f.status if f else None, check=shown,
                                  detail="no queue of this workspace holds this story" if f is None
+                                 else "reverted: its metrics no longer count" if f.reverted
                                  else "its metrics count once it is merged on the trunk") for t, f in waiting]
             return CriterionState(id=cid, text=text, state="unmet", via="check", evidence=evidence,
                                   reason=f"not merged on the trunk yet: {', '.join(t for t, _ in waiting)}")

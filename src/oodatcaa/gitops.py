@@ -21,10 +21,21 @@ from typing import TYPE_CHECKING
 import git
 from filelock import FileLock
 
-from oodatcaa.core.errors import BranchMissingError, GitOperationError, MergeConflictError, WorkspaceError
+from oodatcaa.core.errors import (
+    BranchMissingError,
+    GitOperationError,
+    MergeConflictError,
+    TrunkMovedError,
+    UncommittedChangesError,
+    WorkspaceError,
+)
 
 if TYPE_CHECKING:
     from oodatcaa.core.workspace import Workspace
+
+#: Paths oodatcaa itself writes in the trunk's checkout (reports, plans, the CHANGELOG): a landing may
+#: replace them; anything else uncommitted there is a person's and blocks it.
+OWN_PATHS = (".oodatcaa/", "CHANGELOG.md")
 
 #: The trunk of a workspace whose config names none (and of a repository ``init`` creates commits in).
 DEFAULT_TRUNK = "main"
@@ -421,3 +432,178 @@ class GitRepo:
             g.reset("-q", "--", *too_big)
         g.commit("--allow-empty", "-m", message)
         return wt.git.rev_parse("HEAD"), too_big
+
+    # -- the merge queue: build a merge result off the trunk, land it by compare-and-swap ----------
+    def ensure_trunk_branch(self) -> None:
+        """Make sure the repository has a first commit and the trunk branch exists (checked out or not).
+
+        Raises :class:`WorkspaceError` when ``[git] trunk`` names no branch.
+        """
+        with self.locked():
+            if not self.has_commits():
+                g = self._git()
+                g.checkout("-B", self.trunk)
+                g.commit("--allow-empty", "-m", "[docs] oodatcaa: initial commit")
+                return
+        self.require_trunk()
+
+    def trunk_sha(self) -> str:
+        """The commit the trunk branch points at now."""
+        return self.head_sha(f"refs/heads/{self.trunk}")
+
+    def trunk_checked_out(self) -> bool:
+        """True when the primary checkout has the trunk checked out (a landing then updates its files)."""
+        return self.current_branch() == self.trunk
+
+    def merge_no_ff_at(self, path: Path, branch: str, message: str) -> str:
+        """``git merge --no-ff branch`` in the detached checkout ``path``; returns the merge commit.
+
+        Nothing outside ``path`` changes. On conflicts the merge is aborted and
+        :class:`MergeConflictError` lists the conflicting files.
+        """
+        self.require_branch(branch)
+        wt = git.Repo(path)
+        try:
+            self._git(wt).merge("--no-ff", "-m", message, branch)
+        except git.GitCommandError as exc:
+            conflicts = wt.git.diff("--name-only", "--diff-filter=U").split()
+            try:
+                wt.git.merge("--abort")
+            except git.GitCommandError:
+                pass  # nothing to abort: the merge never started
+            if conflicts:
+                raise MergeConflictError(branch, conflicts) from None
+            raise GitOperationError(f"merge of {branch} failed: {exc.stderr.strip()}") from None
+        return wt.git.rev_parse("HEAD")
+
+    def revert_merge_at(self, path: Path, commit: str) -> list[str]:
+        """``git revert -m 1 --no-commit commit`` in the checkout ``path`` (staged, not committed).
+
+        Returns the paths it changes. On conflicts the revert is aborted and
+        :class:`MergeConflictError` lists the files (its ``branch`` names the commit).
+        """
+        wt = git.Repo(path)
+        try:
+            self._git(wt).revert("-m", "1", "--no-commit", commit)
+        except git.GitCommandError as exc:
+            conflicts = wt.git.diff("--name-only", "--diff-filter=U").split()
+            try:
+                wt.git.revert("--abort")
+            except git.GitCommandError:
+                pass
+            if conflicts:
+                raise MergeConflictError(f"revert of {commit[:10]}", conflicts) from None
+            raise GitOperationError(f"revert of {commit[:10]} failed: {exc.stderr.strip()}") from None
+        return wt.git.diff("--cached", "--name-only").split()
+
+    def commit_at(self, path: Path, paths: Sequence[str], message: str, *, allow_empty: bool = False) -> str | None:
+        """Stage ``paths`` (relative, added even when new) in checkout ``path`` and commit; ``None`` if nothing changed."""
+        wt = git.Repo(path)
+        g = self._git(wt)
+        existing = [p for p in paths if (Path(path) / p).exists()]
+        if existing:
+            g.add("-A", "--", *existing)
+        if not wt.git.diff("--cached", "--name-only").strip() and not allow_empty:
+            return None
+        try:
+            g.commit("-m", message, *(["--allow-empty"] if allow_empty else []))
+        except git.GitCommandError as exc:
+            raise GitOperationError(f"git commit in {path} failed: {(exc.stderr or exc.stdout or str(exc)).strip()}") from None
+        return wt.git.rev_parse("HEAD")
+
+    def subject(self, commit: str) -> str:
+        """The first line of ``commit``'s message."""
+        return str(self.repo.git.log("-1", "--format=%s", commit)).strip()
+
+    def first_parent_child(self, commit: str) -> str | None:
+        """The commit on the trunk's first-parent line whose first parent is ``commit``, if any."""
+        for line in self.repo.git.rev_list("--first-parent", "--parents", self.trunk).splitlines():
+            parts = line.split()
+            if len(parts) > 1 and parts[1] == commit:
+                return parts[0]
+        return None
+
+    def commit_with_trailer(self, line: str) -> str | None:
+        """The newest commit on the trunk whose message has the line ``line`` (a trailer such as
+        ``Reverts-merge: <sha>``), or ``None``."""
+        found = self.repo.git.log("--format=%H", "-n", "1", "--fixed-strings", f"--grep={line}", self.trunk).strip()
+        return found or None
+
+    def land(self, new: str, old: str) -> None:
+        """Move the trunk from ``old`` to ``new`` by compare-and-swap (``new`` must descend from ``old``).
+
+        When the trunk is checked out in the primary checkout, ``git merge --ff-only`` there moves it
+        and updates its files; oodatcaa's own uncommitted files (:data:`OWN_PATHS`) that the landing
+        touches are set aside first and the ones under ``.oodatcaa/`` put back where they are newer
+        (report lines appended since). Otherwise ``git update-ref refs/heads/<trunk> new old``.
+
+        Raises :class:`TrunkMovedError` when the trunk is no longer at ``old`` and
+        :class:`UncommittedChangesError` when a person's uncommitted work is in the way; in both
+        cases the trunk and the checkout are unchanged.
+        """
+        with self.locked():
+            actual = self.trunk_sha()
+            if actual != old:
+                raise TrunkMovedError(self.trunk, old, actual)
+            if not self.trunk_checked_out():
+                elsewhere = self._worktree_holding_trunk()
+                if elsewhere is not None:
+                    raise GitOperationError(
+                        f"{self.trunk} is checked out in the worktree {elsewhere}; oodatcaa moves the trunk only in the "
+                        f"primary checkout or where it is checked out nowhere (fix: check out another branch there)")
+                try:
+                    self.repo.git.update_ref(f"refs/heads/{self.trunk}", new, old)
+                except git.GitCommandError:
+                    raise TrunkMovedError(self.trunk, old, self.trunk_sha()) from None
+                return
+            self._fast_forward_checkout(new, old)
+
+    def _worktree_holding_trunk(self) -> str | None:
+        """The path of a linked worktree that has the trunk checked out, if any."""
+        path = None
+        for line in self.repo.git.worktree("list", "--porcelain").splitlines():
+            if line.startswith("worktree "):
+                path = line[len("worktree "):]
+            elif line == f"branch refs/heads/{self.trunk}" and path and Path(path).resolve() != self.root.resolve():
+                return path
+        return None
+
+    def _fast_forward_checkout(self, new: str, old: str) -> None:
+        foreign = self.foreign_changes()
+        if foreign:
+            raise UncommittedChangesError(self.trunk, foreign)
+        touched = self.repo.git.diff("--name-only", "--no-renames", old, new).splitlines()
+        tracked_old = set(self.repo.git.ls_tree("-r", "--name-only", old, "--", *touched).splitlines()) if touched else set()
+        dirty = set(self.dirty_tracked_files())
+        in_way = [p for p in touched if (self.root / p).is_file() and (p not in tracked_old or p in dirty)]
+        blocked = [p for p in in_way if not p.startswith(OWN_PATHS)]
+        if blocked:
+            raise UncommittedChangesError(self.trunk, blocked)
+        saved = {p: (self.root / p).read_bytes() for p in in_way}
+        g = self._git()
+        if in_way:
+            g.reset("-q", old, "--", *in_way)
+            for p in in_way:
+                if p in tracked_old:
+                    g.checkout(old, "--", p)
+                else:
+                    (self.root / p).unlink()
+        try:
+            g.merge("--ff-only", "-q", new)
+        except git.GitCommandError as exc:
+            for p, data in saved.items():
+                (self.root / p).write_bytes(data)
+            raise GitOperationError(f"fast-forward of {self.trunk} to {new[:10]} failed: {exc.stderr.strip()}") from None
+        for p, data in saved.items():
+            if p.startswith(".oodatcaa/") and (self.root / p).read_bytes() != data:
+                (self.root / p).write_bytes(data)
+
+    def user_identity(self) -> tuple[str, str]:
+        """``(user.name, user.email)`` from git's configuration, ``("", "")`` parts where unset."""
+        def value(key: str) -> str:
+            try:
+                return str(self.repo.git.config("--get", key)).strip()
+            except git.GitCommandError:
+                return ""
+
+        return value("user.name"), value("user.email")

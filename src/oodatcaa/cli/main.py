@@ -378,6 +378,16 @@ def cmd_objective(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_revert(args: argparse.Namespace) -> int:
+    """Revert a story's merge on the trunk through the quality gates (:mod:`oodatcaa.revert`); exit 2 when refused."""
+    from oodatcaa.revert import revert_story
+
+    record = revert_story(_ws(args), args.task, args.reason)
+    say(f"{args.task}: merge {record.reverted_merge[:10]} reverted in {record.commit[:10]} "
+        f"(tag {args.task}-reverted) by {record.by}: {record.reason}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from oodatcaa.cli.render import status_table, task_figures
     from oodatcaa.completion import format_report
@@ -566,6 +576,12 @@ def _add_operation_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         q.add_argument("--grace", type=float, default=30.0, help="stop: seconds to wait before SIGKILL")
         q.add_argument("--json", action="store_true", help="status: print JSON")
         q.set_defaults(func=cmd_agents)
+
+    p = sub.add_parser("revert", help="undo a story's merge on the trunk (git revert -m 1) through the quality "
+                                      "gates; CHANGELOG entry under Reverted, tag TASK-reverted, recorded on the story")
+    p.add_argument("task", help="the story ID, e.g. T003")
+    p.add_argument("--reason", required=True, help="why (goes into the commit, the CHANGELOG and the tag)")
+    p.set_defaults(func=cmd_revert)
 
     p = sub.add_parser("demo", help="copy the bundled demo roadmap (2 sprints) into a fresh repository at PATH and "
                                    "run it until its objective is met")

@@ -191,6 +191,31 @@ class GitSection(_Strict):
         return value
 
 
+class GateSpec(_Strict):
+    """One workspace quality gate (``[[gates]]``): a command run on the merge result before the trunk moves.
+
+    ``run`` is a command line run with bash (:func:`oodatcaa.core.process.run_process`) in the
+    integration checkout of the merge result; exit 0 passes. ``timeout_s`` (seconds, > 0) bounds it; a
+    command that times out or cannot run fails the gate with that reason. With ``baseline = "trunk"``
+    the command also runs on the trunk's commit (cached per commit in ``state/gates/<sha>/``) and only
+    output lines not already printed there fail it (one problem per output line: the original's
+    "0 new errors against a baseline of 28"); its exit status is then not what decides.
+    """
+
+    name: str = Field(min_length=1, max_length=80, description="Shown in reports and the failure.")
+    run: str = Field(min_length=1, max_length=4000, description="Command line, run with bash in the merge checkout.")
+    timeout_s: float = Field(default=900.0, gt=0, description="Seconds before the gate is stopped and failed.")
+    baseline: Literal["trunk"] | None = Field(
+        default=None, description='"trunk": only output lines not printed on the trunk fail the gate.')
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.strip() or any(ord(c) < 32 for c in value):
+            raise ValueError(f"gate name {value!r} must be printable text on one line")
+        return value.strip()
+
+
 class Config(_Strict):
     """The resolved configuration of a workspace."""
 
@@ -203,8 +228,19 @@ class Config(_Strict):
     integrator: IntegratorSection = IntegratorSection()
     jobs: JobsSection = JobsSection()
     git: GitSection = GitSection()
+    gates: list[GateSpec] = Field(
+        default_factory=list, description="Quality gates run on every merge result before the trunk moves.")
     estimates: EstimatesSection = EstimatesSection()
     roles: dict[str, RoleDefinition] = Field(default_factory=dict)
+
+    @field_validator("gates")
+    @classmethod
+    def _unique_gate_names(cls, value: list[GateSpec]) -> list[GateSpec]:
+        names = [g.name for g in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"two [[gates]] are named {', '.join(map(repr, dupes))}; give each gate its own name")
+        return value
 
     def wip_limit(self, role: str) -> int:
         """Maximum concurrent claims by ``role`` (config.toml over the role definition)."""
@@ -326,6 +362,16 @@ _SECTION_NOTES = {
 }
 
 
+_GATES_EXAMPLE = (
+    "# Quality gates, run on the merge result before the trunk moves (none by default). One block per gate:",
+    "# [[gates]]",
+    '# name = "unit tests"',
+    '# run = "pytest -q"        # run with bash in the integration checkout; exit 0 = pass',
+    "# timeout_s = 900",
+    '# baseline = "trunk"       # optional: only output lines not already printed on the trunk fail it',
+)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, BaseModel):  # an inline table: `M = {low_minutes = 120, ...}`
         return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.model_dump().items()) + "}"
@@ -357,6 +403,9 @@ def default_config_toml(roles: dict[str, RoleDefinition] | None = None, *, trunk
         *(f"# {r} = {_toml_value(roles[r].lease_ttl_minutes)}" for r in AGENT_ROLES if r in roles),
     ]
     for name, field in Config.model_fields.items():
+        if name == "gates":
+            out += ["", *_GATES_EXAMPLE]
+            continue
         model = field.annotation
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue

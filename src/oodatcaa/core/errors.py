@@ -98,3 +98,26 @@ class MergeConflictError(GitOperationError):
         self.branch = branch
         self.files = files
         super().__init__(f"merge of {branch} conflicts in: {', '.join(files) or '(unknown files)'}")
+
+
+class TrunkMovedError(GitOperationError):
+    """The trunk was not at the commit a landing expected (compare-and-swap lost); nothing moved.
+
+    ``expected`` is the commit the merge result was built on, ``actual`` where the trunk is now.
+    The Integrator retries on the new trunk.
+    """
+
+    def __init__(self, trunk: str, expected: str, actual: str):
+        self.trunk = trunk
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{trunk} moved from {expected[:10]} to {actual[:10]} while the merge result was tested")
+
+
+class UncommittedChangesError(GitOperationError):
+    """The trunk's checkout holds a person's uncommitted changes that landing would overwrite; nothing moved."""
+
+    def __init__(self, trunk: str, files: list[str]):
+        self.trunk = trunk
+        self.files = files
+        super().__init__(f"{trunk} has uncommitted changes in: {', '.join(files[:10])}; commit or stash them")

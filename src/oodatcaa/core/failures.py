@@ -32,8 +32,11 @@ class FailureKind(str, Enum):
     - ``criteria_failed``: the Tester's verdict was not ``accept``; details: ``failed`` (criterion
       id, outcome, observed value, expected), ``failed_metrics``, ``decision``.
     - ``merge_conflict``: merging the story into the trunk conflicted; details: ``files``.
-    - ``gate_failed``: a check run on the merge result before the trunk moved failed; details:
-      ``gate``, ``output_tail``.
+    - ``gate_failed``: a ``[[gates]]`` command run on the merge result before the trunk moved failed
+      (:mod:`oodatcaa.gates`); details: ``gate``, ``command``, ``returncode`` (None when it never
+      ran), ``reason`` (``exit 1``, ``timed out after 900 s``, ``command not found (exit 127)``, ``N new
+      problem line(s) against a baseline of M``), ``output_tail``, ``commit``; with a trunk baseline
+      also ``new_lines`` and ``baseline_lines``.
     - ``branch_missing``: a feature branch recorded in the queue is gone; details: ``branch``.
     - ``rejected``: a person rejected the work at review.
     - ``agent_crashed``: the role agent itself raised (a bug, a full disk); details: ``role``,

@@ -136,6 +136,21 @@ class AdaptationRecord(_Model):
         return validate_subtask_id(value)
 
 
+class RevertRecord(_Model):
+    """A story's merge undone on the trunk by ``oodatcaa revert`` (:mod:`oodatcaa.revert`).
+
+    ``commit`` is the landed revert commit (tagged ``<TASK>-reverted``), ``reverted_merge`` the
+    story's merge commit it undoes, ``by`` who asked (git ``user.name <user.email>``), ``at`` when.
+    A reverted story's metrics no longer count as objective evidence.
+    """
+
+    commit: str = Field(min_length=7, max_length=64)
+    reverted_merge: str = Field(min_length=7, max_length=64)
+    reason: str = Field(min_length=1, max_length=2000)
+    by: str = Field(max_length=400)
+    at: datetime
+
+
 class ObjectiveSnapshot(_Model):
     """The objective's completion as last detected (the Completion Detector, after a merge or a sprint).
 
@@ -264,6 +279,8 @@ class Task(_FailureCarrier):
         default=False, description="`**Approval:** required` in the backlog: a person approves before the merge.")
     approval: ApprovalRecord | None = Field(
         default=None, description="The latest approval or rejection by a person (`oodatcaa approve` / `reject`).")
+    reverted: RevertRecord | None = Field(
+        default=None, description="Set when `oodatcaa revert` undid the story's merge on the trunk.")
 
     @field_validator("id")
     @classmethod

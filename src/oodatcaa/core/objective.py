@@ -441,7 +441,8 @@ class StoryFact(_Frozen):
 
     ``merged``: its status is ``done`` and its merge commit (or its ``<TASK>-complete`` tag) is an
     ancestor of the trunk's tip. ``metrics``: the flat metrics recorded for it (``{"eval.loss": 1.7}``).
-    ``sprint``: the number of the sprint whose queue holds it.
+    ``sprint``: the number of the sprint whose queue holds it. ``reverted``: ``oodatcaa revert`` undid
+    its merge (it is then not ``merged``, and its metrics are no evidence).
     """
 
     task: str
@@ -453,6 +454,7 @@ class StoryFact(_Frozen):
     sprint: int | None = None
     metrics: dict[str, object] = Field(default_factory=dict)
     objective_links: list[str] = Field(default_factory=list)
+    reverted: bool = False
 
 
 def linked_stories_state(cid: str, text: str, stories: Sequence[StoryFact], unknown: Iterable[str] = ()) -> CriterionState:
@@ -477,6 +479,8 @@ def linked_stories_state(cid: str, text: str, stories: Sequence[StoryFact], unkn
 
 
 def _not_merged(story: StoryFact) -> str:
+    if story.reverted:
+        return "reverted: its merge was undone on the trunk"
     if story.status == "done":
         return "done, but its merge commit is not on the trunk"
     if story.status == "cancelled":

@@ -1,25 +1,40 @@
-"""Integrator (Archive): merges a tested story into the trunk, tags it and writes the CHANGELOG.
+"""Integrator (Archive): merges a tested story into the trunk through the quality gates, tags it, writes the CHANGELOG.
 
-Steps, each idempotent so a killed integrator's successor can finish the job:
-``git merge --no-ff`` of the last builder step's branch (skipped if already merged), the task's
-CHANGELOG entry, a ``[docs]`` commit of the CHANGELOG with the task's plans and reports, the
-annotated tag ``<TASK>-complete`` carrying the key metrics, then the story and its subtasks
-``done`` and its dependents unblocked. A conflict aborts the merge (the trunk untouched) and sends
-the story to ``needs_adapt`` with the conflicting files.
+Merge-queue semantics (:mod:`oodatcaa.landing`): in a detached integration checkout of the trunk's
+current commit (``state/integration/<owner>/``) it makes the ``git merge --no-ff`` of the last builder
+step's branch, then a ``[docs]`` commit with the story's CHANGELOG entry, plans and reports; it runs
+every ``[[gates]]`` on that commit and, only when all pass, moves the trunk to exactly that commit by
+compare-and-swap (a fast-forward of the primary checkout when the trunk is checked out there). A trunk
+that moved meanwhile means a retry on the new trunk. Then the annotated tag ``<TASK>-complete`` (key
+metrics, gate results) on the landed commit, and the story and its subtasks ``done``, dependents
+unblocked.
+
+Crash safety: nothing is visible on the trunk until the single compare-and-swap, so a killed
+integrator leaves either nothing (its successor starts over in a fresh checkout) or a landed story
+(its successor finds the branch merged, tags the landed commit if the tag is missing, and finishes).
+A conflict sends the story to ``needs_adapt`` with ``merge_conflict`` and the files; a failing gate
+with ``gate_failed`` (the gate, its command, reason and output tail); the trunk is untouched in both.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from oodatcaa.changelog import add_entry
 from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
-from oodatcaa.core.errors import BranchMissingError, MergeConflictError
+from oodatcaa.core.errors import BranchMissingError, MergeConflictError, UncommittedChangesError
 from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim
-from oodatcaa.core.models import Item, Task
+from oodatcaa.core.models import Item, Sprint, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
+from oodatcaa.core.workspace import Workspace
+from oodatcaa.gates import GateResult
+from oodatcaa.gitops import GitRepo
 from oodatcaa.jobs.registry import headline
+from oodatcaa.landing import LandingOutcome, land_gated
 from oodatcaa.person import approval_text
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
@@ -40,14 +55,29 @@ def metrics_text(task: Task) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(headline(task.metrics).items()))
 
 
+def gates_text(results: list[GateResult]) -> str:
+    """``unit tests: passed; lint: passed`` for the tag message, or ``none configured``."""
+    return "; ".join(f"{r.gate}: {'passed' if r.passed else 'failed'}" for r in results) or "none configured"
+
+
+def copy_into(ws: Workspace, checkout: Path, paths: list[str]) -> None:
+    """Copy the primary checkout's ``paths`` (files or directories, relative) into ``checkout``."""
+    for rel in paths:
+        source, target = ws.root / rel, checkout / rel
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        elif source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
 class Integrator(RoleAgent):
-    """Claims ``ready_for_integrator`` stories and archives them into the trunk (``[git] trunk``)."""
+    """Claims ``ready_for_integrator`` stories and lands them, gated, on the trunk (``[git] trunk``)."""
 
     role = "integrator"
     crash_status = S.NEEDS_MANUAL
 
     def work(self, claim: Claim) -> None:
-        ws = self.ctx.ws
         queue = self.store.read()
         task = queue.task(claim.task_id)
         sprint = queue.sprint
@@ -55,59 +85,84 @@ class Integrator(RoleAgent):
         branch = task.builds()[-1].branch
         assert branch
         git = self.git()
-        git.ensure_trunk()
-        dirty = git.foreign_changes()
-        if dirty:
-            reason = (f"{git.trunk} has uncommitted changes in: {', '.join(dirty[:10])}; commit or stash them, "
-                      "then set the task back to ready_for_integrator")
-            self.finish(claim, S.NEEDS_MANUAL, reason[:300], lambda tx, item: setattr(item, "manual_reason", reason))
+        git.ensure_trunk_branch()
+        if git.trunk_checked_out():
+            dirty = git.foreign_changes()
+            if dirty:
+                self._needs_person(claim, git, dirty)
+                return
+            # docs a killed integrator of an earlier version staged but did not commit would make the
+            # fast-forward refuse; they stay in the working tree
+            git.unstage([".oodatcaa", "CHANGELOG.md"])
+        if git.branch_exists(branch) and git.is_ancestor(branch):
+            self._finish_landed(claim, git, task, sprint, branch)  # by a predecessor killed after landing
             return
-        # docs a killed integrator staged but did not commit would make git refuse the merge; they stay
-        # in the working tree and are committed with their own task's integration
-        git.unstage([".oodatcaa", "CHANGELOG.md"])
-        try:
-            merged_already = git.is_ancestor(branch)
-            if merged_already:  # by a predecessor killed before it recorded the merge: find that commit
-                merge_commit = task.merged_commit or git.merge_commit_of(branch) or git.head_sha()
-            else:
-                merge_commit = git.merge_no_ff(branch, f"[impl] {task.id}: merge {branch} — {task.title}")
-        except (MergeConflictError, BranchMissingError) as exc:
-            failure = merge_failure(exc, task.id)
-            body = (f"## Merge refused (`{failure.kind.value}`)\n\n{failure.message}\n\n"
-                    f"The merge was aborted; {git.trunk} is unchanged.\n")
-            write_report(ws, task.id, "integrator", self.ctx.owner, f"Integrator report — {task.id}", body,
-                         failure.message[:200], clock=self.ctx.clock)
-
-            def conflict(tx: Transaction, item: Item) -> None:
-                item.failure = failure
-
-            self.finish(claim, S.NEEDS_ADAPT, failure.short(), conflict)
-            return
-        self.check_abort()
-
         tag = f"{task.id}-complete"
+        try:
+            outcome = land_gated(self.ctx.ws, git, self.ctx.config.gates,
+                                 lambda checkout, trunk: self._build(git, checkout, task, sprint, branch, tag),
+                                 owner=self.ctx.owner, cancel=self.abort_signal())
+        except (MergeConflictError, BranchMissingError) as exc:
+            self._refused(claim, git, task, merge_failure(exc, task.id))
+            return
+        except UncommittedChangesError as exc:
+            self._needs_person(claim, git, exc.files)
+            return
+        self.check_abort()  # a gate stopped because the agent is stopping is no verdict on the story
+        if outcome.status != "landed":
+            self._gate_refused(claim, git, task, outcome)
+            return
+        # the landed commit is the [docs] commit on top of the merge, or the merge itself (nothing to document)
+        first_parent = git.head_sha(outcome.commit + "^1")
+        merge_commit = outcome.commit if first_parent == outcome.trunk_before else first_parent
+        self._tag_and_finish(claim, git, task, sprint, branch, merge_commit, outcome.commit, outcome.results)
+
+    def _build(self, git: GitRepo, checkout: Path, task: Task, sprint: Sprint, branch: str, tag: str) -> str:
+        """The candidate in ``checkout``: the ``--no-ff`` merge, then the CHANGELOG, plans and reports."""
+        ws = self.ctx.ws
+        merge_commit = git.merge_no_ff_at(checkout, branch, f"[impl] {task.id}: merge {branch} — {task.title}")
+        self.check_abort()
         metrics = metrics_text(task)
-        changelog = ws.root / "CHANGELOG.md"
+        changelog = checkout / "CHANGELOG.md"
         old = changelog.read_text(encoding="utf-8") if changelog.exists() else None
         line = f"{task.title} (tag `{tag}`; {metrics or 'no metrics'})"
         atomic_write_text(changelog, add_entry(old, number=sprint.number, sprint_id=sprint.id,
                                                day=self.ctx.clock.now().date(), task_id=task.id, line=line))
+        gates = self.ctx.config.gates
+        gate_list = ", ".join(f"`{g.name}` (`{g.run}`)" for g in gates) or "none configured"
         body = (
-            f"## Integrated\n\n- **Branch:** `{branch}`\n- **Merge commit:** `{merge_commit}`"
-            f"{' (already merged by an earlier attempt)' if merged_already else ''}\n- **Tag:** `{tag}`\n"
+            f"## Integrated\n\n- **Branch:** `{branch}`\n- **Merge commit:** `{merge_commit}`\n- **Tag:** `{tag}`\n"
             f"- **Key metrics:** {metrics or 'none'}\n- **CHANGELOG:** entry under Sprint {sprint.number}\n"
+            f"- **Gates:** {gate_list}; run on the commit holding this report before the trunk moved to it "
+            "(their results are in the tag message)\n"
             + (f"- **Approval:** {approval_text(task)}\n" if approval_text(task) else "")
         )
         write_report(ws, task.id, "integrator", self.ctx.owner, f"Integrator report — {task.id}", body,
                      f"merged {branch}, tagged {tag}", clock=self.ctx.clock)
-        paths = ["CHANGELOG.md", ws.relative(ws.plan_dir(task.id)), ws.relative(ws.report_dir(task.id)),
+        paths = [ws.relative(ws.plan_dir(task.id)), ws.relative(ws.report_dir(task.id)),
                  ws.relative(ws.reports_index_path)]
-        docs_commit = git.commit_paths(paths, f"[docs] {task.id}: changelog, plan and reports")
+        copy_into(ws, checkout, paths)
+        docs = git.commit_at(checkout, ["CHANGELOG.md", *paths], f"[docs] {task.id}: changelog, plan and reports")
+        return docs or merge_commit
+
+    def _finish_landed(self, claim: Claim, git: GitRepo, task: Task, sprint: Sprint, branch: str) -> None:
+        """A predecessor landed the story and was killed before it finished: tag and finish."""
+        merge_commit = task.merged_commit or git.merge_commit_of(branch) or git.trunk_sha()
+        child = git.first_parent_child(merge_commit)
+        # the landed commit is this story's [docs] commit on the merge (never a later story's commit)
+        docs = child is not None and git.subject(child).startswith(f"[docs] {task.id}:")
+        landed = child if docs and child is not None else merge_commit
+        self._tag_and_finish(claim, git, task, sprint, branch, merge_commit, landed, None)
+
+    def _tag_and_finish(self, claim: Claim, git: GitRepo, task: Task, sprint: Sprint, branch: str,
+                        merge_commit: str, landed: str, results: list[GateResult] | None) -> None:
+        tag = f"{task.id}-complete"
+        metrics = metrics_text(task)
         if not git.tag_exists(tag):
-            # on this task's own commit: after a crash, HEAD may already be another task's
+            gates = gates_text(results) if results is not None else "passed before landing (by an earlier attempt)"
             git.tag(tag, f"{task.id}: {task.title}\n\nSprint: {sprint.id}\nBranch: {branch}\n"
-                         f"Merge: {merge_commit}\nMetrics: {metrics or 'none'}\n"
-                         + (f"Approval: {approval_text(task)}\n" if approval_text(task) else ""), docs_commit or merge_commit)
+                         f"Merge: {merge_commit}\nMetrics: {metrics or 'none'}\nGates: {gates}\n"
+                         + (f"Approval: {approval_text(task)}\n" if approval_text(task) else ""), landed)
         tag_commit = git.head_sha(tag + "^{commit}")
 
         def apply(tx: Transaction, item: Item) -> None:
@@ -115,3 +170,30 @@ class Integrator(RoleAgent):
             lifecycle.on_integrated(tx, item, merge_commit)
 
         self.finish(claim, S.DONE, f"merged {branch} ({merge_commit[:10]}), tagged {tag} at {tag_commit[:10]}", apply)
+
+    def _needs_person(self, claim: Claim, git: GitRepo, dirty: list[str]) -> None:
+        reason = (f"{git.trunk} has uncommitted changes in: {', '.join(dirty[:10])}; commit or stash them, "
+                  "then set the task back to ready_for_integrator")
+        self.finish(claim, S.NEEDS_MANUAL, reason[:300], lambda tx, item: setattr(item, "manual_reason", reason))
+
+    def _refused(self, claim: Claim, git: GitRepo, task: Task, failure: Failure, extra: str = "") -> None:
+        body = (f"## Merge refused (`{failure.kind.value}`)\n\n{failure.message}\n\n"
+                f"The merge result was not landed; {git.trunk} is unchanged.\n{extra}")
+        write_report(self.ctx.ws, task.id, "integrator", self.ctx.owner, f"Integrator report — {task.id}", body,
+                     failure.message[:200], clock=self.ctx.clock)
+
+        def record(tx: Transaction, item: Item) -> None:
+            item.failure = failure
+
+        self.finish(claim, S.NEEDS_ADAPT, failure.short(), record)
+
+    def _gate_refused(self, claim: Claim, git: GitRepo, task: Task, outcome: LandingOutcome) -> None:
+        gate = outcome.failed_gate
+        if gate is None:  # the trunk kept moving: nothing wrong with the story, try again later
+            reason = (f"{git.trunk} moved under {outcome.attempts} landing attempts in a row; "
+                      "set the task back to ready_for_integrator to try again")
+            self.finish(claim, S.NEEDS_MANUAL, reason, lambda tx, item: setattr(item, "manual_reason", reason))
+            return
+        passed = "".join(r.markdown() + "\n" for r in outcome.results[:-1])
+        extra = f"\n{gate.markdown()}\n" + (f"Gates that passed first:\n\n{passed}" if passed else "")
+        self._refused(claim, git, task, gate.failure(task.id), extra)
