@@ -800,8 +800,11 @@ def regression_summary(result: CriterionResult) -> str:
     r = result.regression
     if r is None:
         return f"{result.criterion_id}: not a regression check"
+    if r.level == "no_baseline" and r.value is not None:
+        return (f"{result.criterion_id} {r.metric}: no baseline yet (same job kind and model); "
+                f"{_format_computed(r.value)} becomes the baseline when the story merges")
     if r.worse_percent is None or r.baseline is None:
-        return f"{result.criterion_id} {r.metric}: {r.level.replace('_', ' ')}"
+        return f"{result.criterion_id} {r.metric}: {r.level}: {result.detail}"
     pct = "infinitely" if math.isinf(r.worse_percent) else f"{abs(r.worse_percent):.3g} %"
     direction = "better" if r.worse_percent < 0 else "worse"
     return (f"{result.criterion_id} {r.metric} {pct} {direction} than the baseline {_format_computed(r.baseline)} "
