@@ -405,3 +405,11 @@ def test_an_unreadable_baselines_file_leaves_the_regression_unverified(sprint_ws
     assert task.status == S.NEEDS_MANUAL  # 1/2 pass, nothing failed: only a person can settle it
     report = (sprint_ws.report_dir("T001") / "tester_T001-T01.md").read_text()
     assert "baselines not available" in report and "not valid JSON" in report
+
+
+def test_sprint_new_names_a_misspelled_regression_metric(tmp_path):
+    ws = workspace(tmp_path)
+    backlog = tmp_path / "backlog.md"
+    backlog.write_text(BACKLOG.replace("regression: command.duration_s lower", "regression: command.durations lower"))
+    with pytest.raises(BacklogError, match="unknown metric 'command.durations'.*did you mean 'command.duration_s'"):
+        new_sprint(ws, backlog)
