@@ -368,6 +368,7 @@ def test_tester_sends_a_critical_regression_to_adapt_with_the_metric(sprint_ws):
 
 def test_first_run_passes_and_its_merge_becomes_the_baseline(sprint_ws):
     _to_tester(sprint_ws)
+    assert "up to 20 % worse than the baseline passes" in (sprint_ws.plan_dir("T001") / "TEST_PLAN.md").read_text()
     report = (sprint_ws.report_dir("T001") / "tester_T001-T01.md").read_text()
     assert "AC2 command.duration_s: no baseline yet" in report and "becomes the baseline" in report
     assert QueueStore.for_workspace(sprint_ws).read().task("T001").status == S.READY_FOR_INTEGRATOR
