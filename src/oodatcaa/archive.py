@@ -2,7 +2,8 @@
 
 A completed sprint ``N`` lives in ``work/archive/sprint_<N>/``: its final ``SPRINT_QUEUE.json``,
 the sprint's ``AGENT_LOG.md`` and ``SPRINT_LOG.md`` (moved there whole, on entry boundaries, with
-line counts verified, next to any parts rotated earlier), and ``RETROSPECTIVE.md``. Everything that
+line counts verified, next to any parts rotated earlier), ``SPRINT_DISCUSS.md`` (the sprint's
+gray-zone and person decisions at Check, when there were any) and ``RETROSPECTIVE.md``. Everything that
 asks about earlier sprints — story IDs already used, the artifacts of a story merged two sprints
 ago, which roadmap backlogs have run, the objective's evidence — reads them through this module.
 """

@@ -8,8 +8,9 @@ Closing sprint ``N`` (:func:`complete_sprint`, also called by the Negotiator whe
 3. mark the sprint ``completed`` (``forced`` when exit criteria were not all met);
 4. write ``work/archive/sprint_<N>/RETROSPECTIVE.md`` and verify it (sections, every story);
 5. append the sprint to the history in ``objectives/SPRINT_GOAL.md`` and tick its met exit criteria;
-6. move the sprint's ``AGENT_LOG.md`` and ``SPRINT_LOG.md`` into the archive (line counts verified)
-   and copy the final ``SPRINT_QUEUE.json`` there (read back and parsed);
+6. move the sprint's ``AGENT_LOG.md`` and ``SPRINT_LOG.md`` into the archive (line counts verified),
+   copy the final ``SPRINT_QUEUE.json`` there (read back and parsed), and move ``SPRINT_DISCUSS.md``
+   (the gray-zone and person decisions at Check) there;
 7. commit the archive and ``SPRINT_GOAL.md`` on the trunk and tag ``sprint-<N>-complete``.
 
 Every step can run again: a close killed half-way is finished by the next ``sprint complete`` (or
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oodatcaa.archive import archived_sprints, move_log, write_verified
+from oodatcaa.checkrecord import archive_discussion
 from oodatcaa.completion import ObjectiveReport, detect_completion, evaluate_exit_criteria
 from oodatcaa.core.clock import Clock, utc_stamp
 from oodatcaa.core.config import load_config
@@ -155,6 +157,7 @@ def complete_sprint(ws: Workspace, *, force: bool = False, actor: str = "sprint_
     _sprint_log(ws).append([LogEntry(clock.now(), actor, sprint.id, "sprint completed",
                                      f"{result.describe()}; done: {', '.join(done) or 'none'}")])
     _archive_queue_and_logs(ws, store, archive, actor)
+    archive_discussion(ws, archive)  # the sprint's Check decisions go with its logs
     # with the plans and reports of the stories that were never merged (those of merged ones are committed already)
     git.commit_paths([ws.relative(archive), ws.relative(ws.objectives_dir), ws.relative(ws.archive_dir / "ARCHIVE_INDEX.md"),
                       ws.relative(ws.reports_index_path), ws.relative(ws.work_dir / "plans"),

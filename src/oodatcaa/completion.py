@@ -54,6 +54,7 @@ from oodatcaa.core.criteria import (
     Criterion,
     FileCheck,
     MetricCheck,
+    RegressionCheck,
     evaluate_criterion,
     format_check,
     parse_criterion_line,
@@ -469,6 +470,10 @@ def _exit_state(cid: str, text: str, index: int, book: StoryBook, objective: Obj
         return CriterionState(id=cid, text=text, state="needs_manual", via="none",
                               reason=f"its check cannot be evaluated ({exc}); a person must decide, or fix the backlog")
     shown = criterion.text or text
+    if isinstance(criterion.check, RegressionCheck):  # a story's check: no run or baseline to compare here
+        return CriterionState(id=cid, text=text, state="needs_manual", via="none",
+                              reason=f"`{format_check(criterion.check)}` compares a story's run with its baseline; "
+                                     "an exit criterion cannot check it, a person must decide")
     if criterion.check is not None:
         return _evaluate_check(cid, shown, criterion.check, book, checkout, env)
     named = story_ids_named(text)

@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from oodatcaa.baselines import baselines_path, forget_story
 from oodatcaa.changelog import add_entry
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import Clock
@@ -99,9 +100,6 @@ def revert_story(ws: Workspace, task_id: str, reason: str, *, clock: Clock | Non
         story = tx.task(task_id)
         story.reverted = record
         tx.log(task_id, "reverted", f"merge {merge[:10]} reverted in {landed[:10]} by {who}: {reason}"[:300])
-    # BASELINES CALL SITE (issue 9): when src/oodatcaa/baselines.py lands, forget the story here with
-    #     baselines.forget_story(ws, task_id)
-    # so a reverted story's recorded baselines stop counting (the one place a revert must call it).
     return record
 
 
@@ -120,9 +118,11 @@ def _land(ws: Workspace, git: GitRepo, gates: Sequence[GateSpec], task: Task, me
             atomic_write_text(changelog, add_entry(
                 old, number=sprint.number, sprint_id=sprint.id, day=clock.now().date(), task_id=task.id,
                 line=f"{task.title} — reverted: {reason} (tag `{tag}`; merge `{merge[:10]}`)", heading="Reverted"))
+        # the story's baselines were committed after its merge, so `git revert -m 1` keeps them: drop them here
+        forget_story(Workspace(checkout), task.id)
         message = (f"[revert] {task.id}: revert merge {merge[:10]} — {task.title}\n\n"
                    f"Reason: {reason}\nReverted-by: {who}\nReverts-merge: {merge}\n")
-        commit = git.commit_at(checkout, ["CHANGELOG.md"], message, allow_empty=True)
+        commit = git.commit_at(checkout, ["CHANGELOG.md", ws.relative(baselines_path(ws))], message, allow_empty=True)
         assert commit is not None
         return commit
 

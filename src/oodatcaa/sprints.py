@@ -12,7 +12,7 @@ from oodatcaa.backlog import Backlog, BacklogItem, BacklogWarning, load_backlog,
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import Clock, utc_stamp
 from oodatcaa.core.config import EstimatesSection, default_config_toml, load_config, load_role_definitions
-from oodatcaa.core.criteria import MetricCheck
+from oodatcaa.core.criteria import MetricCheck, RegressionCheck
 from oodatcaa.core.errors import BacklogError, WorkspaceError
 from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog, LogEntry
 from oodatcaa.core.models import Sprint, Task
@@ -151,6 +151,8 @@ def _validate_jobs(backlog: Backlog) -> None:
                 names.append(criterion.check.metric)
                 if isinstance(criterion.check.value, str):
                     names.append(criterion.check.value)
+            elif isinstance(criterion.check, RegressionCheck):
+                names.append(criterion.check.metric)
         problems = check_metric_names(names, [block.kind for block in item.jobs])
         if problems:
             raise BacklogError(backlog.source, item.line, f"acceptance criteria of {item.id}: " + "; ".join(problems))

@@ -7,15 +7,20 @@ A criterion is one checkbox line of a backlog item. It may carry one inline chec
     - [ ] no worse than the base `metric: T007.eval.loss <= T006.eval.loss + 0.3`
     - [ ] adapter saved `file: adapters/adapter_config.json`
     - [ ] the script runs `command: python -c "print(1)"`
+    - [ ] no slower than the last merged run `regression: inference.generation_tps higher`
     - [ ] the answers read naturally                       (prose only: a person decides)
 
 Evaluation (:func:`evaluate_criterion`) gives ``PASS``, ``FAIL`` or ``UNVERIFIED`` for one
 criterion against a :class:`CheckContext` (the job's namespaced metric summary, the roots where
-files are looked up, the working directory of commands). :func:`decide` turns the results into a
+files are looked up, the working directory of commands, the baselines of ``regression:`` checks).
+:func:`decide` turns the results into a
 :class:`Verdict` under a :class:`CheckPolicy`, following the check rules of the original process
 (DESIGN.md §2): any critical criterion failing → adapt; all critical passing and at least 80 % of
 all criteria passing → accept; 60–80 % → a recorded decision; below 60 % → adapt.
-``UNVERIFIED`` never counts as passing.
+``UNVERIFIED`` never counts as passing. A ``regression:`` check compares a metric with its baseline
+(the same metric of the latest story merged with the same job kind and model): up to
+``regression_investigate_percent`` (20 %) worse passes, up to ``regression_fail_percent`` (50 %)
+worse passes flagged "investigate", more than that is a critical ``FAIL``.
 
 This module imports only the standard library, pydantic and :mod:`oodatcaa.core.process` (stdlib).
 """
@@ -43,12 +48,16 @@ __all__ = [
     "CriterionResult",
     "FileCheck",
     "MetricCheck",
+    "RegressionBaseline",
+    "RegressionCheck",
+    "RegressionOutcome",
     "Verdict",
     "decide",
     "evaluate_criterion",
     "format_check",
     "format_results_table",
     "parse_criterion_line",
+    "regression_summary",
 ]
 
 OPERATORS: tuple[str, ...] = ("<", "<=", ">", ">=", "==", "!=")
@@ -200,6 +209,27 @@ class FileCheck(_Strict):
         return value
 
 
+class RegressionCheck(_Strict):
+    """A metric that must not regress against its baseline (inline ``regression: NAME higher``).
+
+    ``better`` says which direction is better: ``higher`` (tokens/s) or ``lower`` (loss, seconds,
+    peak memory). The baseline is the same metric recorded for the latest story merged on the trunk
+    whose job had the same kind and model (:mod:`oodatcaa.baselines`); the thresholds are
+    :attr:`CheckPolicy.regression_investigate_percent` and :attr:`CheckPolicy.regression_fail_percent`.
+    """
+
+    kind: Literal["regression"] = "regression"
+    metric: str
+    better: Literal["higher", "lower"]
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_name(cls, value: str) -> str:
+        if not _METRIC_NAME.fullmatch(value):
+            raise ValueError(f"metric name {value!r} must be dotted, like inference.generation_tps")
+        return value
+
+
 class CommandCheck(_Strict):
     """A shell command that must exit with ``expect_exit`` within ``timeout_s`` seconds."""
 
@@ -209,7 +239,8 @@ class CommandCheck(_Strict):
     expect_exit: int = 0
 
 
-Check = Annotated[MetricCheck | FileCheck | CommandCheck, Field(discriminator="kind")]
+AnyCheck = MetricCheck | FileCheck | CommandCheck | RegressionCheck
+Check = Annotated[AnyCheck, Field(discriminator="kind")]
 
 
 class Criterion(_Strict):
@@ -238,12 +269,14 @@ class Criterion(_Strict):
         return " ".join(parts)
 
 
-def format_check(check: MetricCheck | FileCheck | CommandCheck) -> str:
+def format_check(check: AnyCheck) -> str:
     """The inline form of a check, without backticks: ``metric: train.final_loss < 2``."""
     if isinstance(check, MetricCheck):
         return f"metric: {check.metric} {check.op} {check.right_side()}"
     if isinstance(check, FileCheck):
         return f"file: {check.path}"
+    if isinstance(check, RegressionCheck):
+        return f"regression: {check.metric} {check.better}"
     return f"command: {check.run}"
 
 
@@ -273,8 +306,9 @@ _CHECKBOX_PREFIX = re.compile(r"^\s*[-*+]\s+\[[ xX]\]\s*")
 _CODE_SPAN = re.compile(r"(?<!`)(?P<ticks>`+)(?!`)(?P<body>.*?)(?<!`)(?P=ticks)(?!`)", re.S)
 _CRITICAL = re.compile(r"\*\*\(\s*critical\s*\)\*\*|([*_])\(\s*critical\s*\)\1|\(\s*critical\s*\)", re.I)
 _KIND_PREFIX = re.compile(r"^\s*(?P<word>[A-Za-z_][A-Za-z_ ]*?)\s*:\s*(?P<rest>.*)$", re.S)
-_KINDS = ("metric", "file", "command")
-_KIND_MISSPELLINGS = {"metrics", "files", "cmd", "commands", "shell", "exists", "run"}
+_KINDS = ("metric", "file", "command", "regression")
+_KIND_MISSPELLINGS = {"metrics", "files", "cmd", "commands", "shell", "exists", "run", "regress", "regressions",
+                      "baseline"}
 _METRIC_EXPR = re.compile(r"^(?P<name>\S*?)\s*(?P<op>[<>=!~]+)\s*(?P<value>.*)$", re.S)
 
 
@@ -305,7 +339,7 @@ def parse_criterion_line(text: str, *, index: int, source: str, line: int) -> Cr
     def fail(message: str) -> BacklogError:
         return BacklogError(source, line, f"acceptance criterion AC{index}: {message}")
 
-    checks: list[tuple[re.Match[str], MetricCheck | FileCheck | CommandCheck]] = []
+    checks: list[tuple[re.Match[str], AnyCheck]] = []
     for match in _CODE_SPAN.finditer(body):
         content = match.group("body")
         if len(content) >= 2 and content.startswith(" ") and content.endswith(" ") and content.strip():
@@ -342,7 +376,7 @@ def parse_criterion_line(text: str, *, index: int, source: str, line: int) -> Cr
     return Criterion(id=f"AC{index}", text=prose, check=check, critical=critical)
 
 
-def _parse_check(content: str, fail: Any) -> MetricCheck | FileCheck | CommandCheck | None:
+def _parse_check(content: str, fail: Any) -> AnyCheck | None:
     """Parse the inside of one code span; ``None`` when it is not a check (plain code)."""
     m = _KIND_PREFIX.match(content)
     if not m:
@@ -352,16 +386,20 @@ def _parse_check(content: str, fail: Any) -> MetricCheck | FileCheck | CommandCh
     if word not in _KINDS:
         close = difflib.get_close_matches(word, _KINDS, n=1, cutoff=0.8)
         if word in _KIND_MISSPELLINGS or close:
-            hint = {"cmd": "command", "run": "command", "shell": "command", "exists": "file"}.get(
+            hint = {"cmd": "command", "run": "command", "shell": "command", "exists": "file",
+                    "baseline": "regression"}.get(
                 word, close[0] if close else "command"
             )
             raise fail(
-                f"unknown check kind {word!r} in `{content}`; the kinds are metric:, file: and command: "
+                f"unknown check kind {word!r} in `{content}`; the kinds are metric:, file:, command: and "
+                "regression: "
                 f"(did you mean `{hint}: {rest}`?)"
             )
         return None
     if word == "metric":
         return _parse_metric(rest, content, fail)
+    if word == "regression":
+        return _parse_regression(rest, content, fail)
     if word == "file":
         reason = _check_relative_path(rest)
         if reason:
@@ -428,6 +466,22 @@ def _parse_metric(expr: str, content: str, fail: Any) -> MetricCheck:
     raise fail(f"unparsable value {value!r} in `{content}`: {fix}")
 
 
+def _parse_regression(expr: str, content: str, fail: Any) -> RegressionCheck:
+    """``NAME higher`` or ``NAME lower``; raises ``fail(...)`` naming the right form otherwise."""
+    form = "`regression: NAME higher` (or `lower` when lower is better), like `regression: inference.generation_tps higher`"
+    words = expr.split()
+    if len(words) != 2:
+        raise fail(f"bad regression check `{content}`: expected {form}")
+    name, better = words[0], words[1].lower()
+    if not _METRIC_NAME.fullmatch(name):
+        raise fail(f"bad metric name {name!r} in `{content}`: use a dotted name namespace.key, "
+                   "like inference.generation_tps or train.final_loss")
+    if better not in ("higher", "lower"):
+        raise fail(f"unknown direction {words[1]!r} in `{content}`: write `higher` (more is better, like "
+                   "tokens/s) or `lower` (less is better, like a loss or peak memory)")
+    return RegressionCheck(metric=name, better=cast(Literal["higher", "lower"], better))
+
+
 def _parse_margin(name: str, op: str, ref: str, mop: str, n: str, content: str, fail: Any) -> MetricCheck:
     """The check ``name op ref mop n`` (``mop`` one of ``+ - *``); raises ``fail(...)`` for a bad ``n``."""
     example = {"+": "0.3", "-": "0.1", "*": "1.05"}[mop]
@@ -480,12 +534,56 @@ class CheckContext:
     variables for commands, added last to the environment every child gets
     (:func:`oodatcaa.core.process.child_env`: the current environment plus ``MLX_DISABLE_COMPILE=1``,
     ``HF_HUB_OFFLINE=1``, ...), so they override it; ``None`` adds nothing.
+
+    ``baselines``: for ``regression:`` checks, the baseline of each metric name (``None`` for a
+    metric that has none yet, which passes and becomes the baseline when the story merges); the
+    mapping itself is ``None`` where no baselines were looked up (outside the Tester), and then a
+    regression check is ``UNVERIFIED`` with ``baseline_error`` (or a default) as the reason.
+    ``policy``: the regression thresholds (the defaults when ``None``).
     """
 
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     file_roots: list[Path] = field(default_factory=list)
     workdir: Path = field(default_factory=Path.cwd)
     env: dict[str, str] | None = None
+    baselines: dict[str, RegressionBaseline | None] | None = None
+    baseline_error: str | None = None
+    policy: CheckPolicy | None = None
+
+
+class RegressionBaseline(_Strict):
+    """The baseline of one metric: its value and where it comes from (for the report).
+
+    ``source`` is prose for people, like ``T003 (merge 1a2b3c4d5e, inference_bench on default)``;
+    ``task`` is the story that recorded it.
+    """
+
+    value: float
+    task: str
+    source: str
+
+
+RegressionLevel = Literal["within", "investigate", "regressed", "no_baseline", "unverified"]
+
+
+class RegressionOutcome(_Strict):
+    """What a ``regression:`` check found: the run's value, the baseline and how much worse.
+
+    ``worse_percent`` is ``100 * (baseline - value) / |baseline|`` when higher is better (the mirror
+    when lower is better): negative means better than the baseline; ``None`` without a baseline.
+    ``level``: ``within`` (at most ``regression_investigate_percent`` worse: pass), ``investigate``
+    (at most ``regression_fail_percent`` worse: pass, flagged), ``regressed`` (more: a critical
+    ``FAIL``), ``no_baseline`` (pass; the value becomes the baseline), ``unverified`` (the metric or
+    the baselines are missing).
+    """
+
+    metric: str
+    better: Literal["higher", "lower"]
+    level: RegressionLevel
+    value: float | None = None
+    baseline: float | None = None
+    baseline_source: str | None = None
+    worse_percent: float | None = None
 
 
 class CriterionResult(_Strict):
@@ -504,6 +602,7 @@ class CriterionResult(_Strict):
     expected: str
     detail: str = ""
     timed_out: bool = False
+    regression: RegressionOutcome | None = None
 
 
 def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResult:
@@ -514,6 +613,10 @@ def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResu
       the available metrics — or is not a finite number (NaN, inf); with a margin the right side
       ``factor * other + offset`` is what is compared, and ``observed`` and ``detail`` show it;
     - file → ``PASS`` when ``root / path`` exists under any root;
+    - regression → the metric against ``ctx.baselines`` (:func:`_eval_regression`); a metric the run
+      does not produce, or no baselines in ``ctx``, is ``UNVERIFIED`` (never a pass); more than
+      ``regression_fail_percent`` worse is a ``FAIL`` whose result is ``critical`` whatever the
+      criterion says (the original's rule: such a regression sends the story to adapt);
     - command → run by ``bash -c`` (:func:`oodatcaa.core.process.run_process`: cwd ``ctx.workdir``,
       the child environment rules plus ``ctx.env``, its own process group); ``PASS`` when the exit
       status equals ``expect_exit``; past ``timeout_s`` seconds the command's whole process group
@@ -532,6 +635,12 @@ def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResu
             detail="needs a person: prose-only criterion (add a `metric:`, `file:` or `command:` check to automate it)",
         )
     timed_out = False
+    if isinstance(check, RegressionCheck):
+        outcome, observed, detail, regression = _eval_regression(check, ctx)
+        if regression.level == "regressed":
+            base["critical"] = True
+        return CriterionResult(**base, outcome=outcome, observed=observed, expected=_expected(check), detail=detail,
+                               regression=regression)
     try:
         if isinstance(check, MetricCheck):
             outcome, observed, detail = _eval_metric(check, ctx)
@@ -545,9 +654,11 @@ def evaluate_criterion(criterion: Criterion, ctx: CheckContext) -> CriterionResu
                            timed_out=timed_out)
 
 
-def _expected(check: MetricCheck | FileCheck | CommandCheck) -> str:
+def _expected(check: AnyCheck) -> str:
     if isinstance(check, MetricCheck):
         return f"{check.metric} {check.op} {check.right_side()}"
+    if isinstance(check, RegressionCheck):
+        return f"{check.metric} not regressed against its baseline ({check.better} is better)"
     if isinstance(check, FileCheck):
         return f"{check.path} exists"
     return f"`{check.run}` exits {check.expect_exit}"
@@ -640,6 +751,66 @@ def _eval_metric(check: MetricCheck, ctx: CheckContext) -> tuple[Outcome, str, s
     return ("PASS" if ok else "FAIL"), observed, detail
 
 
+def _eval_regression(check: RegressionCheck, ctx: CheckContext) -> tuple[Outcome, str, str, RegressionOutcome]:
+    """Compare the run's metric with its baseline under ``ctx.policy``'s thresholds (percent of the baseline).
+
+    At the thresholds the better outcome holds: exactly 20 % worse is within, exactly 50 % is
+    "investigate". A baseline of 0 makes any worse value infinitely worse (``regressed``).
+    """
+    policy = ctx.policy or CheckPolicy()
+    out: dict[str, Any] = {"metric": check.metric, "better": check.better}
+    found, raw = _lookup(ctx.metrics, check.metric)
+    if not found:
+        return ("UNVERIFIED", "missing", _missing(check.metric, ctx) + "; a regression check never passes without "
+                "its metric", RegressionOutcome(**out, level="unverified"))
+    value = _as_number(raw)
+    observed = f"{check.metric} = {raw!r}" if not isinstance(raw, (int, float)) else f"{check.metric} = {raw}"
+    if value is None or not math.isfinite(value):
+        what = "not a number" if value is None else "not finite (a diverged or overflowed metric)"
+        return "FAIL", observed, f"metric {check.metric} is {what}: {raw!r}", RegressionOutcome(**out, level="unverified")
+    out["value"] = value
+    if ctx.baselines is None:
+        why = ctx.baseline_error or "no baselines in this check (only the Tester looks them up)"
+        return "UNVERIFIED", observed, f"baselines not available: {why}", RegressionOutcome(**out, level="unverified")
+    baseline = ctx.baselines.get(check.metric)
+    if baseline is None:
+        return ("PASS", observed, f"no baseline yet for {check.metric} (same job kind and model); "
+                f"{_format_computed(value)} becomes the baseline when the story merges",
+                RegressionOutcome(**out, level="no_baseline"))
+    base, worse = baseline.value, (baseline.value - value if check.better == "higher" else value - baseline.value)
+    pct = worse * 100.0 / abs(base) if base != 0 else (0.0 if worse <= 0 else math.inf)
+    out.update(baseline=base, baseline_source=baseline.source, worse_percent=pct)
+    # a hair of tolerance so 120 -> 96 (exactly 20 % in decimal) is not pushed over by binary rounding
+    eps = 1e-9
+    inv, fail = policy.regression_investigate_percent, policy.regression_fail_percent
+    compared = f"{_format_computed(value)} vs baseline {_format_computed(base)} from {baseline.source}"
+    if pct <= inv + eps:
+        how = f"{-pct:.3g} % better" if pct < 0 else f"{pct:.3g} % worse, within {inv:g} %"
+        return "PASS", observed, f"{compared}: {how}", RegressionOutcome(**out, level="within")
+    if pct <= fail + eps:
+        return ("PASS", observed, f"{compared}: {pct:.3g} % worse, between {inv:g} % and {fail:g} %: investigate",
+                RegressionOutcome(**out, level="investigate"))
+    shown = "infinitely" if math.isinf(pct) else f"{pct:.3g} %"
+    return ("FAIL", observed, f"{compared}: {shown} worse, more than {fail:g} %: a critical regression",
+            RegressionOutcome(**out, level="regressed"))
+
+
+def regression_summary(result: CriterionResult) -> str:
+    """One line for a regression result: ``AC3 inference.generation_tps 35 % worse than 120 (T003 ...)``."""
+    r = result.regression
+    if r is None:
+        return f"{result.criterion_id}: not a regression check"
+    if r.level == "no_baseline" and r.value is not None:
+        return (f"{result.criterion_id} {r.metric}: no baseline yet (same job kind and model); "
+                f"{_format_computed(r.value)} becomes the baseline when the story merges")
+    if r.worse_percent is None or r.baseline is None:
+        return f"{result.criterion_id} {r.metric}: {r.level}: {result.detail}"
+    pct = "infinitely" if math.isinf(r.worse_percent) else f"{abs(r.worse_percent):.3g} %"
+    direction = "better" if r.worse_percent < 0 else "worse"
+    return (f"{result.criterion_id} {r.metric} {pct} {direction} than the baseline {_format_computed(r.baseline)} "
+            f"from {r.baseline_source} ({r.level})")
+
+
 def _format_computed(value: float) -> str:
     """A computed right side for people: 12 significant digits (``1.85 + 0.3`` shows ``2.15``)."""
     if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
@@ -697,12 +868,23 @@ class CheckPolicy(_Strict):
     accept_ratio: float = Field(default=0.8, gt=0.0, le=1.0)
     gray_zone_ratio: float = Field(default=0.6, ge=0.0, le=1.0)
     gray_zone_decision: Decision = "adapt"
+    regression_investigate_percent: float = Field(
+        default=20.0, ge=0.0, allow_inf_nan=False,
+        description="a `regression:` metric up to this % worse than its baseline passes")
+    regression_fail_percent: float = Field(
+        default=50.0, ge=0.0, allow_inf_nan=False,
+        description="up to this % worse passes flagged investigate; more is a critical fail")
 
     @model_validator(mode="after")
     def _ordered(self) -> CheckPolicy:
         if self.gray_zone_ratio > self.accept_ratio:
             raise ValueError(
                 f"gray_zone_ratio ({self.gray_zone_ratio}) must not exceed accept_ratio ({self.accept_ratio})"
+            )
+        if self.regression_investigate_percent > self.regression_fail_percent:
+            raise ValueError(
+                f"regression_investigate_percent ({self.regression_investigate_percent:g}) must not exceed "
+                f"regression_fail_percent ({self.regression_fail_percent:g})"
             )
         return self
 
@@ -716,6 +898,7 @@ class Verdict(_Strict):
     total: int
     failed_critical: list[str] = Field(default_factory=list, description="Critical criteria not passing.")
     reason: str
+    gray_zone: bool = Field(default=False, description="Decided by the gray-zone rule (policy gray_zone_decision).")
 
 
 def _pct(ratio: float) -> str:
@@ -741,7 +924,9 @@ def decide(results: list[CriterionResult], policy: CheckPolicy | None = None) ->
     7. otherwise → ``adapt``.
 
     The pass ratio is PASS / all criteria; ``UNVERIFIED`` counts as not passing, so it is never
-    silently passed. ``failed_critical`` lists every critical criterion that did not pass.
+    silently passed. ``failed_critical`` lists every critical criterion that did not pass (a
+    ``regression:`` result more than ``regression_fail_percent`` worse counts as critical). Every
+    reason ends with the regressions flagged ``investigate`` or ``regressed``, if any.
     """
     policy = policy or CheckPolicy()
     total = len(results)
@@ -759,10 +944,13 @@ def decide(results: list[CriterionResult], policy: CheckPolicy | None = None) ->
     failed_critical = [r.criterion_id for r in results if r.critical and r.outcome != "PASS"]
     counts = f"{passed}/{total} criteria passed ({_pct(ratio)})"
     unverified_note = f"; unverified (need a person): {', '.join(unverified)}" if unverified else ""
+    flagged = [regression_summary(r) for r in results if r.regression and r.regression.level in ("regressed", "investigate")]
+    # every reason names the flagged regressions, so the record says why a story slowed down
+    regression_note = ("; regressions: " + "; ".join(flagged)) if flagged else ""
 
-    def verdict(decision: Decision, reason: str) -> Verdict:
+    def verdict(decision: Decision, reason: str, *, gray_zone: bool = False) -> Verdict:
         return Verdict(decision=decision, pass_ratio=ratio, passed=passed, total=total,
-                       failed_critical=failed_critical, reason=reason)
+                       failed_critical=failed_critical, reason=reason + regression_note, gray_zone=gray_zone)
 
     if crit_fail:
         return verdict("adapt", f"critical criteria failed: {', '.join(crit_fail)}; {counts}{unverified_note}")
@@ -786,7 +974,7 @@ def decide(results: list[CriterionResult], policy: CheckPolicy | None = None) ->
         return verdict(policy.gray_zone_decision,
                        f"gray zone: {counts}, between {_pct(policy.gray_zone_ratio)} and "
                        f"{_pct(policy.accept_ratio)}; policy gray_zone_decision = {policy.gray_zone_decision}"
-                       f"{failed_note}{unverified_note}")
+                       f"{failed_note}{unverified_note}", gray_zone=True)
     return verdict("adapt", f"{counts} < gray-zone ratio {_pct(policy.gray_zone_ratio)}{failed_note}{unverified_note}")
 
 

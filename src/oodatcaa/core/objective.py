@@ -53,6 +53,7 @@ from oodatcaa.core.criteria import (
     CommandCheck,
     FileCheck,
     MetricCheck,
+    RegressionCheck,
     format_check,
     parse_criterion_line,
 )
@@ -301,6 +302,12 @@ def _criterion(body: str, *, index: int, source: str, line: int, checked: bool, 
         message = re.sub(r"^acceptance criterion AC\d+: ", "", message)
         raise ObjectiveError(source, line, f"success criterion SC{index}: {message}") from None
     check = parsed.check
+    if isinstance(check, RegressionCheck):
+        raise ObjectiveError(
+            source, line,
+            f"success criterion SC{index}: a `regression:` check compares a story's run with its baseline and "
+            f"belongs in a backlog item's acceptance criteria; in an objective compare merged stories, like "
+            f"`metric: T007.{check.metric} >= T006.{check.metric} * 0.8`")
     if isinstance(check, MetricCheck):
         for name in (check.metric, check.value):
             if isinstance(name, str) and not _STORY_ID.fullmatch(name.split(".", 1)[0]):

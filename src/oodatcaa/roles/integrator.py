@@ -21,9 +21,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from oodatcaa import baselines
 from oodatcaa.changelog import add_entry
 from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core.clock import Clock
 from oodatcaa.core.errors import BranchMissingError, MergeConflictError, UncommittedChangesError
 from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.leases import Claim
@@ -69,6 +71,20 @@ def copy_into(ws: Workspace, checkout: Path, paths: list[str]) -> None:
         elif source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+
+
+def record_baselines(ws: Workspace, task: Task, merge_commit: str, sprint_id: str, clock: Clock) -> str:
+    """Record the merged story's metrics as the newest regression baselines; returns a line for the report.
+
+    An unreadable ``baselines.json`` is left as it is (never overwritten) and named in the report: the
+    merge has happened, so it is not undone for a file a person must repair.
+    """
+    try:
+        entries = baselines.record_story(ws, task, merge_commit, sprint_id=sprint_id, clock=clock)
+    except baselines.BaselinesError as exc:
+        return f"not recorded: {exc}"
+    return (f"{sum(len(e.metrics) for e in entries)} metrics of {len(entries)} step(s) recorded in "
+            f"`{ws.relative(baselines.baselines_path(ws))}`" if entries else "no step metrics to record")
 
 
 class Integrator(RoleAgent):
@@ -123,9 +139,12 @@ class Integrator(RoleAgent):
         merge_commit = git.merge_no_ff_at(checkout, branch, f"[impl] {task.id}: merge {branch} — {task.title}")
         self.check_abort()
         metrics = metrics_text(task)
+        # --- regression baselines (baselines.py): recorded in the candidate, so only a landed merge counts ---
+        investigate = baselines.investigate_note(task)
+        baselines_note = record_baselines(Workspace(checkout), task, merge_commit, sprint.id, self.ctx.clock)
         changelog = checkout / "CHANGELOG.md"
         old = changelog.read_text(encoding="utf-8") if changelog.exists() else None
-        line = f"{task.title} (tag `{tag}`; {metrics or 'no metrics'})"
+        line = f"{task.title} (tag `{tag}`; {metrics or 'no metrics'}{'; ' + investigate if investigate else ''})"
         atomic_write_text(changelog, add_entry(old, number=sprint.number, sprint_id=sprint.id,
                                                day=self.ctx.clock.now().date(), task_id=task.id, line=line))
         gates = self.ctx.config.gates
@@ -136,13 +155,15 @@ class Integrator(RoleAgent):
             f"- **Gates:** {gate_list}; run on the commit holding this report before the trunk moved to it "
             "(their results are in the tag message)\n"
             + (f"- **Approval:** {approval_text(task)}\n" if approval_text(task) else "")
+            + f"- **Baselines:** {baselines_note}\n" + (f"- **Flag:** {investigate}\n" if investigate else "")
         )
         write_report(ws, task.id, "integrator", self.ctx.owner, f"Integrator report — {task.id}", body,
                      f"merged {branch}, tagged {tag}", clock=self.ctx.clock)
         paths = [ws.relative(ws.plan_dir(task.id)), ws.relative(ws.report_dir(task.id)),
                  ws.relative(ws.reports_index_path)]
         copy_into(ws, checkout, paths)
-        docs = git.commit_at(checkout, ["CHANGELOG.md", *paths], f"[docs] {task.id}: changelog, plan and reports")
+        committed = ["CHANGELOG.md", ws.relative(baselines.baselines_path(ws)), *paths]
+        docs = git.commit_at(checkout, committed, f"[docs] {task.id}: changelog, plan and reports")
         return docs or merge_commit
 
     def _finish_landed(self, claim: Claim, git: GitRepo, task: Task, sprint: Sprint, branch: str) -> None:
@@ -158,11 +179,13 @@ class Integrator(RoleAgent):
                         merge_commit: str, landed: str, results: list[GateResult] | None) -> None:
         tag = f"{task.id}-complete"
         metrics = metrics_text(task)
+        investigate = baselines.investigate_note(task)
         if not git.tag_exists(tag):
             gates = gates_text(results) if results is not None else "passed before landing (by an earlier attempt)"
             git.tag(tag, f"{task.id}: {task.title}\n\nSprint: {sprint.id}\nBranch: {branch}\n"
                          f"Merge: {merge_commit}\nMetrics: {metrics or 'none'}\nGates: {gates}\n"
-                         + (f"Approval: {approval_text(task)}\n" if approval_text(task) else ""), landed)
+                         + (f"Approval: {approval_text(task)}\n" if approval_text(task) else "")
+                         + (f"Flag: {investigate}\n" if investigate else ""), landed)
         tag_commit = git.head_sha(tag + "^{commit}")
 
         def apply(tx: Transaction, item: Item) -> None:

@@ -177,6 +177,10 @@ class Planner(RoleAgent):
             f"{policy.accept_ratio:.0%} -> {policy.gray_zone_decision} (policy). Below "
             f"{policy.gray_zone_ratio:.0%} -> adapt. Prose-only criteria count as not passing."
         )
+        if any(c.check is not None and c.check.kind == "regression" for c in task.acceptance_criteria):
+            policy_text += (f" Regression criteria: up to {policy.regression_investigate_percent:g} % worse than the "
+                            f"baseline passes, up to {policy.regression_fail_percent:g} % passes flagged investigate, "
+                            "more is a critical failure; no baseline yet passes and becomes the baseline.")
         plan_dir = ws.plan_dir(task.id)
         tester = next((s for s in steps if s.kind == "test"), None)
         atomic_write_text(plan_dir / "AGENT_PLAN.md", render_agent_plan(task, steps, baseline, version, git.trunk))

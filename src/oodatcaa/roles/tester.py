@@ -4,7 +4,10 @@ Metrics come from the run summaries committed on the branch (merged across build
 steps winning), files are looked up in the run directories, the artifacts and the branch's tree,
 and commands run in a checkout of the branch. The verdict follows the check rules of the
 original process (:func:`oodatcaa.core.criteria.decide`); results are committed on the branch as
-``[test] <TASK>: ...`` and written as a PASS/FAIL table in the report.
+``[test] <TASK>: ...`` and written as a PASS/FAIL table in the report, with the decision's rationale
+(:mod:`oodatcaa.checkrecord`); a gray-zone or ``needs_manual`` decision is also appended to
+``SPRINT_DISCUSS.md``. ``regression:`` criteria are checked against the baselines of the stories
+merged before (:mod:`oodatcaa.baselines`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from oodatcaa import baselines, checkrecord
 from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.criteria import (
@@ -20,6 +24,8 @@ from oodatcaa.core.criteria import (
     Criterion,
     CriterionResult,
     MetricCheck,
+    RegressionBaseline,
+    RegressionCheck,
     Verdict,
     decide,
     evaluate_criterion,
@@ -58,7 +64,8 @@ def verdict_failure(task_id: str, tester_id: str, verdict: Verdict, results: lis
 
     ``details``: ``decision``, ``failed`` (one dict per criterion not passing: id, outcome, critical,
     observed, expected, detail), ``failed_metrics`` (every metric name a failing ``metric:`` check
-    compares, both sides) and ``failed_critical``.
+    compares, both sides, and the metric of a ``regression:`` check that failed, so the Refiner's
+    too-slow, memory and loss rules apply to a regression) and ``failed_critical``.
     """
     by_id = {c.id: c for c in criteria}
     failed = [r for r in results if r.outcome != "PASS"]
@@ -69,6 +76,8 @@ def verdict_failure(task_id: str, tester_id: str, verdict: Verdict, results: lis
             metrics.append(check.metric)
             if isinstance(check.value, str):
                 metrics.append(check.value)
+        elif isinstance(check, RegressionCheck) and r.outcome == "FAIL":
+            metrics.append(check.metric)
     listed = "; ".join(f"{r.criterion_id} {r.outcome}: {r.detail or r.observed}" for r in failed)
     return Failure.of(
         FailureKind.CRITERIA_FAILED, f"tester: {verdict.reason}; {listed}", item=tester_id,
@@ -97,9 +106,15 @@ class Tester(RoleAgent):
         results, verdict, payload, commit = self.check(git, task, tester)
         summary = f"{verdict.decision}: {verdict.passed}/{verdict.total} pass" + (
             f"; failed critical: {', '.join(verdict.failed_critical)}" if verdict.failed_critical else "")
-        self.report(task, tester, results, verdict, payload["tested_commit"], commit, summary)
+        report = self.report(task, tester, results, verdict, payload["tested_commit"], commit, summary)
+        if checkrecord.needs_discussion(verdict):
+            self.discuss(task, tester, results, verdict, payload["tested_commit"], commit, report)
         failures = [r.model_dump(mode="json") for r in results if r.outcome != "PASS"]
-        record = {"verdict": verdict.model_dump(mode="json"), "failures": failures, "commit": commit}
+        # every regression, passing ones too: the Integrator's "investigate" note reads them
+        regressions = [r.regression.model_dump(mode="json") | {"criterion_id": r.criterion_id}
+                       for r in results if r.regression is not None]
+        record = {"verdict": verdict.model_dump(mode="json"), "failures": failures, "commit": commit,
+                  "regressions": regressions}
         failure = None if verdict.decision == "accept" else verdict_failure(
             task.id, tester.id, verdict, results, task.acceptance_criteria)
 
@@ -125,7 +140,9 @@ class Tester(RoleAgent):
             roots = [worktree / run_dir_in_branch(s.id) for s in steps]
             roots += [Path(s.result["artifacts_dir"]) for s in steps if s.result and s.result.get("artifacts_dir")]
             roots.append(worktree)
-            ctx = CheckContext(metrics=metrics, file_roots=roots, workdir=worktree)
+            found, error = self.baselines(task)
+            ctx = CheckContext(metrics=metrics, file_roots=roots, workdir=worktree, baselines=found,
+                               baseline_error=error, policy=self.ctx.config.check)
             results = []
             for criterion in task.acceptance_criteria:
                 self.check_abort()
@@ -145,18 +162,45 @@ class Tester(RoleAgent):
             git.remove_worktree(worktree)
         return results, verdict, payload, commit
 
+    def baselines(self, task: Task) -> tuple[dict[str, RegressionBaseline | None] | None, str | None]:
+        """Baselines of the story's ``regression:`` metrics, or ``(None, why)`` when ``baselines.json`` is unreadable.
+
+        An unreadable file makes those criteria ``UNVERIFIED`` (a person repairs the file), never a pass.
+        """
+        names = [c.check.metric for c in task.acceptance_criteria if isinstance(c.check, RegressionCheck)]
+        try:
+            return baselines.baselines_for_story(self.ctx.ws, task, names), None
+        except baselines.BaselinesError as exc:
+            return None, str(exc)
+
     def report(self, task: Task, tester: Subtask, results: list[CriterionResult], verdict: Verdict,
-               tested: str, commit: str, summary: str) -> None:
-        """The PASS/FAIL report; one per attempt, so a re-test never overwrites the earlier verdict."""
+               tested: str, commit: str, summary: str) -> Path:
+        """The PASS/FAIL report with the decision's rationale; one per attempt, so a re-test never
+        overwrites the earlier verdict. Returns its path."""
+        record = "\n".join(checkrecord.rationale(results, verdict, self.ctx.config.check))
         body = (
             f"## Verdict: {verdict.decision.upper()}\n\n{verdict.reason}\n\n"
             f"- **Branch:** `{tester.branch}` at `{tested}`\n"
             f"- **Results commit:** `{commit}`\n- **Pass ratio:** {verdict.pass_ratio:.0%} "
-            f"({verdict.passed}/{verdict.total})\n\n## Criteria\n\n{format_results_table(results)}\n"
+            f"({verdict.passed}/{verdict.total})\n\n## Decision record\n\n{record}\n\n"
+            f"## Criteria\n\n{format_results_table(results)}\n"
         )
         suffix = tester.id if tester.attempts <= 1 else f"{tester.id}_{tester.attempts}"
-        write_report(self.ctx.ws, task.id, "tester", self.ctx.owner, f"Tester report — {tester.id}", body, summary,
-                     suffix=suffix, clock=self.ctx.clock)
+        return write_report(self.ctx.ws, task.id, "tester", self.ctx.owner, f"Tester report — {tester.id}", body,
+                            summary, suffix=suffix, clock=self.ctx.clock)
+
+    def discuss(self, task: Task, tester: Subtask, results: list[CriterionResult], verdict: Verdict,
+                tested: str, commit: str, report: Path) -> None:
+        """Append the gray-zone or person decision to ``SPRINT_DISCUSS.md`` (the original's decision record)."""
+        failing = [f"{r.criterion_id} {r.outcome}" for r in results if r.outcome != "PASS"]
+        evidence = [
+            f"- **Tester report:** `{self.ctx.ws.relative(report)}`",
+            f"- **Branch:** `{tester.branch}` at `{tested}`; results commit `{commit}`",
+            f"- **Criteria not passing:** {', '.join(failing) if failing else 'none'}",
+        ]
+        checkrecord.append_discussion(self.ctx.ws, task_id=task.id, title=task.title, verdict=verdict,
+                                      rationale_lines=checkrecord.rationale(results, verdict, self.ctx.config.check),
+                                      evidence=evidence, clock=self.ctx.clock)
 
     def _branch_missing(self, claim: Claim, exc: BranchMissingError) -> None:
         failure = Failure.of(FailureKind.BRANCH_MISSING, str(exc), item=claim.item_id, branch=exc.branch)
