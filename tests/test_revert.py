@@ -119,3 +119,23 @@ def test_the_cli_reverts_and_exits_2_when_refused(ws, capsys):
     assert "T001: merge" in out and "(tag T001-reverted)" in out and "regressed" in out
     assert main(["-C", str(ws.root), "revert", "T001", "--reason", "again"]) == 2
     assert "already reverted" in capsys.readouterr().err
+
+
+def test_revert_drops_the_storys_regression_baselines_on_the_trunk(tmp_path):
+    import json
+
+    ws = workspace(tmp_path)
+    story_branch(ws, "T001", {"feature.txt": "feature\n"})
+    store = ready_stories(ws, 1)
+    with store.transaction("test") as tx:
+        step = tx.queue.task("T001").builds()[0]
+        step.job = {"kind": "inference_bench", "model": "default"}
+        step.result = {"summary": {"inference": {"generation_tps": 120.0}}}
+    run_integrator(ws)
+    path = ".oodatcaa/work/baselines.json"
+    landed = json.loads(git(ws.root, "show", f"main:{path}"))
+    assert [e["task"] for e in landed["entries"]] == ["T001"]  # recorded in the landed commit
+    revert_story(ws, "T001", "slower than it looked")
+    after = json.loads(git(ws.root, "show", f"main:{path}"))
+    assert after["entries"] == []
+    assert json.loads((ws.root / path).read_text())["entries"] == []  # the checked-out trunk moved with it
