@@ -155,6 +155,10 @@ def test_approve_records_who_when_and_the_note_on_the_story_and_in_the_log(tmp_p
     assert approval_text(task) == f"Approved by test <test@example.com> at {record.at:%Y-%m-%dT%H:%M:%SZ}: loss | fine"
     log = ws.agent_log_path.read_text()
     assert "| person | T001 | approved | by test <test@example.com>: loss \\| fine" in log
+    discuss = (ws.work_dir / "SPRINT_DISCUSS.md").read_text()  # one decision entry, the note kept literal
+    assert discuss.count("(a person decided)") == 1 and "— T001 — APPROVE (a person decided)" in discuss
+    assert "- **Decision:** `approve` by `test <test@example.com>`" in discuss
+    assert "- **Reason:** `loss | fine`" in discuss and "- **Outcome:** the story is `ready_for_integrator`" in discuss
 
 
 def test_an_approval_holds_only_for_the_work_that_was_tested(tmp_path):
@@ -191,6 +195,8 @@ def test_reject_to_a_person_sends_it_to_needs_manual_with_the_reason(tmp_path, c
     task = store.read().task("T001")
     assert task.status == S.NEEDS_MANUAL and "wrong dataset" in task.manual_reason
     assert "T001 rejected by test <test@example.com> -> needs_manual" in capsys.readouterr().out
+    discuss = (ws.work_dir / "SPRINT_DISCUSS.md").read_text()
+    assert "REJECT --TO-PERSON (a person decided)" in discuss and "the story is `needs_manual`" in discuss
     assert [w.task_id for w in waiting_for_person(store.read(), cfg(ws))] == ["T001"]
 
 

@@ -118,6 +118,28 @@ def append_discussion(ws: Workspace, *, task_id: str, title: str, verdict: Verdi
         f"- **Story:** {task_id} {_literal(title, 200)}\n- **Verdict:** `{verdict.decision}`\n\n"
         "### Rationale\n\n" + "\n".join(rationale_lines) + "\n\n### Evidence\n\n" + "\n".join(evidence) + "\n"
     )
+    return _append_entry(ws, task_id, entry)
+
+
+def append_person_decision(ws: Workspace, *, task_id: str, title: str, decision: str, who: str, reason: str,
+                           outcome: str, clock: Clock | None = None) -> Path:
+    """Append one entry for a person's decision (``approve``, ``reject``, ``resolve --accept`` ...) to ``SPRINT_DISCUSS.md``.
+
+    ``decision`` is the command as typed (``resolve --accept``), ``who`` the git identity
+    (``Name <email>``), ``reason`` the note or reason given (may be empty), ``outcome`` the status the
+    story went to. Same locking and read-back as :func:`append_discussion`; raises ``OSError`` likewise.
+    """
+    now = (clock or Clock()).now()
+    entry = (
+        f"\n## {utc_stamp(now)} — {task_id} — {decision.upper()} (a person decided)\n\n"
+        f"- **Story:** {task_id} {_literal(title, 200)}\n- **Decision:** `{decision}` by {_literal(who, 200)}\n"
+        f"- **Reason:** {_literal(reason, 1000) if reason.strip() else '(none given)'}\n"
+        f"- **Outcome:** the story is `{outcome}`\n"
+    )
+    return _append_entry(ws, task_id, entry)
+
+
+def _append_entry(ws: Workspace, task_id: str, entry: str) -> Path:
     path = discuss_path(ws)
     ws.locks_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ws.lock_path("sprint_discuss")), timeout=60):
@@ -140,8 +162,8 @@ def archive_discussion(ws: Workspace, archive: Path) -> int:
     after a crash between the two, it does not append the same entries twice. Returns the number of
     entries moved (0 when there is no live file). Raises ``OSError`` when the archive does not read back.
     """
-    path = discuss_path(ws)
     ws.locks_dir.mkdir(parents=True, exist_ok=True)
+    path = discuss_path(ws)
     with FileLock(str(ws.lock_path("sprint_discuss")), timeout=60):
         if not path.exists():
             return 0

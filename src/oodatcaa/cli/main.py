@@ -24,6 +24,7 @@ from oodatcaa.core.workspace import Workspace, find_workspace
 
 if TYPE_CHECKING:
     from oodatcaa.core.config import Config
+    from oodatcaa.core.models import Task
     from oodatcaa.core.store import QueueStore
     from oodatcaa.person import Person
 
@@ -192,12 +193,21 @@ def _person_context(args: argparse.Namespace) -> tuple[Workspace, Config, QueueS
     return ws, config, open_store(ws), person_of(ws, config)
 
 
+def _discuss(args: argparse.Namespace, task: Task, decision: str, person: Person, reason: str) -> None:
+    """A person's decision goes into SPRINT_DISCUSS.md, one entry each (the original's decision record)."""
+    from oodatcaa.checkrecord import append_person_decision
+
+    append_person_decision(_ws(args), task_id=task.id, title=task.title, decision=decision, who=person.who(),
+                           reason=reason, outcome=task.status.value)
+
+
 def cmd_approve(args: argparse.Namespace) -> int:
     """Approve an accepted story awaiting approval: the Integrator merges it next."""
     from oodatcaa.person import approval_text, approve
 
     _, config, store, person = _person_context(args)
     task = approve(store, args.task, person, config, note=args.note or "")
+    _discuss(args, task, "approve", person, args.note or "")
     say(f"{task.id} approved: {approval_text(task)}; the Integrator merges it on its next look at the queue")
     return 0
 
@@ -208,6 +218,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
     _, config, store, person = _person_context(args)
     task = reject(store, args.task, person, config, args.reason, to_person=args.to_person)
+    _discuss(args, task, "reject" + (" --to-person" if args.to_person else ""), person, args.reason)
     say(f"{task.id} rejected by {person.who()} -> {task.status.value}: {args.reason}")
     return 0
 
@@ -221,6 +232,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     action = next(a for a in RESOLVE_ACTIONS if getattr(args, a))
     git = GitRepo.for_workspace(ws, "person", trunk=config.git.trunk) if action == "replan" else None
     outcome = resolve(store, args.task, action, person, reason=args.reason or "", git=git)
+    _discuss(args, outcome.task, f"resolve --{action}", person, args.reason or "")
     say(outcome.message)
     return 0
 
