@@ -344,8 +344,8 @@ class StepRunner:
     """mlx-lm's training step (``mlx_lm.tuner.trainer.train``): value_and_grad of ``default_loss``,
     gradients summed over ``grad_accumulation_steps`` micro-batches and averaged before
     ``optimizer.update`` (its global norm clipped to ``max_grad_norm`` first when given); compiled
-    with the model, optimizer and random state captured (a no-op with ``MLX_DISABLE_COMPILE=1``). Build it after restoring the optimizer state (the capture list holds
-    the optimizer's state dict)."""
+    with the model, optimizer and random state captured (a no-op with ``MLX_DISABLE_COMPILE=1``).
+    Build it after restoring the optimizer state (the capture list holds the optimizer's state dict)."""
 
     def __init__(self, model: Any, optimizer: Any, grad_accumulation_steps: int, grad_checkpoint: bool,
                  max_grad_norm: float | None = None):
