@@ -301,3 +301,92 @@ def test_an_adaptation_that_does_not_validate_says_why():
 
 def test_no_failure_no_decision():
     assert decide(story(LORA)) is None
+
+
+# ---------------------------------------------------------------- config and the agent
+
+
+def test_config_lists_every_policy_in_the_documented_order_by_default(tmp_path):
+    from oodatcaa.core.config import REFINER_POLICY_ORDER, default_config_toml, load_config
+    from support import workspace
+
+    ws = workspace(tmp_path)
+    assert tuple(load_config(ws.config_path, ws.agents_dir).refiner.policies) == REFINER_POLICY_ORDER == tuple(POLICIES)
+    text = default_config_toml()
+    assert "[refiner]" in text and '# policies = ["branch_missing", "merge_conflict",' in text
+    assert text.index("[loop]") < text.index("[refiner]") < text.index("[check]")
+
+
+def test_config_orders_and_disables_policies_and_names_an_unknown_one(tmp_path):
+    from oodatcaa.core.config import load_config
+    from oodatcaa.core.errors import ConfigError
+    from support import configure, workspace
+
+    ws = workspace(tmp_path)
+    configure(ws.config_path, refiner={"policies": ["loss", "memory"]})
+    assert load_config(ws.config_path, ws.agents_dir).refiner.policies == ["loss", "memory"]
+    configure(ws.config_path, refiner={"policies": ["memory", "lossy"]})
+    with pytest.raises(ConfigError) as info:
+        load_config(ws.config_path, ws.agents_dir)
+    message = str(info.value)
+    assert "refiner.policies" in message and "'lossy'" in message and "known policies: branch_missing" in message
+    configure(ws.config_path, refiner={"policies": ["memory", "memory"]})
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_config(ws.config_path, ws.agents_dir)
+
+
+def _run_refiner(tmp_path, task: Task, policies: list[str] | None = None):
+    from oodatcaa.roles import AGENT_CLASSES
+    from oodatcaa.roles.base import AgentContext
+    from support import configure, store_with, workspace
+
+    ws = workspace(tmp_path)
+    if policies is not None:
+        configure(ws.config_path, refiner={"policies": policies})
+    queue = sample_queue(1)
+    queue.tasks = [task]
+    store = store_with(ws, queue)
+    assert AGENT_CLASSES["refiner"](AgentContext.open(ws, "refiner-t")).run(once=True, exit_when_complete=False) == 0
+    return ws, store.read().task("T001")
+
+
+def test_the_agent_writes_the_rule_rationale_evidence_and_a_spec_diff(tmp_path):
+    task = story({**LORA, "num_layers": 8}, failure=criteria("train.peak_memory_gb", train_peak_memory_gb=3.2))
+    ws, after = _run_refiner(tmp_path, task)
+    assert after.status == S.READY and after.adaptations[-1].rule == "memory.grad_checkpoint"
+    assert after.builds()[0].job["grad_checkpoint"] is True
+    report = (ws.report_dir("T001") / "refiner_1.md").read_text()
+    for part in ("**Rule:** `memory.grad_checkpoint`", "**Rationale:** gradient checkpointing on", "### Evidence",
+                 "AC1 FAIL: observed 3.2", "```diff", "+grad_checkpoint: true", "--- T001-B01 job (before)"):
+        assert part in report, part
+
+
+def test_a_disabled_policy_sends_its_failures_to_a_person(tmp_path):
+    task = story(LORA, failure=criteria("train.peak_memory_gb"))
+    ws, after = _run_refiner(tmp_path, task, policies=["loss", "divergence"])
+    assert after.status == S.NEEDS_MANUAL and "no Refiner policy applies" in (after.manual_reason or "")
+
+
+def test_an_adapted_spec_that_does_not_validate_is_not_written(tmp_path, monkeypatch):
+    from oodatcaa.roles import policies
+
+    def broken(task: Task, failure: Failure, job: dict[str, Any]) -> policies.Change:
+        return policies.Change({**job, "grad_checkpoint": True, "batch_size": 0}, "a buggy rung")
+
+    rungs = (policies.Rung("grad_checkpoint", broken), *policies.POLICIES["memory"].rungs[1:])
+    monkeypatch.setitem(policies.POLICIES, "memory", policies.Policy(
+        "memory", policies.POLICIES["memory"].handles, policies.POLICIES["memory"].target, rungs))
+    task = story(LORA, failure=criteria("train.peak_memory_gb"))
+    ws, after = _run_refiner(tmp_path, task)
+    assert after.status == S.NEEDS_MANUAL and "does not validate" in (after.manual_reason or "")
+    assert after.builds()[0].job == LORA and after.adaptations == []  # nothing written
+    report = (ws.report_dir("T001") / "refiner_1.md").read_text()
+    assert "Job spec (current, kept)" in report and "batch_size: 4" in report
+    assert "(invalid, not written)" in report and "batch_size: 0" in report and "batch_size must be >= 1" in report
+
+
+def test_a_spent_ladder_escalates_with_the_rungs_tried(tmp_path):
+    job = {**LORA, "grad_checkpoint": True, "batch_size": 1, "num_layers": 1, "quantize": 4}
+    ws, after = _run_refiner(tmp_path, story(job, failure=Failure.of(K.OOM, "bad_alloc", item="T001-B01")))
+    assert after.status == S.NEEDS_MANUAL and "memory ladder has no rung left" in (after.manual_reason or "")
+    assert "### Evidence" in (ws.report_dir("T001") / "refiner_1.md").read_text()
