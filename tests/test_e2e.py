@@ -148,7 +148,8 @@ def test_a_three_task_sprint_runs_to_tagged_merges(tmp_path, tiny_model):
     assert (archive / "SPRINT_QUEUE.json").exists()
     assert "Sprint 1 initiated" in (archive / "SPRINT_LOG.md").read_text()
     retrospective = (archive / "RETROSPECTIVE.md").read_text()
-    assert "memory.grad_checkpoint on T002-B01 (criteria_failed); memory.halve_batch on T002-B01" in retrospective and "## Exit criteria" in retrospective
+    assert "memory.grad_checkpoint on T002-B01 (criteria_failed); memory.halve_batch on T002-B01" in retrospective
+    assert "## Exit criteria" in retrospective
     assert "sprint-1-complete" in git(repo, "tag")
     assert "Sprint 1 completed" in (repo / ".oodatcaa" / "objectives" / "SPRINT_GOAL.md").read_text()
 
