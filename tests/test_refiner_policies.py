@@ -91,9 +91,9 @@ def test_memory_halving_repeats_only_through_the_ladder_once():
     assert applied[0].after["batch_size"] == 4 and applied[0].after["grad_accumulation_steps"] == 4
 
 
-def _with_dataset_stats(task: Task, tokens_max: int, counter: str = "tokenizer") -> Task:
+def _with_dataset_stats(task: Task, tokens_longest: int, counter: str = "tokenizer:/models/x") -> Task:
     dataset = task.builds()[0]
-    dataset.result = {"summary": {"dataset": {"tokens_max": tokens_max, "token_counter": counter}}}
+    dataset.result = {"summary": {"dataset": {"tokens_longest": tokens_longest, "token_counter": counter}}}
     return task
 
 
@@ -105,7 +105,7 @@ def test_shorter_sequences_only_when_the_statistics_say_no_row_is_cut():
     assert decision.rule == "memory.shorter_sequences" and decision.after["max_seq_length"] == 201
     assert "longest row at 200 tokens" in decision.rationale and "no row is cut" in decision.rationale
     # whitespace words are no token counts; a longer longest row cuts nothing by shortening: no change
-    words = _with_dataset_stats(story({"kind": "dataset", "data": "data/chat"}, job, failure=failure), 200, "words")
+    words = _with_dataset_stats(story({"kind": "dataset", "data": "data/chat"}, job, failure=failure), 200, "whitespace")
     assert decide(words).rule != "memory.shorter_sequences"
     long_rows = _with_dataset_stats(story({"kind": "dataset", "data": "data/chat"}, job, failure=failure), 600)
     assert decide(long_rows).rule != "memory.shorter_sequences"
@@ -243,11 +243,11 @@ def test_a_slow_inference_bench_is_no_training_change():
 
 def test_rows_too_long_raise_max_tokens_to_the_measured_maximum():
     job = {"kind": "dataset", "data": "data/chat", "max_tokens": 128, "strict": True}
-    failure = Failure.of(K.JOB_ERROR, "3 rows too long", item="T001-B01", rows_too_long=3, tokens_max=300)
+    failure = Failure.of(K.JOB_ERROR, "3 rows too long", item="T001-B01", rows_too_long=3, tokens_longest=300)
     decision = decide(story(job, failure=failure))
     assert decision.rule == "dataset.raise_max_tokens" and decision.after["max_tokens"] == 300
     by_criterion = story(job, failure=criteria("dataset.rows_too_long"))
-    by_criterion.builds()[0].result = {"summary": {"dataset": {"rows_too_long": 2, "tokens_max": 260}}}
+    by_criterion.builds()[0].result = {"summary": {"dataset": {"rows_too_long": 2, "tokens_longest": 260}}}
     assert decide(by_criterion).after["max_tokens"] == 260
     # a job_error of a dataset step with no such details is no dataset problem
     assert decide(story(job, failure=Failure.of(K.JOB_ERROR, "rows too long", item="T001-B01"))) is None

@@ -168,7 +168,7 @@ _REGISTRY: tuple[JobKind, ...] = (
         metrics=_keys("dataset", "rows rows_ok rows_invalid rows_empty rows_too_long rows_duplicate rows_near_duplicate "
                                  "cross_split_duplicates problems format rows_messages rows_prompt_completion rows_text "
                                  "token_counter tokens_total tokens_min tokens_mean tokens_p50 tokens_p95 tokens_max "
-                                 "train_rows valid_rows test_rows files dataset_sha256"),
+                                 "tokens_longest train_rows valid_rows test_rows files dataset_sha256"),
         docs_section="dataset",
     ),
     JobKind(

@@ -23,7 +23,7 @@ them; the first policy whose kinds and trigger match decides):
     -> ``fewer_steps`` per run (``iters``/``epochs`` or ``memory_profile.steps`` halved) -> a person.
 ``dataset`` (``criteria_failed`` on ``dataset.rows_too_long`` / ``cross_split_duplicates`` /
 ``rows_near_duplicate``; ``job_error`` of a dataset step whose details count rows too long)
-    ``raise_max_tokens`` to the measured ``tokens_max`` -> ``group_near_copies`` (a ``source`` split
+    ``raise_max_tokens`` to the measured ``tokens_longest`` -> ``group_near_copies`` (a ``source`` split
     re-done with a lower ``near_duplicate_threshold``, so looser near-copies share a split) -> a person.
 ``divergence`` (``diverged``)
     ``lower_lr_warmup``: learning rate / 10, a linear warm-up and gradient clipping
@@ -325,14 +325,16 @@ def rung_halve_batch(task: Task, failure: Failure, job: dict[str, Any]) -> Chang
 
 
 def _dataset_stats(task: Task, data: str | None) -> tuple[int, str] | None:
-    """``(tokens_max, step id)`` of a dataset step of the story that measured ``data`` with a tokenizer."""
+    """``(longest row in tokens, step id)`` of a dataset step of the story that measured ``data`` with a
+    tokenizer (``token_counter`` ``tokenizer:<model>``; whitespace words are no token counts)."""
     for step in reversed(task.builds()):
         job = step.job or {}
         if job.get("kind") != "dataset" or data not in (job.get("data"), job.get("output")):
             continue
         summary = ((step.result or {}).get("summary") or {}).get("dataset") or {}
-        counter, longest = summary.get("token_counter"), summary.get("tokens_max")
-        if isinstance(longest, (int, float)) and isinstance(counter, str) and counter not in ("words", "whitespace"):
+        counter = summary.get("token_counter")
+        longest = summary.get("tokens_longest", summary.get("tokens_max"))  # too-long rows included
+        if isinstance(longest, (int, float)) and isinstance(counter, str) and counter.startswith("tokenizer"):
             return int(longest), step.id
     return None
 
@@ -464,10 +466,11 @@ def _dataset_target(task: Task, failure: Failure, step: Subtask | None) -> Subta
 
 
 def rung_raise_max_tokens(task: Task, failure: Failure, job: dict[str, Any]) -> Change | None:
-    """``max_tokens`` up to the measured longest row (``dataset.tokens_max``) when rows were too long."""
+    """``max_tokens`` up to the measured longest row (``dataset.tokens_longest``, too-long rows included)
+    when rows were too long."""
     step_id = _step_id(task, job)
     too_long = failure.details.get("rows_too_long", measured(task, step_id, "dataset.rows_too_long"))
-    longest = failure.details.get("tokens_max", measured(task, step_id, "dataset.tokens_max"))
+    longest = failure.details.get("tokens_longest", measured(task, step_id, "dataset.tokens_longest"))
     current = job.get("max_tokens")
     if not too_long or not isinstance(longest, (int, float)) or current is None or longest <= current:
         return None
@@ -551,8 +554,10 @@ _THROUGHPUT = ("tokens_per_second", "_tps")
 
 
 def _memory_target(task: Task, failure: Failure, step: Subtask | None) -> Subtask | None:
-    if failure.kind == K.OOM:
-        return _last_of_kind(task, step, TRAINING_KINDS | {"evaluate"})
+    if failure.kind == K.OOM:  # the step that ran out of memory, never another one
+        if step is not None:
+            return step if _kind(step) in TRAINING_KINDS | {"evaluate"} else None
+        return _last_of_kind(task, None, TRAINING_KINDS)
     return _metric_step(task, failure, _MEMORY, TRAINING_KINDS | {"evaluate"})
 
 
