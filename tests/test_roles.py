@@ -149,14 +149,14 @@ def test_failed_job_goes_to_needs_adapt_with_the_message_and_agent_keeps_running
     assert q.item("T001-B01").status == S.NEEDS_ADAPT
     assert "model path does not exist" in q.item("T001-B01").last_error
     assert q.task("T001").status == S.NEEDS_ADAPT
-    # the Refiner has no rule for a missing model: a person is asked, with the reason
+    # no Refiner policy handles a missing model: a person is asked, with the reason
     run_agent(ws, "refiner")
     task = queue(ws).task("T001")
     assert task.status == S.NEEDS_MANUAL and "model path does not exist" in task.manual_reason
     assert stuck_reason(queue(ws)) is None  # T002 can still be planned
     run_agent(ws, "planner")
     reason = stuck_reason(queue(ws))
-    assert "T001 needs_manual: no adaptation rule" in reason and "T002 needs_manual: no job block" in reason
+    assert "T001 needs_manual: no Refiner policy applies" in reason and "T002 needs_manual: no job block" in reason
 
 
 def test_merge_conflict_sends_task_to_adapt_and_leaves_main_untouched(ws):

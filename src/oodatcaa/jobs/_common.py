@@ -56,9 +56,7 @@ class DivergedError(JobFailure):
                  initial_loss: float | None = None, summary: dict[str, dict[str, Any]] | None = None,
                  **facts: Any):
         facts = {"iteration": iteration, "loss": loss, "initial_loss": initial_loss, **facts}
-        super().__init__(message, summary=summary,
-                         details={k: v for k, v in facts.items() if v is not None and (not isinstance(v, float)
-                                                                                     or math.isfinite(v))})
+        super().__init__(message, summary=summary, details={k: v for k, v in facts.items() if v is not None})
 
 
 class OutOfMemoryJobError(JobFailure):

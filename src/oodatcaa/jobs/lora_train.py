@@ -784,6 +784,5 @@ def check_diverged(summary: dict[str, Any], spec: LoraTrainJob, detected: dict[s
     }[str(facts["reason"])]
     reason = facts.pop("reason")
     it, loss = facts.pop("iteration", iteration), facts.pop("loss", None)
-    raise DivergedError(f"training diverged: {what} (try a lower learning_rate)", iteration=it,
-                        loss=loss if finite(loss) else None, initial_loss=initial, summary=result,
-                        reason=reason, **facts)
+    raise DivergedError(f"training diverged: {what} (try a lower learning_rate)", iteration=it, loss=loss,
+                        initial_loss=initial, summary=result, reason=reason, **facts)
