@@ -646,8 +646,3 @@ def decide(task: Task, order: Iterable[str] = REFINER_POLICY_ORDER) -> Adaptatio
         if decision is not None:
             return decision
     return None
-
-
-def handled_kinds(order: Iterable[str] = REFINER_POLICY_ORDER) -> set[FailureKind]:
-    """Every failure kind some policy in ``order`` handles."""
-    return {k for name in order for k in POLICIES[name].handles}
