@@ -46,7 +46,8 @@ def apply(task: Task, decision: Adaptation) -> None:
     """What the Refiner does with an adaptation: the step gets the new spec and the loop is recorded."""
     step = next(s for s in task.builds() if s.id == decision.step_id)
     step.job = decision.after
-    task.adaptations.append(AdaptationRecord(loop=len(task.adaptations) + 1, rule=decision.rule, step=step.id, at=AT))
+    task.adapt_loops += 1
+    task.adaptations.append(AdaptationRecord(loop=task.adapt_loops, rule=decision.rule, step=step.id, at=AT))
 
 
 def climb(task: Task, order=None) -> tuple[list[Adaptation], Escalation | None]:
@@ -262,6 +263,15 @@ def test_near_copies_across_splits_resplit_grouped_for_a_source_split_only():
 
 
 # ---------------------------------------------------------------- git, order, evidence
+
+
+def test_a_start_over_starts_every_ladder_again():
+    task = story(LORA, failure=criteria("train.peak_memory_gb"))
+    apply(task, decide(task))
+    assert decide(task).rule == "memory.halve_batch"
+    task.adapt_loops = 0  # the Start-Over Gate: the backlog's job again, the records kept for the retrospective
+    task.builds()[0].job = dict(LORA)
+    assert decide(task).rule == "memory.grad_checkpoint" and len(task.adaptations) == 1
 
 
 def test_git_policies_are_repeatable():

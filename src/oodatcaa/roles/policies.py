@@ -5,8 +5,9 @@ a *trigger* (for ``criteria_failed``: which failed metric names concern it, read
 ``failure.details["failed_metrics"]``), the builder step it changes, and a **ladder** of rungs. Each
 rung is a pure function ``(story, failure, job spec) -> Change | None``; ``None`` means "this rung
 cannot help this spec" (grad checkpointing is already on, the batch is 1, ...). One rung is applied
-per adaptation loop: the first rung of the ladder that has not been applied to that step before
-(``Task.adaptations`` records ``<policy>.<rung>`` per loop) and that changes the spec. A ladder with
+per adaptation loop: the first rung of the ladder that has not been applied to that step in the
+current plan (``Task.adaptations`` records ``<policy>.<rung>`` per loop; a Start-Over Gate starts the
+ladders again) and that changes the spec. A ladder with
 no rung left ends at **a person** (:class:`Escalation`). Policies read only ``failure.kind`` and
 ``failure.details`` — never ``failure.message``, which is for people.
 
@@ -52,7 +53,7 @@ from typing import Any
 
 from oodatcaa.core.config import REFINER_POLICY_ORDER
 from oodatcaa.core.failures import Failure, FailureKind
-from oodatcaa.core.models import Subtask, Task
+from oodatcaa.core.models import AdaptationRecord, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.jobs.registry import job_kind
 from oodatcaa.jobs.spec import JobSpecError, model_of_kind, parse_job_spec
@@ -144,7 +145,7 @@ class Policy:
         if target is None:
             return None
         job = copy.deepcopy(target.job or {})
-        done = {r.rule for r in task.adaptations if r.step == target.id}
+        done = {r.rule for r in current_plan_adaptations(task) if r.step == target.id}
         tried = []
         for rung in self.rungs:
             rule = f"{self.name}.{rung.name}"
@@ -163,6 +164,12 @@ class Policy:
 
 
 # ---------------------------------------------------------------- reading queue data
+
+
+def current_plan_adaptations(task: Task) -> list[AdaptationRecord]:
+    """The adaptation records of the current plan: the last ``adapt_loops`` (each loop appends one;
+    the Start-Over Gate resets the count and restores the backlog's jobs, so every ladder starts again)."""
+    return task.adaptations[-task.adapt_loops:] if task.adapt_loops > 0 else []
 
 
 def failure_of(task: Task) -> Failure | None:
