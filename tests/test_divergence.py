@@ -55,10 +55,12 @@ def test_the_run_that_used_to_pass_is_diverged():
 
 
 def test_the_loop_detection_is_reported_with_its_numbers():
-    detected = {"reason": "loss_ratio", "iteration": 5, "loss": 25.7, "max_loss_ratio": 2.0, "ratio": 5.71}
+    detected = {"reason": "loss_ratio", "iteration": 5, "loss": 25.7, "max_loss_ratio": 2.0, "ratio": 5.64,
+                "reference_loss": 4.56}
     exc = _check(HEALTHY, detected)
+    assert "over 2.0 x the loss before training 4.56" in str(exc)
     assert exc is not None and exc.details["reason"] == "loss_ratio" and exc.details["iteration"] == 5
-    assert exc.details["loss"] == 25.7 and exc.details["initial_loss"] == 4.5 and exc.details["ratio"] == 5.71
+    assert exc.details["loss"] == 25.7 and exc.details["initial_loss"] == 4.5 and exc.details["ratio"] == 5.64
 
 
 def test_a_non_finite_loss_is_diverged():
@@ -120,7 +122,9 @@ def test_a_rate_far_too_high_is_caught_at_the_first_report(trained_base):
     assert not result.ok and result.failure is not None and result.failure.kind == FailureKind.DIVERGED
     details = result.failure.details
     assert details["reason"] == "loss_ratio" and details["iteration"] == 5
-    assert details["loss"] > 2 * details["initial_loss"]
+    # the reference is the larger of the first batch's loss and the step-0 validation loss
+    assert details["reference_loss"] == pytest.approx(max(details["initial_loss"], details["first_val_loss"]), abs=1e-5)
+    assert details["loss"] > 2 * details["reference_loss"]
     train = result.summary["train"]
     assert train["initial_loss"] == pytest.approx(details["initial_loss"])
     assert train["iterations_done"] == 5  # the loop stopped there

@@ -24,9 +24,10 @@ Our own training loop from mlx-lm pieces (see :mod:`oodatcaa.jobs._training` for
    ``max_grad_norm`` the averaged gradient's global norm is clipped before each update;
 7. stops and raises the typed ``diverged`` failure (:func:`check_diverged`, configured by the
    ``divergence`` block) when a loss is not finite, a report's loss exceeds ``max_loss_ratio`` x the
-   initial loss, or the validation loss ends ``max_val_increase`` above where it started or at the
-   uniform-distribution level ln(vocab size) — a loss that is merely lower than the first (already
-   diverged) report window's is not a pass;
+   loss before training (the larger of the initial and the step-0 validation loss), or the
+   validation loss ends ``max_val_increase`` above where it started or at the uniform-distribution
+   level ln(vocab size) — a loss that is merely lower than the first (already diverged) report
+   window's is not a pass;
 8. writes ``adapters/`` (mlx-lm format), ``metrics.jsonl`` and ``loss_curve.png``.
 
 Summary namespace ``train`` (see docs/jobs.md for every key).
@@ -611,14 +612,16 @@ class _Loop:
 
     def _check_train_loss(self, it: int, loss: float) -> None:
         """Mark the run diverged (the loop stops) for a non-finite report loss, or one above
-        ``max_loss_ratio`` x the initial loss."""
+        ``max_loss_ratio`` x the loss before training: the larger of ``initial_loss`` (one batch) and
+        the step-0 validation loss (the whole validation set), so one easy first batch is no false alarm."""
         state, ratio = self.state, self.plan.max_loss_ratio
+        before = [state.initial_loss] + [v["val_loss"] for v in state.history["val"][:1] if v["iteration"] == 0]
+        reference = max((x for x in before if x is not None and T.finite(x)), default=None)
         if not T.finite(loss):
             state.diverged = {"reason": "non_finite", "iteration": it, "loss": loss}
-        elif ratio is not None and T.finite(state.initial_loss) and state.initial_loss is not None \
-                and state.initial_loss > 0 and loss > ratio * state.initial_loss:
+        elif ratio is not None and reference is not None and reference > 0 and loss > ratio * reference:
             state.diverged = {"reason": "loss_ratio", "iteration": it, "loss": loss, "max_loss_ratio": ratio,
-                              "ratio": round(loss / state.initial_loss, 4)}
+                              "reference_loss": round(reference, 6), "ratio": round(loss / reference, 4)}
         if state.diverged is not None:
             self.ctx.metric("diverged", **{k: v for k, v in state.diverged.items() if T.finite(v) or isinstance(v, str)})
 
@@ -746,7 +749,7 @@ def check_diverged(summary: dict[str, Any], spec: LoraTrainJob, detected: dict[s
     """Raise :class:`DivergedError` (with ``result`` kept as the summary) when the run diverged.
 
     ``detected`` is what the loop found (a non-finite loss, a report loss above ``max_loss_ratio`` x
-    ``initial_loss``); then, on the finished run: a non-finite final loss, a final validation loss more
+    the loss before training); then, on the finished run: a non-finite final loss, a final validation loss more
     than ``divergence.max_val_increase`` above the first, or one at the uniform level (within
     ``uniform_tolerance`` x ln(vocab_size) of ln(vocab_size)) after a first validation loss clearly below it.
     ``details`` carry ``reason`` and the numbers compared.
@@ -777,7 +780,7 @@ def check_diverged(summary: dict[str, Any], spec: LoraTrainJob, detected: dict[s
     what = {
         "non_finite": f"{facts.get('what', 'train_loss')} is {facts.get('loss')}",
         "loss_ratio": f"train loss {facts.get('loss')} at iteration {facts.get('iteration')} is over "
-                      f"{facts.get('max_loss_ratio')} x the initial loss {initial}",
+                      f"{facts.get('max_loss_ratio')} x the loss before training {facts.get('reference_loss')}",
         "val_increase": f"validation loss went {first_val} -> {final_val} (more than +{div.max_val_increase})",
         "uniform": f"validation loss went {first_val} -> {final_val}, the uniform level ln({vocab}) = "
                    f"{facts.get('uniform_loss')}: the model collapsed to a uniform distribution",

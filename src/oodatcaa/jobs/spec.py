@@ -244,7 +244,8 @@ class Divergence(_Job):
 
     ``train.initial_loss`` is the loss of the first batch before any optimizer update. A run diverged
     when a training or validation loss is not finite; when a report window's mean training loss exceeds
-    ``max_loss_ratio`` x the initial loss; when the final validation loss ends more than
+    ``max_loss_ratio`` x the loss before training (the larger of the initial loss and the step-0
+    validation loss); when the final validation loss ends more than
     ``max_val_increase`` nats/token above the first (step 0) validation loss; or when it ends at the
     uniform-distribution level, within ``uniform_tolerance`` x ln(vocab size) of ln(vocab size), after
     starting clearly below it.
