@@ -60,7 +60,9 @@ def spec_diff(before: dict[str, Any], after: dict[str, Any], step_id: str) -> st
 
 
 def _evidence(lines: list[str]) -> str:
-    return "\n".join(f"- `{line}`" for line in lines) or "- none recorded"
+    """One inline-code bullet per fact; a backtick in the data would end the code span, so it is swapped."""
+    safe = (" ".join(line.replace("`", "'").split()) for line in lines)
+    return "\n".join(f"- `{line}`" for line in safe) or "- none recorded"
 
 
 class Refiner(RoleAgent):
