@@ -94,6 +94,8 @@ def configure(config_path: Path, **sections: dict) -> None:
 
 
 def _toml(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

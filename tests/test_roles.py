@@ -149,14 +149,14 @@ def test_failed_job_goes_to_needs_adapt_with_the_message_and_agent_keeps_running
     assert q.item("T001-B01").status == S.NEEDS_ADAPT
     assert "model path does not exist" in q.item("T001-B01").last_error
     assert q.task("T001").status == S.NEEDS_ADAPT
-    # the Refiner has no rule for a missing model: a person is asked, with the reason
+    # no Refiner policy handles a missing model: a person is asked, with the reason
     run_agent(ws, "refiner")
     task = queue(ws).task("T001")
     assert task.status == S.NEEDS_MANUAL and "model path does not exist" in task.manual_reason
     assert stuck_reason(queue(ws)) is None  # T002 can still be planned
     run_agent(ws, "planner")
     reason = stuck_reason(queue(ws))
-    assert "T001 needs_manual: no adaptation rule" in reason and "T002 needs_manual: no job block" in reason
+    assert "T001 needs_manual: no Refiner policy applies" in reason and "T002 needs_manual: no job block" in reason
 
 
 def test_merge_conflict_sends_task_to_adapt_and_leaves_main_untouched(ws):
@@ -202,10 +202,10 @@ def _lora_task(peak_target: float = 1.0, batch_size: int = 4):
 
 def test_refiner_memory_rule_keeps_the_effective_batch():
     task = _lora_task()
+    task.subtasks[0].job["grad_checkpoint"] = True  # the first rung has nothing to do
     task.failure = Failure.of(FailureKind.CRITERIA_FAILED, "AC1 FAIL", item="T001-T01", failed_metrics=["train.peak_memory_gb"])
     adaptation = choose_adaptation(task)
-    assert adaptation.rule == "reduce_peak_memory"
-    assert adaptation.after["grad_checkpoint"] is True
+    assert adaptation.rule == "memory.halve_batch"
     assert adaptation.after["batch_size"] == 2 and adaptation.after["grad_accumulation_steps"] == 2
     assert adaptation.before["batch_size"] == 4
 
@@ -214,7 +214,7 @@ def test_refiner_loss_rule_and_no_rule():
     task = _lora_task()
     task.failure = LOSS_FAILED
     adaptation = choose_adaptation(task)
-    assert adaptation.rule == "stabilise_loss" and adaptation.after["learning_rate"] == pytest.approx(1e-4)
+    assert adaptation.rule == "loss.more_iterations" and adaptation.after["iters"] == 20
     task.failure = Failure.of(FailureKind.JOB_ERROR, "something nobody planned for")
     assert choose_adaptation(task) is None
 
@@ -239,8 +239,8 @@ def test_refiner_counts_loops_and_escalates_after_three(tmp_path):
             tx.queue.task("T001").status = S.NEEDS_ADAPT
             tx.queue.item("T001-B01").status = S.AWAITING_TEST
             tx.queue.item("T001-T01").status = S.NEEDS_ADAPT
-    report = (ws.report_dir("T001") / "refiner_1.md").read_text()
-    assert "batch_size: 16" in report and "batch_size: 8" in report
+    report = (ws.report_dir("T001") / "refiner_2.md").read_text()  # loop 1 turned grad checkpointing on
+    assert "-batch_size: 16" in report and "+batch_size: 8" in report and "memory.halve_batch" in report
     assert any(e.change == "warning" for e in store.log.entries())
     run_agent(ws, "refiner")
     t = store.read().task("T001")
@@ -269,10 +269,15 @@ def test_sprint_new_refuses_while_a_sprint_runs(ws, tmp_path):
 
 
 def test_refiner_memory_rule_runs_out_of_moves_and_says_so():
+    from oodatcaa.roles.policies import Escalation, decide
+
     task = _lora_task(batch_size=1)
-    task.subtasks[0].job["grad_checkpoint"] = True
+    task.subtasks[0].job.update(grad_checkpoint=True, num_layers=1, quantize=4)
     task.failure = Failure.of(FailureKind.CRITERIA_FAILED, "AC1 FAIL", item="T001-T01", failed_metrics=["train.peak_memory_gb"])
     assert choose_adaptation(task) is None
+    decision = decide(task)
+    assert isinstance(decision, Escalation) and decision.policy == "memory"
+    assert "no rung left" in decision.reason and "qlora (cannot help this spec)" in decision.reason
 
 
 CHAINED = """\
@@ -378,12 +383,12 @@ def test_a_rerun_training_step_resumes_from_the_killed_attempts_checkpoints(tmp_
     assert "resume_from" not in resume_from_earlier_attempt({"kind": "command", "run": "x"}, step_dir, 2)
 
 
-def test_loss_rule_halves_what_the_profile_really_used():
+def test_loss_rule_doubles_what_the_profile_really_used():
     task = _lora_task()
     task.subtasks[0].job = {"kind": "lora_train", "data": "d", "profile": "max_quality"}
     task.failure = LOSS_FAILED
     adaptation = choose_adaptation(task)
-    assert adaptation.after["learning_rate"] == pytest.approx(5e-5) and adaptation.after["epochs"] == 6
+    assert adaptation.after["epochs"] == 6 and "learning_rate" not in adaptation.after
     assert "iters" not in adaptation.after
     from oodatcaa.jobs.spec import parse_job_spec
 
@@ -394,9 +399,9 @@ def test_conflict_and_deleted_branch_rules_rebuild_every_step():
     task = _lora_task()
     task.failure = Failure.of(FailureKind.MERGE_CONFLICT, "conflicts", item="T001", files=["a.txt"])
     conflict = choose_adaptation(task)
-    assert conflict.rule == "rebase_on_trunk" and conflict.rebuild_all and conflict.reset_to_trunk
+    assert conflict.rule == "merge_conflict.rebase_on_trunk" and conflict.rebuild_all and conflict.reset_to_trunk
     assert "a.txt" in conflict.rationale
     task.failure = Failure.of(FailureKind.BRANCH_MISSING, "gone", item="T001-T01", branch="feat/T001-step-01-x")
     deleted = choose_adaptation(task)
-    assert deleted.rule == "rebuild_missing_branch" and deleted.rebuild_all and not deleted.reset_to_trunk
+    assert deleted.rule == "branch_missing.rebuild" and deleted.rebuild_all and not deleted.reset_to_trunk
     assert deleted.before == deleted.after == task.subtasks[0].job

@@ -159,7 +159,7 @@ def story_time(task: Task, end: datetime, rules: EstimatesSection | None = None)
 
 
 def _rules_applied(task: Task) -> str:
-    """``reduce_peak_memory on T004-B01 (criteria_failed); ...`` in the order applied, or ``-``."""
+    """``memory.halve_batch on T004-B01 (criteria_failed); ...`` in the order applied, or ``-``."""
     parts = [f"{a.rule} on {a.step}" + (f" ({a.failure_kind.value})" if a.failure_kind else "")
              for a in task.adaptations]
     return "; ".join(parts) or "-"

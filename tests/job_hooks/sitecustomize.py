@@ -22,6 +22,33 @@ if TYPE_CHECKING:
 
 #: The iteration after whose checkpoint the job process kills itself.
 KILL_AFTER_CHECKPOINT_ENV = "OODATCAA_TEST_KILL_AFTER_CHECKPOINT"
+#: The iteration after whose checkpoint the job process hangs (until the runner's timeout stops it).
+STALL_AFTER_CHECKPOINT_ENV = "OODATCAA_TEST_STALL_AFTER_CHECKPOINT"
+
+
+def _install_stall(iteration: int) -> None:
+    import functools
+    import time
+
+    from oodatcaa.jobs import _training
+
+    real = _training.save_checkpoint
+
+    @functools.wraps(real)
+    def save_checkpoint_then_hang(root: Path, step: int, **kwargs: Any) -> Path:
+        path = real(root, step, **kwargs)
+        if step == iteration:
+            print(f"[test hook] hanging after the checkpoint of iteration {step}", flush=True)
+            time.sleep(3600)
+        return path
+
+    _training.save_checkpoint = save_checkpoint_then_hang
+
+
+def arm_stall(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
+    """Job processes started from now on hang after the checkpoint of ``iteration`` (a timeout's cause)."""
+    monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.abspath(__file__)), prepend=os.pathsep)
+    monkeypatch.setenv(STALL_AFTER_CHECKPOINT_ENV, str(iteration))
 
 
 def _install(iteration: int) -> None:
@@ -58,3 +85,6 @@ def disarm(monkeypatch: pytest.MonkeyPatch) -> None:
 _value = os.environ.get(KILL_AFTER_CHECKPOINT_ENV, "")
 if _value.isdigit():
     _install(int(_value))
+_stall = os.environ.get(STALL_AFTER_CHECKPOINT_ENV, "")
+if _stall.isdigit():
+    _install_stall(int(_stall))

@@ -85,6 +85,34 @@ class LoopSection(_Strict):
     max_start_overs: int = Field(default=1, ge=0, description="Start-overs per task before a person is asked.")
 
 
+#: The Refiner's policies in their default order (``oodatcaa.roles.policies.POLICIES`` holds them and
+#: checks it has exactly these; see docs/refiner.md). Listed here so config.toml is validated without
+#: importing the roles.
+REFINER_POLICY_ORDER: tuple[str, ...] = (
+    "branch_missing", "merge_conflict", "interrupted", "dataset", "divergence", "memory", "throughput", "loss",
+)
+
+
+class RefinerSection(_Strict):
+    """Which Refiner policies run, in which order: the first that applies to a failure decides."""
+
+    policies: list[str] = Field(
+        default_factory=lambda: list(REFINER_POLICY_ORDER),
+        description="policy names in the order tried; leave one out to disable it (see docs/refiner.md)")
+
+    @field_validator("policies")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        known = ", ".join(REFINER_POLICY_ORDER)
+        for name in value:
+            if name not in REFINER_POLICY_ORDER:
+                raise ValueError(f"unknown Refiner policy {name!r}; known policies: {known}")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"Refiner policy {repeated[0]!r} is listed twice; list each policy once")
+        return value
+
+
 class NegotiatorSection(_Strict):
     tick_seconds: float = Field(default=1.0, gt=0, description="Seconds between supervision sweeps.")
     max_restarts: int = Field(default=3, ge=0, description="Restarts of one agent before giving up.")
@@ -223,6 +251,7 @@ class Config(_Strict):
     lease_ttl_minutes: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     agents: AgentsSection = AgentsSection()
     loop: LoopSection = LoopSection()
+    refiner: RefinerSection = RefinerSection()
     check: CheckPolicy = CheckPolicy()
     negotiator: NegotiatorSection = NegotiatorSection()
     integrator: IntegratorSection = IntegratorSection()
@@ -352,6 +381,7 @@ def load_config(path: Path, agents_override_dir: Path | None = None) -> Config:
 _SECTION_NOTES = {
     "agents": "agent processes",
     "loop": "adaptation loops per task before a person is asked (the original's loop policy)",
+    "refiner": "Refiner policies tried in this order (the first that applies decides); leave one out to disable it",
     "check": "Tester verdict (Check): ratios of passing acceptance criteria",
     "negotiator": "the supervisor",
     "integrator": "merging accepted stories (a person's approval first, when required)",
@@ -379,6 +409,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

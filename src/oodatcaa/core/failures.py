@@ -27,8 +27,9 @@ class FailureKind(str, Enum):
     - ``oom``: the job ran out of memory (``MemoryError``, ``std::bad_alloc``, an allocation refused).
     - ``timeout``: the job ran past ``[jobs] timeout_minutes`` or its own ``timeout_s``; details:
       ``timeout_s``.
-    - ``diverged``: training diverged (non-finite loss, or a loss far above where it started);
-      details: ``iteration``, ``loss``, ``initial_loss``.
+    - ``diverged``: training diverged (a non-finite loss, a loss far above where it started, a
+      validation loss that ended higher or at the uniform level ln(vocab)); details: ``reason``,
+      ``iteration``, ``loss``, ``initial_loss`` and the losses compared (docs/jobs.md).
     - ``criteria_failed``: the Tester's verdict was not ``accept``; details: ``failed`` (criterion
       id, outcome, observed value, expected), ``failed_metrics``, ``decision``.
     - ``merge_conflict``: merging the story into the trunk conflicted; details: ``files``.

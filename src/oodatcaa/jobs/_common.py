@@ -45,14 +45,17 @@ class DivergedError(JobFailure):
     """Training diverged (a non-finite loss, or one far above where it started): ``FailureKind.DIVERGED``.
 
     ``details``: ``iteration`` (the step where it was detected), ``loss`` (the offending value, None when
-    not finite in JSON) and ``initial_loss`` (the first report's loss), each present when known.
+    not finite in JSON), ``initial_loss`` (``train.initial_loss``: the loss before the first update) and
+    any further ``facts`` (lora_train: ``reason`` — ``non_finite``, ``loss_ratio``, ``val_increase`` or
+    ``uniform`` — and the validation losses and limits it compared), each present when known.
     """
 
     kind = FailureKind.DIVERGED
 
     def __init__(self, message: str, *, iteration: int | None = None, loss: float | None = None,
-                 initial_loss: float | None = None, summary: dict[str, dict[str, Any]] | None = None):
-        facts = {"iteration": iteration, "loss": loss, "initial_loss": initial_loss}
+                 initial_loss: float | None = None, summary: dict[str, dict[str, Any]] | None = None,
+                 **facts: Any):
+        facts = {"iteration": iteration, "loss": loss, "initial_loss": initial_loss, **facts}
         super().__init__(message, summary=summary, details={k: v for k, v in facts.items() if v is not None})
 
 

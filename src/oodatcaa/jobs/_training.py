@@ -343,13 +343,15 @@ def step_seed(seed: int, iteration: int) -> int:
 class StepRunner:
     """mlx-lm's training step (``mlx_lm.tuner.trainer.train``): value_and_grad of ``default_loss``,
     gradients summed over ``grad_accumulation_steps`` micro-batches and averaged before
-    ``optimizer.update``; compiled with the model, optimizer and random state captured (a no-op with
-    ``MLX_DISABLE_COMPILE=1``). Build it after restoring the optimizer state (the capture list holds
-    the optimizer's state dict)."""
+    ``optimizer.update`` (its global norm clipped to ``max_grad_norm`` first when given); compiled
+    with the model, optimizer and random state captured (a no-op with ``MLX_DISABLE_COMPILE=1``).
+    Build it after restoring the optimizer state (the capture list holds the optimizer's state dict)."""
 
-    def __init__(self, model: Any, optimizer: Any, grad_accumulation_steps: int, grad_checkpoint: bool):
+    def __init__(self, model: Any, optimizer: Any, grad_accumulation_steps: int, grad_checkpoint: bool,
+                 max_grad_norm: float | None = None):
         import mlx.core as mx
         import mlx.nn as nn
+        import mlx.optimizers as optim
         from mlx.nn.utils import average_gradients
         from mlx.utils import tree_map
         from mlx_lm.tuner.trainer import default_loss
@@ -370,6 +372,8 @@ class StepRunner:
                 grad = average_gradients(grad)
                 if accum > 1:
                     grad = tree_map(lambda x: x / accum, grad)
+                if max_grad_norm is not None:  # clipping of the averaged gradient, as torch's clip_grad_norm_
+                    grad, _norm = optim.clip_grad_norm(grad, max_grad_norm)
                 optimizer.update(model, grad)
                 grad = None
             return lvalue, toks, grad

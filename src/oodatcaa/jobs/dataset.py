@@ -35,7 +35,7 @@ and line number (the first 1000; ``problems_total`` counts all), and the statist
 Summary namespace ``dataset``: ``rows``, ``rows_ok``, ``rows_invalid``, ``rows_empty``, ``rows_too_long``,
 ``rows_duplicate``, ``rows_near_duplicate``, ``cross_split_duplicates``, ``problems``, ``format``,
 ``rows_messages``, ``rows_prompt_completion``, ``rows_text``, ``token_counter``, ``tokens_total``,
-``tokens_min``, ``tokens_mean``, ``tokens_p50``, ``tokens_p95``, ``tokens_max``, ``train_rows``,
+``tokens_min``, ``tokens_mean``, ``tokens_p50``, ``tokens_p95``, ``tokens_max``, ``tokens_longest``, ``train_rows``,
 ``valid_rows``, ``test_rows``, ``files``, ``dataset_sha256`` (of the validated file(s), in order).
 """
 
@@ -550,6 +550,9 @@ def _summary(rows: list[Row], problems: list[dict[str, Any]], files: list[Path],
         "rows_invalid": count(lambda r: r.problem in INVALID_PROBLEMS),
         "rows_empty": count(lambda r: r.problem == "empty"),
         "rows_too_long": count(lambda r: r.problem == "too_long"),
+        # the longest row counting the too-long ones: the max_tokens that would keep every row
+        "tokens_longest": max((r.tokens for r in rows if r.problem in (None, "too_long") and r.tokens is not None),
+                              default=None),
         "rows_duplicate": count(lambda r: r.problem is None and r.duplicate_of is not None),
         "rows_near_duplicate": count(lambda r: r.problem is None and r.duplicate_of is None and r.near_of is not None),
         "cross_split_duplicates": cross_dup + cross_near,
@@ -596,7 +599,9 @@ def _check_strict(summary: dict[str, Any], problems: list[dict[str, Any]], resul
     """``strict``: raise for any invalid, empty or too-long row (duplicates are allowed).
 
     Raises:
-        JobFailure: naming the count and the first such row, with ``result`` kept as the summary.
+        JobFailure: naming the count and the first such row, with ``result`` kept as the summary and
+            ``details`` ``rows_invalid``, ``rows_empty``, ``rows_too_long``, ``tokens_longest`` (the Refiner's
+            dataset policy raises ``max_tokens`` from them).
     """
     bad = summary["rows_invalid"] + summary["rows_empty"] + summary["rows_too_long"]
     if bad:
@@ -604,4 +609,5 @@ def _check_strict(summary: dict[str, Any], problems: list[dict[str, Any]], resul
         raise JobFailure(
             f"{bad} row(s) invalid, empty or too long (strict), first: {first['file']} line {first['line']}: "
             f"{first['problem']}: {first.get('detail', '')}", summary=result,
+            details={key: summary.get(key) for key in ("rows_invalid", "rows_empty", "rows_too_long", "tokens_longest")},
         )

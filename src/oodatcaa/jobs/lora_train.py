@@ -20,7 +20,15 @@ Our own training loop from mlx-lm pieces (see :mod:`oodatcaa.jobs._training` for
    ``steps_per_eval`` and at the end; checkpoints every ``save_every``; keeps the best weights by
    validation loss (``keep_best``); stops early after ``early_stopping.patience`` validations without
    an improvement of more than ``min_delta``;
-7. writes ``adapters/`` (mlx-lm format), ``metrics.jsonl`` and ``loss_curve.png``.
+   the loss of the first batch, computed before the first update, is ``train.initial_loss``; with
+   ``max_grad_norm`` the averaged gradient's global norm is clipped before each update;
+7. stops and raises the typed ``diverged`` failure (:func:`check_diverged`, configured by the
+   ``divergence`` block) when a loss is not finite, a report's loss exceeds ``max_loss_ratio`` x the
+   loss before training (the larger of the initial and the step-0 validation loss), or the
+   validation loss ends ``max_val_increase`` above where it started or at the uniform-distribution
+   level ln(vocab size) — a loss that is merely lower than the first (already diverged) report
+   window's is not a pass;
+8. writes ``adapters/`` (mlx-lm format), ``metrics.jsonl`` and ``loss_curve.png``.
 
 Summary namespace ``train`` (see docs/jobs.md for every key).
 """
@@ -125,6 +133,8 @@ def fingerprint(spec: LoraTrainJob, *, model_path: Path, dataset: dict[str, Any]
         "quantize_group_size": spec.quantize_group_size if spec.quantize else None,
         "mask_prompt": spec.mask_prompt,
         "seed": spec.seed,
+        # only when set, so checkpoints written before clipping existed still fit
+        **({"max_grad_norm": spec.max_grad_norm} if spec.max_grad_norm is not None else {}),
     }
 
 
@@ -217,6 +227,8 @@ class TrainingPlan:
     seed: int
     patience: int | None = None
     min_delta: float = 0.0
+    max_grad_norm: float | None = None
+    max_loss_ratio: float | None = None
 
     @classmethod
     def of(cls, spec: LoraTrainJob, iters: int, steps_per_eval: int) -> TrainingPlan:
@@ -228,6 +240,7 @@ class TrainingPlan:
             val_batches=spec.val_batches, grad_accumulation_steps=spec.grad_accumulation_steps,
             grad_checkpoint=spec.grad_checkpoint, keep_best=spec.keep_best, seed=spec.seed,
             patience=es.patience if es else None, min_delta=es.min_delta if es else 0.0,
+            max_grad_norm=spec.max_grad_norm, max_loss_ratio=spec.divergence.max_loss_ratio,
         )
 
 
@@ -287,6 +300,10 @@ class TrainState:
     truncated: int = 0
     checkpoints_saved: int = 0
     grad_accum: Any = None
+    #: loss of the first batch before any optimizer update (``train.initial_loss``, nats/token)
+    initial_loss: float | None = None
+    #: set when the loop detected divergence: ``{"reason", "iteration", "loss", ...}`` (not checkpointed)
+    diverged: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint's ``state.json`` fields (without ``format`` / ``iteration``, which the writer adds)."""
@@ -294,7 +311,7 @@ class TrainState:
             "window": self.window.to_json(), "trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds,
             "val_seconds": self.val_seconds, "history": self.history, "best": self.best,
             "early_stopping": self.early_stopping, "data_position": self.data_position, "truncated": self.truncated,
-            "checkpoints_saved": self.checkpoints_saved,
+            "checkpoints_saved": self.checkpoints_saved, "initial_loss": self.initial_loss,
         }
 
     @classmethod
@@ -315,6 +332,7 @@ class TrainState:
             truncated=int(data.get("truncated", 0)),
             checkpoints_saved=int(data.get("checkpoints_saved", 0)),
             grad_accum=grad_accum,
+            initial_loss=data.get("initial_loss"),
         )
 
 
@@ -347,6 +365,13 @@ class _Setup:
     def model(self) -> Any:
         return self.loaded.model
 
+    @property
+    def vocab_size(self) -> int | None:
+        """The model's vocabulary size from its config (``text_config`` too), None when it has none."""
+        config = self.loaded.config
+        value = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+        return int(value) if isinstance(value, int) else None
+
 
 @dataclass
 class _Outcome:
@@ -368,7 +393,7 @@ def run(spec: LoraTrainJob, ctx: JobContext) -> dict[str, dict[str, Any]]:
     Raises:
         JobFailure: missing/invalid data, a model that does not load, too many layers, a resume that
             cannot be honoured.
-        DivergedError: a non-finite final training or validation loss (the summary is kept).
+        DivergedError: the run diverged (see :func:`check_diverged`; the summary is kept).
     """
     model_path = ctx.resolve_model(spec.model)
     data_dir = ctx.resolve(spec.data)
@@ -428,7 +453,7 @@ def _train(spec: LoraTrainJob, ctx: JobContext, inputs: _Inputs, plotter: Plotte
     )
     summary = _summary(spec, inputs, setup, state, outcome, start_it=start_it, selected=selected, png=png)
     result = {"train": summary}
-    _check_diverged(summary, outcome.iterations_done, result)
+    check_diverged(summary, spec, state.diverged, outcome.iterations_done, result)
     if summary["final_val_loss"] is not None:
         ctx.log(f"final train loss {summary['final_loss']:.4f}, val loss {summary['final_val_loss']:.4f}")
     return result
@@ -503,7 +528,8 @@ class _Loop:
         self.ckpt_root = ctx.artifacts_dir / "checkpoints"
         self.best_dir = self.ckpt_root / "best"
         # built after the optimizer state is restored: its compile capture list holds that state
-        self.runner = T.StepRunner(self.model, optimizer, plan.grad_accumulation_steps, plan.grad_checkpoint)
+        self.runner = T.StepRunner(self.model, optimizer, plan.grad_accumulation_steps, plan.grad_checkpoint,
+                                   plan.max_grad_norm)
         self.stream = T.BatchStream(setup.train_set, plan.batch_size, plan.max_seq_length, plan.seed,
                                     start=state.data_position)
         self.stream.truncated = int(state.truncated)
@@ -524,7 +550,7 @@ class _Loop:
         self.model.train()
         stopped_early = self.validate(0) if state.iteration == 0 else False
         it = state.iteration
-        while it < plan.iters and not stopped_early:
+        while it < plan.iters and not stopped_early and state.diverged is None:
             it += 1
             self.step(it)
             if it % plan.steps_per_report == 0 or it == plan.iters:
@@ -558,6 +584,8 @@ class _Loop:
         window.steps += 1
         mx.eval(self.runner.state, window.loss, window.tokens, state.grad_accum)
         window.seconds += time.perf_counter() - tic
+        if state.initial_loss is None:  # step 1's loss is computed before its (first) update
+            state.initial_loss = float(lvalue.item())
 
     def report(self, it: int) -> None:
         """One train report over the current window, which is then emptied."""
@@ -580,6 +608,22 @@ class _Loop:
         state.history["train"].append(record)
         self.ctx.metric("train", **record)
         window.reset()
+        self._check_train_loss(it, record["train_loss"])
+
+    def _check_train_loss(self, it: int, loss: float) -> None:
+        """Mark the run diverged (the loop stops) for a non-finite report loss, or one above
+        ``max_loss_ratio`` x the loss before training: the larger of ``initial_loss`` (one batch) and
+        the step-0 validation loss (the whole validation set), so one easy first batch is no false alarm."""
+        state, ratio = self.state, self.plan.max_loss_ratio
+        before = [state.initial_loss] + [v["val_loss"] for v in state.history["val"][:1] if v["iteration"] == 0]
+        reference = max((x for x in before if x is not None and T.finite(x)), default=None)
+        if not T.finite(loss):
+            state.diverged = {"reason": "non_finite", "iteration": it, "loss": loss}
+        elif ratio is not None and reference is not None and reference > 0 and loss > ratio * reference:
+            state.diverged = {"reason": "loss_ratio", "iteration": it, "loss": loss, "max_loss_ratio": ratio,
+                              "reference_loss": round(reference, 6), "ratio": round(loss / reference, 4)}
+        if state.diverged is not None:
+            self.ctx.metric("diverged", **{k: v for k, v in state.diverged.items() if T.finite(v) or isinstance(v, str)})
 
     def validate(self, it: int) -> bool:
         """Validate, record, update the best weights and early stopping; True when training should stop."""
@@ -599,6 +643,9 @@ class _Loop:
         record = {"iteration": it, "val_loss": val_loss, "val_seconds": round(seconds, 4), "best": int(improved)}
         state.history["val"].append(record)
         self.ctx.metric("val", **record)
+        if not T.finite(val_loss) and state.diverged is None:
+            state.diverged = {"reason": "non_finite", "iteration": it, "loss": val_loss, "what": "val_loss"}
+            return True
         if plan.patience is None:
             return False
         ref = state.early_stopping
@@ -651,6 +698,7 @@ def _summary(spec: LoraTrainJob, inputs: _Inputs, setup: _Setup, state: TrainSta
     train_seconds, trained_tokens, done = state.train_seconds, state.trained_tokens, outcome.iterations_done
     lora, quantization = spec.lora, setup.loaded.quantization
     return {
+        "initial_loss": state.initial_loss,
         "first_loss": train[0]["train_loss"],
         "final_loss": train[-1]["train_loss"],
         "first_val_loss": val[0]["val_loss"] if val else None,
@@ -690,14 +738,54 @@ def _summary(spec: LoraTrainJob, inputs: _Inputs, setup: _Setup, state: TrainSta
         "final_learning_rate": train[-1]["learning_rate"],
         "train_examples": inputs.counts["train.jsonl"],
         "valid_examples": inputs.counts["valid.jsonl"],
+        "vocab_size": setup.vocab_size,
+        "max_grad_norm": spec.max_grad_norm,
         "loss_curve_png": int(png),
     }
 
 
-def _check_diverged(summary: dict[str, Any], iteration: int, result: dict[str, dict[str, Any]]) -> None:
-    """Raise :class:`DivergedError` (with ``result`` as the kept summary) for a non-finite final loss."""
-    for key, initial in (("final_loss", "first_loss"), ("final_val_loss", "first_val_loss")):
-        value = summary[key]
-        if value is not None and not finite(value):
-            raise DivergedError(f"training diverged: {key} is {value} (try a lower learning_rate)", iteration=iteration,
-                                loss=value, initial_loss=summary[initial], summary=result)
+def check_diverged(summary: dict[str, Any], spec: LoraTrainJob, detected: dict[str, Any] | None, iteration: int,
+                   result: dict[str, dict[str, Any]]) -> None:
+    """Raise :class:`DivergedError` (with ``result`` kept as the summary) when the run diverged.
+
+    ``detected`` is what the loop found (a non-finite loss, a report loss above ``max_loss_ratio`` x
+    the loss before training); then, on the finished run: a non-finite final loss, a final validation loss more
+    than ``divergence.max_val_increase`` above the first, or one at the uniform level (within
+    ``uniform_tolerance`` x ln(vocab_size) of ln(vocab_size)) after a first validation loss clearly below it.
+    ``details`` carry ``reason`` and the numbers compared.
+    """
+    div = spec.divergence
+    initial, first_val, final_val = summary["initial_loss"], summary["first_val_loss"], summary["final_val_loss"]
+    facts: dict[str, Any] | None = detected
+    if facts is None:
+        for key in ("final_loss", "final_val_loss"):
+            value = summary[key]
+            if value is not None and not finite(value):
+                facts = {"reason": "non_finite", "iteration": iteration, "loss": value, "what": key}
+                break
+    vocab = summary.get("vocab_size")
+    uniform = math.log(vocab) if isinstance(vocab, int) and vocab > 1 else None
+    if facts is None and finite(first_val) and finite(final_val):
+        assert first_val is not None and final_val is not None
+        if div.max_val_increase is not None and final_val > first_val + div.max_val_increase:
+            facts = {"reason": "val_increase", "iteration": iteration, "loss": final_val,
+                     "max_val_increase": div.max_val_increase}
+        elif uniform is not None and div.uniform_tolerance is not None:
+            level = uniform * (1 - div.uniform_tolerance)
+            if first_val < level and final_val >= level:
+                facts = {"reason": "uniform", "iteration": iteration, "loss": final_val, "uniform_loss": round(uniform, 6)}
+    if facts is None:
+        return
+    facts = {**facts, "first_val_loss": first_val, "final_val_loss": final_val}
+    what = {
+        "non_finite": f"{facts.get('what', 'train_loss')} is {facts.get('loss')}",
+        "loss_ratio": f"train loss {facts.get('loss')} at iteration {facts.get('iteration')} is over "
+                      f"{facts.get('max_loss_ratio')} x the loss before training {facts.get('reference_loss')}",
+        "val_increase": f"validation loss went {first_val} -> {final_val} (more than +{div.max_val_increase})",
+        "uniform": f"validation loss went {first_val} -> {final_val}, the uniform level ln({vocab}) = "
+                   f"{facts.get('uniform_loss')}: the model collapsed to a uniform distribution",
+    }[str(facts["reason"])]
+    reason = facts.pop("reason")
+    it, loss = facts.pop("iteration", iteration), facts.pop("loss", None)
+    raise DivergedError(f"training diverged: {what} (try a lower learning_rate)", iteration=it, loss=loss,
+                        initial_loss=initial, summary=result, reason=reason, **facts)

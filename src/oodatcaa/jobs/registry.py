@@ -136,13 +136,13 @@ _REGISTRY: tuple[JobKind, ...] = (
     JobKind(
         "lora_train", S.LoraTrainJob, "oodatcaa.jobs.lora_train", uses_mlx=True, trains=True, namespace="train",
         key_metrics=_keys("train", "first_loss final_loss tokens_per_second peak_memory_gb"),
-        metrics=_keys("train", "first_loss final_loss first_val_loss final_val_loss best_val_loss best_iteration "
+        metrics=_keys("train", "initial_loss first_loss final_loss first_val_loss final_val_loss best_val_loss best_iteration "
                                "adapters_selected tokens_per_second iterations_per_second train_seconds val_seconds "
                                "wall_seconds peak_memory_gb iters iterations_done epochs profile fine_tune_type "
                                "lr_schedule final_learning_rate stopped_early resumed_at_iteration checkpoints_saved "
                                "trained_tokens truncated_sequences quantize_bits rank alpha scale dropout num_layers "
                                "trainable_parameters batch_size grad_accumulation_steps grad_checkpoint learning_rate "
-                               "train_examples valid_examples load_seconds loss_curve_png"),
+                               "train_examples valid_examples vocab_size max_grad_norm load_seconds loss_curve_png"),
         docs_section="lora_train",
     ),
     JobKind(
@@ -168,7 +168,7 @@ _REGISTRY: tuple[JobKind, ...] = (
         metrics=_keys("dataset", "rows rows_ok rows_invalid rows_empty rows_too_long rows_duplicate rows_near_duplicate "
                                  "cross_split_duplicates problems format rows_messages rows_prompt_completion rows_text "
                                  "token_counter tokens_total tokens_min tokens_mean tokens_p50 tokens_p95 tokens_max "
-                                 "train_rows valid_rows test_rows files dataset_sha256"),
+                                 "tokens_longest train_rows valid_rows test_rows files dataset_sha256"),
         docs_section="dataset",
     ),
     JobKind(

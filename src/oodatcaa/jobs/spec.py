@@ -39,6 +39,7 @@ from pydantic import (
 __all__ = [
     "CommandJob",
     "DatasetJob",
+    "Divergence",
     "EarlyStopping",
     "EvaluateJob",
     "FuseJob",
@@ -238,6 +239,25 @@ class EarlyStopping(_Job):
     min_delta: Float = Field(0.0, ge=0.0, description="smallest decrease of the validation loss (nats/token) that counts")
 
 
+class Divergence(_Job):
+    """When ``lora_train`` calls a run diverged (the typed ``diverged`` failure; each check ``null`` = off).
+
+    ``train.initial_loss`` is the loss of the first batch before any optimizer update. A run diverged
+    when a training or validation loss is not finite; when a report window's mean training loss exceeds
+    ``max_loss_ratio`` x the loss before training (the larger of the initial loss and the step-0
+    validation loss); when the final validation loss ends more than
+    ``max_val_increase`` nats/token above the first (step 0) validation loss; or when it ends at the
+    uniform-distribution level, within ``uniform_tolerance`` x ln(vocab size) of ln(vocab size), after
+    starting clearly below it.
+    """
+
+    max_loss_ratio: Float | None = Field(2.0, gt=1.0, description="train loss / initial loss above this = diverged")
+    max_val_increase: Float | None = Field(
+        0.5, ge=0.0, description="final - first validation loss (nats/token) above this = diverged")
+    uniform_tolerance: Float | None = Field(
+        0.02, ge=0.0, lt=1.0, description="final validation loss >= (1 - this) x ln(vocab) = diverged (collapsed)")
+
+
 FineTuneType = Literal["lora", "dora", "full"]
 QuantBits = Literal[2, 3, 4, 5, 6, 8]
 GroupSize = Literal[32, 64, 128]
@@ -313,6 +333,9 @@ class LoraTrainJob(_TrainingFields):
     )
     keep_best: bool = Field(False, description="adapters/ gets the weights with the lowest validation loss")
     early_stopping: EarlyStopping | None = None
+    max_grad_norm: Float | None = Field(
+        None, gt=0.0, description="clip the global gradient norm to this before each optimizer update; none = no clipping")
+    divergence: Divergence = Field(default_factory=Divergence, description="when a run counts as diverged")
 
     @field_validator("val_batches")
     @classmethod
