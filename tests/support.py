@@ -135,17 +135,24 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def merge_story(ws: Workspace, task_id: str, files: dict[str, str], *, tag: bool = True) -> str:
-    """Commit ``files`` on a feature branch of ``task_id`` and merge it into main; returns the merge commit."""
+def story_branch(ws: Workspace, task_id: str, files: dict[str, str]) -> str:
+    """A feature branch of ``task_id`` off main with ``files`` committed; the primary checkout stays on main."""
     root = ws.root
     branch = f"feat/{task_id}-step-01-x"
-    git(root, "checkout", "-qb", branch)
+    git(root, "checkout", "-qb", branch, "main")
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
         git(root, "add", name)
     git(root, "commit", "-qm", f"[impl] {task_id}: work")
     git(root, "checkout", "-q", "main")
+    return branch
+
+
+def merge_story(ws: Workspace, task_id: str, files: dict[str, str], *, tag: bool = True) -> str:
+    """Commit ``files`` on a feature branch of ``task_id`` and merge it into main; returns the merge commit."""
+    root = ws.root
+    branch = story_branch(ws, task_id, files)
     git(root, "merge", "-q", "--no-ff", "-m", f"[impl] {task_id}: merge {branch}", branch)
     sha = git(root, "rev-parse", "HEAD")
     if tag:

@@ -21,7 +21,7 @@ from oodatcaa.gates import baseline_path, run_gate
 from oodatcaa.gitops import GitRepo
 from oodatcaa.roles import AGENT_CLASSES
 from oodatcaa.roles.base import AgentContext
-from support import add_steps, git, sample_queue, store_with, workspace
+from support import add_steps, git, sample_queue, store_with, story_branch, workspace
 
 S = TaskStatus
 
@@ -31,18 +31,6 @@ def run_integrator(ws) -> None:
     AGENT_CLASSES["integrator"](ctx).run(once=True, exit_when_complete=False)
 
 
-def story_branch(ws, task_id: str, files: dict[str, str]) -> str:
-    """A feature branch of ``task_id`` off the trunk with ``files`` committed; the primary stays on main."""
-    root = ws.root
-    branch = f"feat/{task_id}-step-01-x"
-    git(root, "checkout", "-qb", branch, "main")
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-        git(root, "add", name)
-    git(root, "commit", "-qm", f"[impl] {task_id}: work")
-    git(root, "checkout", "-q", "main")
-    return branch
 
 
 def commit_on_main(ws, files: dict[str, str], message: str = "[docs] test: setup") -> str:
