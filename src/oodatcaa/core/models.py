@@ -124,7 +124,7 @@ class AdaptationRecord(_Model):
     """One Refiner loop applied to a story: which rule changed which step, and why (for the retrospective)."""
 
     loop: int = Field(ge=1, description="The adaptation loop this was (1 = the first).")
-    rule: str = Field(min_length=1, description="The Refiner rule applied, e.g. reduce_peak_memory.")
+    rule: str = Field(min_length=1, description="The Refiner rule applied, as <policy>.<rung>, e.g. memory.halve_batch.")
     step: str = Field(description="The builder step whose job changed (T004-B01).")
     failure_kind: FailureKind | None = Field(default=None, description="The kind of failure it answered.")
     rationale: str = ""
