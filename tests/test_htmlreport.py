@@ -148,3 +148,27 @@ def test_page_renders_offline_in_headless_chromium(tmp_path: Path) -> None:
     pixels = np.asarray(imread(shot))
     assert pixels.std() > 0.01, "the screenshot is blank"
     print(f"page {stats.size_bytes} bytes, rendered {stats.seconds:.2f} s, chromium DOM {rendered_s:.2f} s")
+
+
+def test_peak_memory_target_comes_from_the_story_criteria(tmp_path: Path) -> None:
+    from oodatcaa.core.criteria import Criterion, MetricCheck
+    from oodatcaa.htmlreport.page import memory_target
+
+    ws, queue = workspace(tmp_path), sample_queue(1)
+    task = queue.tasks[0]
+    assert memory_target(task) is None
+    task.acceptance_criteria.append(Criterion(id="AC2", text="memory", check=MetricCheck(
+        kind="metric", metric="train.peak_memory_gb", op="<=", value=1.2)))
+    assert memory_target(task) == 1.2
+    _with_run(ws, queue, _metrics_lines())
+    page, stats = render_sprint_report(ws, queue)
+    assert stats.charts == 3 and 'data-spec="memory"' in page
+
+
+def test_memory_chart_draws_the_target_as_a_rule() -> None:
+    from oodatcaa.htmlreport.charts import memory_chart
+
+    spec = memory_chart([("B01 attempt 1", 1.5), ("B01 attempt 2", 1.1)], 1.2, "memory")
+    assert spec is not None and spec["layer"][1]["mark"]["type"] == "rule"
+    assert spec["layer"][1]["data"]["values"] == [{"target": 1.2}]
+    assert memory_chart([], 1.2, "memory") is None

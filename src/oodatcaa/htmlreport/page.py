@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from oodatcaa.core.criteria import MetricCheck
 from oodatcaa.core.models import Queue, Task
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.htmlreport import charts
@@ -108,6 +109,14 @@ def _lineage(task: Task) -> str:
     return _table(["loop", "step", "failure", "rule", "change"], rows)
 
 
+def memory_target(task: Task) -> float | None:
+    """The tightest ``peak_memory_gb`` ceiling (``<``/``<=``) among the story's metric criteria, in GB; None without one."""
+    limits = [float(c.check.value) for c in task.acceptance_criteria
+              if isinstance(c.check, MetricCheck) and c.check.metric.endswith("peak_memory_gb")
+              and c.check.op in ("<", "<=") and isinstance(c.check.value, (int, float))]
+    return min(limits) if limits else None
+
+
 def _story_section(ws: Workspace, task: Task, stats: PageStats) -> str:
     parts = [f'<section id="{escape(task.id)}"><h2>{escape(task.id)}: {escape(task.title)}</h2>',
              "<h3>Acceptance criteria</h3>", _criteria(task)]
@@ -131,7 +140,7 @@ def _story_section(ws: Workspace, task: Task, stats: PageStats) -> str:
                 charts.store_spec(run.run_dir, name, spec)
                 parts.append(f'<div class="chart" data-spec="{escape(name)}">{_svg(spec)}</div>')
                 stats.charts += 1
-    mem_spec = charts.memory_chart(memory, None, f"{task.id}: peak memory per attempt")
+    mem_spec = charts.memory_chart(memory, memory_target(task), f"{task.id}: peak memory per attempt")
     if mem_spec is not None:
         parts.append(f'<div class="chart" data-spec="memory">{_svg(mem_spec)}</div>')
         stats.charts += 1
