@@ -31,7 +31,7 @@ def _with_run(ws: Workspace, queue: Queue, lines: list[str], *, task_index: int 
     run_dir = ws.root / "runs" / task.subtasks[0].id
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    task.subtasks[0].result = {"run_dir": f"runs/{task.subtasks[0].id}", "attempt": 1}
+    task.subtasks[0].result = {"run_dir": f"runs/{task.subtasks[0].id}", "attempt": 1, "commit": "abc1234def"}
     return run_dir
 
 
@@ -46,6 +46,7 @@ def test_page_names_every_story_and_has_a_chart_per_plot(tmp_path: Path) -> None
     assert page.count('<div class="chart"') == 3 and page.count("<svg") >= 3
     assert "best 1.9000 @ 4" in json.dumps(json.loads((run_dir / "charts" / "loss.vl.json").read_text()))
     assert stats.problems == []
+    assert "<code>abc1234def</code>" in page
 
 
 def test_specs_are_stored_as_vega_lite_json_next_to_the_metrics(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ class StepRun:
     attempt: int
     run_dir: Path
     metrics: RunMetrics
+    commit: str = ""
 
 
 @dataclass
@@ -57,7 +58,7 @@ def find_runs(ws: Workspace, task: Task) -> list[StepRun]:
         for directory in candidates:
             if (directory / "metrics.jsonl").is_file():
                 runs.append(StepRun(step.id, int(result.get("attempt") or step.attempts), directory,
-                                    read_metrics(directory / "metrics.jsonl")))
+                                    read_metrics(directory / "metrics.jsonl"), str(result.get("commit") or "")))
                 break
     return runs
 
@@ -127,6 +128,8 @@ def _story_section(ws: Workspace, task: Task, stats: PageStats) -> str:
     memory: list[tuple[str, float]] = []
     for run in runs:
         label = f"{run.step_id} attempt {run.attempt}"
+        if run.commit:
+            parts.append(f"<p>{escape(label)}: commit <code>{escape(run.commit)}</code></p>")
         for problem in run.metrics.problems:
             stats.problems.append(f"{label}: {problem}")
             parts.append(f'<p class="note">{escape(label)}: {escape(problem)}</p>')
