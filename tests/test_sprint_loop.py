@@ -71,6 +71,9 @@ def test_complete_archives_retrospective_history_and_tags(tmp_path):
     goal = (ws.objectives_dir / "SPRINT_GOAL.md").read_text()
     assert "- [x] T001 is merged" in goal and "Sprint 1 completed: 2 done" in goal
     assert "sprint-1-complete" in git(ws.root, "tag")
+    # the sprint's HTML report is committed with the archive (issue 10)
+    html = ws.relative(ws.work_dir / "reports" / "sprint_1.html")
+    assert html in git(ws.root, "show", "--name-only", "--format=", "HEAD")
     assert not git(ws.root, "status", "--porcelain", "--untracked-files=no")
     with pytest.raises(WorkspaceError, match="already completed and tagged sprint-1-complete"):
         complete_sprint(ws)

@@ -42,6 +42,7 @@ from oodatcaa.core.statuses import SprintStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.gitops import GitRepo
+from oodatcaa.htmlreport import write_sprint_report
 from oodatcaa.retrospective import (
     render_completion_report,
     render_retrospective,
@@ -158,6 +159,8 @@ def complete_sprint(ws: Workspace, *, force: bool = False, actor: str = "sprint_
                                      f"{result.describe()}; done: {', '.join(done) or 'none'}")])
     _archive_queue_and_logs(ws, store, archive, actor)
     archive_discussion(ws, archive)  # the sprint's Check decisions go with its logs
+    # the sprint's offline HTML page (issue 10), regenerated here so it lands in the same commit as the archive
+    write_sprint_report(ws, queue)
     # with the plans and reports of the stories that were never merged (those of merged ones are committed already)
     git.commit_paths([ws.relative(archive), ws.relative(ws.objectives_dir), ws.relative(ws.archive_dir / "ARCHIVE_INDEX.md"),
                       ws.relative(ws.reports_index_path), ws.relative(ws.work_dir / "plans"),

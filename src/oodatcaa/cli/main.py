@@ -362,6 +362,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from oodatcaa.reports import reports_for
 
     ws = _ws(args)
+    if args.html is not None:
+        return _report_html(ws, args.html)
+    if not args.task:
+        warn("error: report needs a story ID (e.g. report T001), or --html [FILE] for the sprint's page")
+        return 2
     validate_story_id(args.task)
     paths = reports_for(ws, args.task, args.role)
     if not paths:
@@ -370,6 +375,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in paths:
         print_markdown(console, path.read_text(encoding="utf-8"))
         console.rule()
+    return 0
+
+
+def _report_html(ws: Workspace, target: str) -> int:
+    """``report --html [FILE]``: write the sprint's offline HTML page and say its size and render time."""
+    from oodatcaa.core.store import QueueStore
+    from oodatcaa.htmlreport import write_sprint_report
+
+    path, stats = write_sprint_report(ws, QueueStore.for_workspace(ws).read(), Path(target) if target else None)
+    console.print(f"wrote {path} ({stats.size_bytes} bytes, {stats.charts} charts, {stats.seconds:.2f} s)")
+    for problem in stats.problems:
+        warn(f"warning: {problem}")
     return 0
 
 
@@ -517,8 +534,10 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--dry-run", action="store_true", help="rotate: say what would move, change nothing")
     p.set_defaults(func=cmd_log)
 
-    p = sub.add_parser("report", help="render a task's reports in the terminal")
-    p.add_argument("task", help="story ID, e.g. T001")
+    p = sub.add_parser("report", help="render a task's reports in the terminal, or the sprint's HTML page")
+    p.add_argument("task", nargs="?", help="story ID, e.g. T001")
+    p.add_argument("--html", nargs="?", const="", default=None, metavar="FILE",
+                   help="write the sprint's self-contained offline HTML page (default .oodatcaa/work/reports/sprint_<N>.html)")
     p.add_argument("--role", choices=ROLE_CHOICES, help="only this role's reports")
     p.set_defaults(func=cmd_report)
 

@@ -1,0 +1,197 @@
+"""The sprint's HTML page: one self-contained file, every chart inline SVG, all file text escaped.
+
+No ``<script>`` and no external resource: the charts are rendered here by ``vl_convert.vegalite_to_svg``
+(Vega-Lite compiled and drawn in-process), so the page opens offline in any browser.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from oodatcaa.core.criteria import MetricCheck
+from oodatcaa.core.models import Queue, Task
+from oodatcaa.core.workspace import Workspace
+from oodatcaa.htmlreport import charts
+from oodatcaa.htmlreport.metrics import RunMetrics, read_metrics
+from oodatcaa.jobs.registry import headline
+
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
+          "td,th{border:1px solid #999;padding:2px 6px;text-align:left}.PASS{color:#060}.FAIL{color:#a00}"
+          ".note{color:#a60}.chart{display:inline-block;margin:4px}")
+
+
+@dataclass
+class StepRun:
+    """One build step's run found on disk: its directory and metrics."""
+
+    step_id: str
+    attempt: int
+    run_dir: Path
+    metrics: RunMetrics
+    commit: str = ""
+
+
+@dataclass
+class PageStats:
+    """What rendering produced: chart count, problems said on the page, bytes and seconds."""
+
+    charts: int = 0
+    problems: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+    seconds: float = 0.0
+
+
+def find_runs(ws: Workspace, task: Task) -> list[StepRun]:
+    """Run directories with a ``metrics.jsonl`` of the task's build steps (worktree run dir or artifacts dir)."""
+    runs: list[StepRun] = []
+    for step in task.builds():
+        result = step.result or {}
+        candidates = []
+        if result.get("run_dir"):
+            candidates += [ws.worktree_dir(step.id) / result["run_dir"], ws.root / result["run_dir"]]
+        if result.get("artifacts_dir"):
+            candidates.append(Path(result["artifacts_dir"]))
+        for directory in candidates:
+            if (directory / "metrics.jsonl").is_file():
+                runs.append(StepRun(step.id, int(result.get("attempt") or step.attempts), directory,
+                                    read_metrics(directory / "metrics.jsonl"), str(result.get("commit") or "")))
+                break
+    return runs
+
+
+def _svg(spec: dict[str, Any]) -> str:
+    import vl_convert as vlc
+
+    return str(vlc.vegalite_to_svg(vl_spec=spec))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; cells must already be escaped."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _story_row(task: Task) -> list[str]:
+    verdict = next((str(s.result.get("verdict")) for s in task.subtasks if s.kind == "test" and s.result
+                    and s.result.get("verdict")), "")
+    spent = ""
+    if task.started_at and task.finished_at:
+        spent = f"{(task.finished_at - task.started_at).total_seconds() / 60:.0f} min"
+    est = f"{task.estimate.low_minutes:.0f}-{task.estimate.high_minutes:.0f} min" if task.estimate else ""
+    metrics = ", ".join(f"{k}={v}" for k, v in headline(task.metrics).items())
+    tag = f"{task.id}-complete" if task.merged_commit else ""
+    return [escape(x) for x in (task.id, task.title, task.status.value, verdict, f"{task.adapt_loops}/3",
+                                f"{spent} / {est}" if est else spent, metrics, tag, task.merged_commit or "")]
+
+
+def _criteria(task: Task) -> str:
+    outcomes: dict[str, str] = {}
+    for s in task.subtasks:
+        for r in (s.result or {}).get("criteria", []) if s.kind == "test" else []:
+            if isinstance(r, dict) and "criterion_id" in r:
+                outcomes[str(r["criterion_id"])] = str(r.get("outcome", ""))
+    rows = []
+    for c in task.acceptance_criteria:
+        out = outcomes.get(c.id, "not tested")
+        rows.append([escape(c.id), escape(c.text), f'<span class="{escape(out)}">{escape(out)}</span>'])
+    return _table(["criterion", "text", "outcome"], rows) if rows else "<p>No acceptance criteria.</p>"
+
+
+def _lineage(task: Task) -> str:
+    if not task.adaptations:
+        return "<p>No adaptations (the Refiner did not change this story).</p>"
+    rows = [[escape(str(a.loop)), escape(a.step), escape(a.failure_kind.value if a.failure_kind else ""),
+             escape(a.rule), escape(a.rationale)] for a in task.adaptations]
+    return _table(["loop", "step", "failure", "rule", "change"], rows)
+
+
+def memory_target(task: Task) -> float | None:
+    """The tightest ``peak_memory_gb`` ceiling (``<``/``<=``) among the story's metric criteria, in GB; None without one."""
+    limits = [float(c.check.value) for c in task.acceptance_criteria
+              if isinstance(c.check, MetricCheck) and c.check.metric.endswith("peak_memory_gb")
+              and c.check.op in ("<", "<=") and isinstance(c.check.value, (int, float))]
+    return min(limits) if limits else None
+
+
+def _story_section(ws: Workspace, task: Task, stats: PageStats) -> str:
+    parts = [f'<section id="{escape(task.id)}"><h2>{escape(task.id)}: {escape(task.title)}</h2>',
+             "<h3>Acceptance criteria</h3>", _criteria(task)]
+    runs = find_runs(ws, task)
+    parts.append("<h3>Runs</h3>")
+    if not runs:
+        parts.append("<p>No runs yet for this story.</p>")
+    memory: list[tuple[str, float]] = []
+    for run in runs:
+        label = f"{run.step_id} attempt {run.attempt}"
+        if run.commit:
+            parts.append(f"<p>{escape(label)}: commit <code>{escape(run.commit)}</code></p>")
+        for problem in run.metrics.problems:
+            stats.problems.append(f"{label}: {problem}")
+            parts.append(f'<p class="note">{escape(label)}: {escape(problem)}</p>')
+        peaks = [r["peak_memory_gb"] for r in run.metrics.records if isinstance(r.get("peak_memory_gb"), (int, float))]
+        if peaks:
+            memory.append((label, max(peaks)))
+        specs = [("loss", charts.loss_chart(run.metrics, f"{label}: loss")),
+                 ("throughput", charts.throughput_chart(run.metrics, f"{label}: tokens/s"))]
+        for name, spec in specs:
+            if spec is not None:
+                charts.store_spec(run.run_dir, name, spec)
+                parts.append(f'<div class="chart" data-spec="{escape(name)}">{_svg(spec)}</div>')
+                stats.charts += 1
+    mem_spec = charts.memory_chart(memory, memory_target(task), f"{task.id}: peak memory per attempt")
+    if mem_spec is not None:
+        parts.append(f'<div class="chart" data-spec="memory">{_svg(mem_spec)}</div>')
+        stats.charts += 1
+    parts += ["<h3>Refiner lineage</h3>", _lineage(task)]
+    reports = sorted(ws.report_dir(task.id).glob("*.md")) if ws.report_dir(task.id).is_dir() else []
+    if reports:
+        links = "".join(f'<li><a href="{escape(p.resolve().as_uri())}">{escape(p.name)}</a></li>' for p in reports)
+        parts.append(f"<h3>Reports</h3><ul>{links}</ul>")
+    return "".join(parts) + "</section>"
+
+
+def render_sprint_report(ws: Workspace, queue: Queue) -> tuple[str, PageStats]:
+    """The whole page as a string, and its stats. Raises nothing for bad metrics (they are noted on the page)."""
+    tic = time.perf_counter()
+    stats = PageStats()
+    sprint = queue.sprint
+    title = f"Sprint {sprint.number}: {sprint.title}" if sprint else "No sprint"
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+             f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"]
+    if sprint:
+        parts.append(f"<p><b>Goal:</b> {escape(sprint.goal)}</p><h3>Exit criteria</h3><ul>"
+                     + "".join(f"<li>{escape(c)}</li>" for c in sprint.exit_criteria) + "</ul>")
+    if queue.objective:
+        o = queue.objective
+        parts.append(f"<p><b>Objective:</b> {o.percent:.0f}% ({o.met}/{o.total} met, {o.needs_manual} need a person)"
+                     f" at {escape(o.trunk_commit or '')}</p>")
+    stories = [t for t in queue.tasks]
+    rows = [_story_row(t) for t in stories]
+    parts.append(_table(["story", "title", "status", "verdict", "loops", "time / estimate", "headline metrics",
+                         "tag", "merge commit"], rows) if rows else "<p>No stories in this sprint.</p>")
+    sections = [_story_section(ws, t, stats) for t in stories]
+    if stats.charts == 0:
+        parts.append('<p class="note">No runs yet: no charts to draw.</p>')
+    if stats.problems:
+        parts.append(f'<p class="note">{len(stats.problems)} metric line(s) skipped; see each story.</p>')
+    parts += sections
+    parts.append("</body></html>\n")
+    page = "".join(parts)
+    stats.size_bytes = len(page.encode("utf-8"))
+    stats.seconds = time.perf_counter() - tic
+    return page, stats
+
+
+def write_sprint_report(ws: Workspace, queue: Queue, path: Path | None = None) -> tuple[Path, PageStats]:
+    """Render and write the page (default ``.oodatcaa/work/reports/sprint_<N>.html``); returns path and stats."""
+    number = queue.sprint.number if queue.sprint else 0
+    target = path or ws.work_dir / "reports" / f"sprint_{number}.html"
+    page, stats = render_sprint_report(ws, queue)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page, encoding="utf-8")
+    return target, stats
