@@ -8,6 +8,7 @@ objects (taken literally) and styles are applied as styles, never spliced into a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,8 @@ def status_rows(queue: Queue) -> list[dict[str, Any]]:
     """
     rows: list[dict[str, Any]] = []
     for task in queue.tasks:
-        metric = ""
-        shown = headline(task.metrics)
-        if shown:
-            key = sorted(shown)[-1]
-            metric = f"{key}={shown[key]}"
+        # the job kinds' headline metrics in registry order, not the alphabetically last key
+        metric = ", ".join(f"{k}={v}" for k, v in headline(task.metrics).items())
         rows.append({
             "id": task.id, "kind": "story", "title": task.title, "status": task.status.value,
             "owner": task.lease.owner if task.lease else None,
@@ -63,8 +61,54 @@ def status_rows(queue: Queue) -> list[dict[str, Any]]:
                 "id": sub.id, "kind": sub.kind, "title": sub.title, "status": sub.status.value,
                 "owner": sub.lease.owner if sub.lease else None, "branch": sub.branch,
                 "last_metric": sub_metric, "attempts": sub.attempts, "last_error": sub.last_error,
+                "progress": step_progress(sub.result) if sub.status.value == "in_progress" else None,
             })
     return rows
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a finite float, or None (bools, strings, NaN and infinities are not progress)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def step_progress(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A running step's progress from the record the Builder writes into ``result["progress"]`` (every 10 s).
+
+    Returns ``{"step", "total", "loss", "tokens_per_second", "eta_s"}`` (any may be None; ``eta_s`` in
+    seconds, from ``eta_s`` when the record has it, else from the remaining steps and ``steps_per_second``),
+    or None when no progress was written yet. Non-finite numbers (NaN) are dropped, never shown.
+    """
+    raw = (result or {}).get("progress")
+    if not isinstance(raw, dict):
+        return None
+    step = _number(raw.get("iteration", raw.get("step")))
+    total = _number(raw.get("total_iterations", raw.get("total_steps", raw.get("total"))))
+    eta = _number(raw.get("eta_s"))
+    rate = _number(raw.get("steps_per_second"))
+    if eta is None and rate and step is not None and total is not None:
+        eta = max(0.0, (total - step) / rate)
+    return {"step": None if step is None else int(step), "total": None if total is None else int(total),
+            "loss": _number(raw.get("train_loss", raw.get("loss"))),
+            "tokens_per_second": _number(raw.get("tokens_per_second")), "eta_s": eta}
+
+
+def progress_text(progress: dict[str, Any] | None) -> str:
+    """``12/100 loss 1.234 5,678 tok/s ETA 1m05s`` for the status table ("" without progress)."""
+    if not progress:
+        return ""
+    parts = []
+    if progress["step"] is not None:
+        parts.append(f"{progress['step']}/{progress['total'] if progress['total'] is not None else '?'}")
+    if progress["loss"] is not None:
+        parts.append(f"loss {progress['loss']:.3f}")
+    if progress["tokens_per_second"] is not None:
+        parts.append(f"{progress['tokens_per_second']:,.0f} tok/s")
+    if progress["eta_s"] is not None:
+        minutes, seconds = divmod(int(progress["eta_s"]), 60)
+        parts.append(f"ETA {minutes}m{seconds:02d}s")
+    return " ".join(parts)
 
 
 def status_table(queue: Queue) -> Table:
@@ -74,14 +118,18 @@ def status_table(queue: Queue) -> Table:
     # a title wraps at the table's width, and the table is only as wide as its cells: let it be as
     # wide as the title (rich still caps it at the console width)
     table = Table(title=title, show_lines=False, min_width=title.cell_len)
-    for col in ("task", "status", "owner", "branch", "last metric"):
+    # ids and statuses are what a person greps for: never split them; the free text folds instead
+    for col in ("task", "status"):
+        table.add_column(col, no_wrap=True)
+    for col in ("owner", "branch", "progress", "last metric"):
         table.add_column(col, overflow="fold")
     for row in status_rows(queue):
         name = row["id"] if row["kind"] == "story" else f"  {row['id']}"
         style = "bold" if row["kind"] == "story" else "dim"
         status = row["status"]
         table.add_row(cell(name), cell(status, STATUS_COLOURS.get(status, "")), cell(row["owner"]),
-                      cell(row["branch"]), cell(row["last_metric"]), style=style)
+                      cell(row["branch"]), cell(progress_text(row.get("progress"))), cell(row["last_metric"]),
+                      style=style)
     c = queue.counters["totals"]
     table.caption = Text(f"{c['done']}/{c['stories']} stories done · {c['subtasks']} subtasks · revision {queue.revision}")
     return table
