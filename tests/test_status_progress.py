@@ -6,7 +6,8 @@ import math
 
 from rich.console import Console
 
-from oodatcaa.cli.render import progress_text, status_rows, status_table, step_progress
+from oodatcaa.board.progress import progress_text, step_progress
+from oodatcaa.cli.render import status_rows, status_table
 from oodatcaa.core.models import Subtask
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore

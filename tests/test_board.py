@@ -1,0 +1,43 @@
+"""Issue 10 part 1 (partial): the board's snapshot, ``watch --once``, no workspace, a small terminal."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from oodatcaa.board.frame import frame
+from oodatcaa.board.live import watch
+from oodatcaa.board.snapshot import take_snapshot
+from oodatcaa.cli.main import main
+from oodatcaa.core.workspace import find_workspace
+from test_cli import _sprint_with_a_long_title
+
+
+def test_watch_once_prints_one_frame_and_exits_0(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    repo = _sprint_with_a_long_title(tmp_path, capsys, "board [/] sprint")
+    assert main(["-C", str(repo), "watch", "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "board [/] sprint" in out and "T001" in out and "agents" in out and "log" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_watch_without_a_workspace_gives_the_status_error(tmp_path, capsys):
+    assert main(["-C", str(tmp_path), "status"]) != 0
+    status_err = capsys.readouterr().err
+    assert main(["-C", str(tmp_path), "watch", "--once"]) != 0
+    assert capsys.readouterr().err == status_err and status_err
+
+
+def test_snapshot_rows_and_a_small_terminal(tmp_path, capsys):
+    repo = _sprint_with_a_long_title(tmp_path, capsys, "snap")
+    ws = find_workspace(repo)
+    snap = take_snapshot(ws)
+    assert [r.id for r in snap.items] == ["T001"] and snap.items[0].loops == 0 and snap.agents == []
+    small = Console(file=io.StringIO(), width=40, height=10)
+    assert watch(ws, small, once=False) == 1
+    assert "terminal too small" in small.file.getvalue()  # type: ignore[attr-defined]
+    wide = Console(file=io.StringIO(), width=80, record=True)
+    wide.print(frame(snap))
+    assert "(no agents recorded)" in wide.export_text()
