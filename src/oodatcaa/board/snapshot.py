@@ -13,6 +13,7 @@ from typing import Any
 
 from oodatcaa.board.progress import step_progress
 from oodatcaa.core.eventlog import EventLog, LogEntry
+from oodatcaa.core.models import Subtask, Task
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.processes import read_agents
@@ -68,7 +69,8 @@ def take_snapshot(ws: Workspace, *, now: datetime | None = None, log_entries: in
     held: dict[str, tuple[str, datetime]] = {}
     items: list[ItemRow] = []
     for task in queue.tasks:
-        for item in (task, *task.subtasks):
+        chain: list[Task | Subtask] = [task, *task.subtasks]
+        for item in chain:
             lease = item.lease
             if lease is not None:
                 held[lease.owner] = (item.id, lease.heartbeat_at)
