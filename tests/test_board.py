@@ -41,3 +41,29 @@ def test_snapshot_rows_and_a_small_terminal(tmp_path, capsys):
     wide = Console(file=io.StringIO(), width=80, record=True)
     wide.print(frame(snap))
     assert "(no agents recorded)" in wide.export_text()
+
+
+def test_board_app_pilot_keys(tmp_path, capsys):
+    # run_test under asyncio.run: no async pytest plugin is a dependency
+    import asyncio
+
+    from oodatcaa.board.app import BoardApp
+
+    repo = _sprint_with_a_long_title(tmp_path, capsys, "pilot sprint")
+    app = BoardApp(find_workspace(repo))
+    asyncio.run(_drive(app))
+
+
+async def _drive(app):
+    from oodatcaa.board.app import ReportsScreen
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.selected_story() == "T001"
+        await pilot.press("down", "up", "a")
+        await pilot.pause()
+        assert "T001" in str(app.query_one("#message").render())  # refused: not awaiting approval, named
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ReportsScreen)
+        await pilot.press("escape", "q")
