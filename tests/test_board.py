@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
 
+import pytest
 from rich.console import Console
 
 from oodatcaa.board.frame import frame
@@ -67,3 +74,28 @@ async def _drive(app):
         await pilot.pause()
         assert isinstance(app.screen, ReportsScreen)
         await pilot.press("escape", "q")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+def test_watch_in_a_real_80x24_terminal_under_tmux(tmp_path, capsys):
+    repo = _sprint_with_a_long_title(tmp_path, capsys, "tmux sprint")
+    session = f"oodatcaa-board-{os.getpid()}"
+    command = f"{shlex.quote(sys.executable)} -m oodatcaa -C {shlex.quote(str(repo))} watch"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run(["tmux", "new-session", "-d", "-x", "80", "-y", "24", "-s", session, command], check=True, env=env)
+    try:
+        screen = ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "T001" not in screen:
+            time.sleep(0.5)
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                    text=True).stdout
+        assert "tmux sprint" in screen and "T001" in screen, screen
+        assert "Traceback" not in screen
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        time.sleep(1.5)
+        alive = subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0
+        assert not alive, "q did not quit the board"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
