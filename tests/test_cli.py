@@ -12,7 +12,7 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("init", "sprint", "run", "agent", "status", "log", "report", "demo"):
+    for cmd in ("init", "sprint", "run", "agent", "status", "watch", "log", "report", "demo"):
         assert cmd in out
 
 

@@ -183,6 +183,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """``watch [--once]``: the board (src/oodatcaa/board); ``--once`` prints one frame and exits 0."""
+    from oodatcaa.board.live import watch
+
+    return watch(_ws(args), console, once=args.once)
+
+
 def _person_context(args: argparse.Namespace) -> tuple[Workspace, Config, QueueStore, Person]:
     """The workspace, its config, its queue store and the person acting (git user.name / user.email)."""
     from oodatcaa.core.config import load_config
@@ -524,6 +531,10 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p = sub.add_parser("status", help="table of tasks: status, owner, branch, last metric")
     p.add_argument("--json", action="store_true", help="print the same data as JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("watch", help="live board of agents, stories, running jobs and the log (reads files only)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit (for scripts and CI logs)")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("log", help="show AGENT_LOG.md entries, or rotate the logs")
     p.add_argument("action", nargs="?", choices=("show", "rotate"), default="show",

@@ -17,6 +17,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 from rich.text import Text
 
+from oodatcaa.board.progress import progress_text, step_progress
 from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.models import Queue
 from oodatcaa.jobs.registry import headline
@@ -37,11 +38,8 @@ def status_rows(queue: Queue) -> list[dict[str, Any]]:
     """
     rows: list[dict[str, Any]] = []
     for task in queue.tasks:
-        metric = ""
-        shown = headline(task.metrics)
-        if shown:
-            key = sorted(shown)[-1]
-            metric = f"{key}={shown[key]}"
+        # the job kinds' headline metrics in registry order, not the alphabetically last key
+        metric = ", ".join(f"{k}={v}" for k, v in headline(task.metrics).items())
         rows.append({
             "id": task.id, "kind": "story", "title": task.title, "status": task.status.value,
             "owner": task.lease.owner if task.lease else None,
@@ -63,6 +61,7 @@ def status_rows(queue: Queue) -> list[dict[str, Any]]:
                 "id": sub.id, "kind": sub.kind, "title": sub.title, "status": sub.status.value,
                 "owner": sub.lease.owner if sub.lease else None, "branch": sub.branch,
                 "last_metric": sub_metric, "attempts": sub.attempts, "last_error": sub.last_error,
+                "progress": step_progress(sub.result) if sub.status.value == "in_progress" else None,
             })
     return rows
 
@@ -74,14 +73,18 @@ def status_table(queue: Queue) -> Table:
     # a title wraps at the table's width, and the table is only as wide as its cells: let it be as
     # wide as the title (rich still caps it at the console width)
     table = Table(title=title, show_lines=False, min_width=title.cell_len)
-    for col in ("task", "status", "owner", "branch", "last metric"):
+    # ids and statuses are what a person greps for: never split them; the free text folds instead
+    for col in ("task", "status"):
+        table.add_column(col, no_wrap=True)
+    for col in ("owner", "branch", "progress", "last metric"):
         table.add_column(col, overflow="fold")
     for row in status_rows(queue):
         name = row["id"] if row["kind"] == "story" else f"  {row['id']}"
         style = "bold" if row["kind"] == "story" else "dim"
         status = row["status"]
         table.add_row(cell(name), cell(status, STATUS_COLOURS.get(status, "")), cell(row["owner"]),
-                      cell(row["branch"]), cell(row["last_metric"]), style=style)
+                      cell(row["branch"]), cell(progress_text(row.get("progress"))), cell(row["last_metric"]),
+                      style=style)
     c = queue.counters["totals"]
     table.caption = Text(f"{c['done']}/{c['stories']} stories done · {c['subtasks']} subtasks · revision {queue.revision}")
     return table
