@@ -5,6 +5,7 @@ Every cell is a :class:`rich.text.Text` taken literally: ids, owners and log tex
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -29,7 +30,7 @@ def agents_panel(snap: Snapshot) -> Table:
     """Agents: a dead one reads ``dead`` in red, an idle live one ``idle`` in yellow, a busy one ``busy``."""
     table = Table(title="agents", expand=True)
     for col in ("owner", "role", "pid", "state", "heartbeat", "item"):
-        table.add_column(col, no_wrap=col in ("owner", "state"), overflow="fold")
+        table.add_column(col, no_wrap=True, overflow="ellipsis")
     for a in snap.agents:
         state = cell("dead", "bold red") if not a.alive else cell("busy", "green") if a.item else cell("idle", "yellow")
         table.add_row(cell(a.owner), cell(a.role), cell(a.pid), state, cell(_age(a.heartbeat_age_s)), cell(a.item))
@@ -40,14 +41,21 @@ def agents_panel(snap: Snapshot) -> Table:
 
 def items_panel(snap: Snapshot) -> Table:
     """Stories (bold) and subtasks (indented): status, owner, lease left, attempt, loops n/3, deps, progress."""
-    table = Table(title="stories and subtasks", expand=True)
+    # no vertical rules: at 80 columns every character goes to the cells
+    table = Table(title="stories and subtasks", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    # short columns never wrap (a header cut to "owne/r" reads as noise at 80 columns); the rest is cut
     for col in ("item", "status", "owner", "lease", "try", "loops", "deps", "progress"):
-        table.add_column(col, no_wrap=col in ("item", "status"), overflow="fold")
+        width = {"item": 10, "progress": 8, "status": 12, "deps": 4}.get(col, len(col))
+        most = {"item": 12, "status": 16, "owner": 14, "deps": 12}.get(col)
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, max_width=most)
     for r in snap.items:
         story = r.kind == "story"
-        table.add_row(cell(r.id if story else f"  {r.id}"), cell(r.status, STATUS_COLOURS.get(r.status, "")),
+        status = cell(r.status, STATUS_COLOURS.get(r.status, ""))
+        if r.awaiting_approval:
+            status.append(" (approval)", style="bold magenta")
+        table.add_row(cell(r.id if story else f"  {r.id}"), status,
                       cell(r.owner), cell(_age(r.lease_left_s)), cell(r.attempt or ""),
-                      cell(f"{r.loops}/3" if r.loops is not None else ""), cell(",".join(r.dependencies)),
+                      cell(f"{r.loops}/{snap.max_loops}" if r.loops is not None else ""), cell(",".join(r.dependencies)),
                       cell(progress_text(r.progress)), style="bold" if story else "")
     return table
 
@@ -55,8 +63,8 @@ def items_panel(snap: Snapshot) -> Table:
 def log_panel(snap: Snapshot) -> Table:
     """The newest ``AGENT_LOG.md`` entries, oldest first."""
     table = Table(title="log", expand=True)
-    for col in ("time", "agent", "task", "what"):
-        table.add_column(col, overflow="fold")
+    for col in ("time", "agent", "task", "what"):  # one line per entry: the newest must fit in 24 rows
+        table.add_column(col, no_wrap=True, overflow="ellipsis", ratio=3 if col == "what" else None)
     for e in snap.log:
         table.add_row(cell(e.time.strftime("%H:%M:%S")), cell(e.agent), cell(e.task), cell(e.what))
     return table
@@ -67,7 +75,9 @@ def frame(snap: Snapshot) -> Group:
     header = Text(snap.sprint, style="bold")
     header.append(f"  {snap.taken_at.strftime('%H:%M:%S')}Z", style="dim")
     parts: list[object] = [header]
-    if snap.objective:
-        parts.append(Text(snap.objective))
+    if snap.objective:  # one line: a long objective message is for `oodatcaa objective`
+        parts.append(Text(snap.objective.splitlines()[0], no_wrap=True, overflow="ellipsis"))
+    for line in snap.waiting:
+        parts.append(Text("waiting for a person: " + line, style="magenta", no_wrap=True, overflow="ellipsis"))
     parts += [agents_panel(snap), items_panel(snap), log_panel(snap)]
     return Group(*parts)  # type: ignore[arg-type]

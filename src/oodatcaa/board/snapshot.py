@@ -12,10 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from oodatcaa.board.progress import step_progress
+from oodatcaa.core.config import Config, load_config, load_role_definitions
+from oodatcaa.core.errors import ConfigError
 from oodatcaa.core.eventlog import EventLog, LogEntry
 from oodatcaa.core.models import Subtask, Task
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
+from oodatcaa.person import waiting_for_person
 from oodatcaa.processes import read_agents
 
 
@@ -44,6 +47,7 @@ class ItemRow:
     loops: int | None
     dependencies: tuple[str, ...]
     progress: dict[str, Any] | None = None
+    awaiting_approval: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Snapshot:
     taken_at: datetime
     sprint: str
     objective: str | None
+    max_loops: int = 3
+    waiting: list[str] = field(default_factory=list)
     agents: list[AgentRow] = field(default_factory=list)
     items: list[ItemRow] = field(default_factory=list)
     log: list[LogEntry] = field(default_factory=list)
@@ -66,6 +72,12 @@ def take_snapshot(ws: Workspace, *, now: datetime | None = None, log_entries: in
     """
     now = now or datetime.now(UTC)
     queue = QueueStore.for_workspace(ws).read()
+    try:
+        config = load_config(ws.config_path, ws.agents_dir)
+    except ConfigError:  # the board still shows the queue; `status` names the config error
+        config = Config(roles=load_role_definitions())
+    waiting = waiting_for_person(queue, config)
+    approval = {w.task_id for w in waiting if w.awaiting_approval}
     held: dict[str, tuple[str, datetime]] = {}
     items: list[ItemRow] = []
     for task in queue.tasks:
@@ -82,6 +94,7 @@ def take_snapshot(ws: Workspace, *, now: datetime | None = None, log_entries: in
                 attempt=int(getattr(item, "attempts", 0) or 0), loops=task.adapt_loops if is_story else None,
                 dependencies=tuple(item.dependencies),
                 progress=None if is_story else step_progress(getattr(item, "result", None)),
+                awaiting_approval=is_story and item.id in approval,
             ))
     agents = [AgentRow(owner=r.owner, role=r.role, pid=r.pid, alive=r.is_running(),
                        item=held[r.owner][0] if r.owner in held else None,
@@ -91,4 +104,5 @@ def take_snapshot(ws: Workspace, *, now: datetime | None = None, log_entries: in
     entries = EventLog(ws.agent_log_path, ws.lock_path("agent_log")).entries()[-log_entries:]
     return Snapshot(taken_at=now, sprint=f"{sprint.id} — {sprint.title} [{sprint.status.value}]" if sprint else "no sprint",
                     objective=queue.objective.describe() if queue.objective else None,
+                    max_loops=config.loop.max_adapt_loops, waiting=[w.describe() for w in waiting],
                     agents=agents, items=items, log=entries)
