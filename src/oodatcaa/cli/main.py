@@ -245,12 +245,17 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from oodatcaa.core.eventlog import EventLog
+    from oodatcaa.core.clock import Clock
+    from oodatcaa.core.eventlog import EventLog, entry_json, filter_entries, parse_since
     from oodatcaa.core.ids import validate_task_id
 
     ws = _ws(args)
     if args.action == "rotate":
         return _rotate(ws, args.dry_run)
+    try:
+        since = parse_since(args.since, Clock().now()) if args.since else None
+    except ValueError as exc:
+        raise OodatcaaError(str(exc)) from None
     entries = EventLog(ws.agent_log_path, ws.lock_path("agent_log")).entries()
     if args.task:
         from oodatcaa.archive import agent_log_files
@@ -259,9 +264,13 @@ def cmd_log(args: argparse.Namespace) -> int:
         # a task of an earlier sprint: its rows moved into work/archive/sprint_<N>/ when that sprint closed
         entries = [e for path in agent_log_files(ws) if path.exists()
                    for e in EventLog(path, ws.lock_path("agent_log")).entries()]
-        entries = [e for e in entries if e.task == args.task or e.task.startswith(args.task + "-")]
+    entries = filter_entries(entries, task=args.task, role=args.role, since=since, status=args.status,
+                             grep=args.grep)
     if args.tail:
         entries = entries[-args.tail:]
+    if args.json:
+        print(json.dumps([entry_json(e) for e in entries], indent=2))
+        return 0
     from oodatcaa.cli.render import log_table
 
     console.print(log_table(entries))
@@ -541,7 +550,13 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="show (default) or rotate: move all but the newest ~450 entries of a log over 1000 lines "
                         "into work/archive/sprint_<N>/")
     p.add_argument("--task", help="only this task (and its subtasks), from the logs of every sprint")
-    p.add_argument("--tail", type=int, default=None, help="only the last N entries")
+    p.add_argument("--tail", type=int, default=None, help="only the last N entries (after the other filters)")
+    p.add_argument("--role", choices=(*ROLE_CHOICES, "negotiator"), help="only this role's entries")
+    p.add_argument("--since", metavar="TIME", help="only entries at or after TIME: ISO (2026-11-21T18:40:00Z) "
+                                                   "or a span back from now (10m, 2h, 1d)")
+    p.add_argument("--status", metavar="STATUS", help="only entries moving to STATUS (e.g. ready_for_tester)")
+    p.add_argument("--grep", metavar="TEXT", help="only entries containing TEXT (case-insensitive)")
+    p.add_argument("--json", action="store_true", help="print the entries as a JSON list")
     p.add_argument("--dry-run", action="store_true", help="rotate: say what would move, change nothing")
     p.set_defaults(func=cmd_log)
 

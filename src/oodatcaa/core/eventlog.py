@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from filelock import FileLock
@@ -129,3 +129,66 @@ class EventLog:
             return []
         with open(self.path, encoding="utf-8") as handle:
             return [e for e in (LogEntry.parse(line) for line in handle) if e is not None]
+
+
+_RELATIVE = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """``--since``: an ISO-8601 time (``2026-11-21T18:40:01Z``, naive means UTC) or a span back from ``now``.
+
+    A span is a whole number and a unit, ``s``, ``m``, ``h`` or ``d`` (``10m``, ``2h``). Returns a naive
+    UTC ``datetime`` (entries are parsed naive UTC). Raises :class:`ValueError` naming the value and the
+    accepted forms.
+    """
+    raw = text.strip()
+    if len(raw) >= 2 and raw[:-1].isdigit() and raw[-1] in _RELATIVE:
+        moment = now - timedelta(seconds=int(raw[:-1]) * _RELATIVE[raw[-1]])
+    else:
+        try:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"--since {text!r}: expected an ISO time such as 2026-11-21T18:40:00Z "
+                             "or a span back from now such as 10m, 2h, 1d") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def role_of(agent: str) -> str:
+    """The role of an agent name: ``builder-A`` -> ``builder``; ``negotiator`` and ``person`` stay."""
+    return agent.split("-", 1)[0]
+
+
+def filter_entries(entries: list[LogEntry], *, task: str | None = None, role: str | None = None,
+                   since: datetime | None = None, status: str | None = None,
+                   grep: str | None = None) -> list[LogEntry]:
+    """The entries matching every filter given (order kept).
+
+    ``task`` matches the task and its subtasks (``T001`` also ``T001-S02``); ``role`` the agent's role;
+    ``since`` (naive UTC) entries at or after it; ``status`` entries whose change moves *to* it
+    (``build_in_progress -> ready_for_tester`` matches ``ready_for_tester``, a bare event word matches
+    itself); ``grep`` a case-insensitive substring of any cell.
+    """
+    needle = grep.lower() if grep else None
+    kept = []
+    for e in entries:
+        if task and not (e.task == task or e.task.startswith(task + "-")):
+            continue
+        if role and role_of(e.agent) != role:
+            continue
+        if since is not None and e.time < since:
+            continue
+        if status and e.change.rsplit("->", 1)[-1].strip() != status:
+            continue
+        if needle and needle not in " ".join((e.agent, e.task, e.change, e.what)).lower():
+            continue
+        kept.append(e)
+    return kept
+
+
+def entry_json(entry: LogEntry) -> dict[str, str]:
+    """One entry for ``log --json``: ``time`` (ISO UTC), ``agent``, ``role``, ``task``, ``from``, ``to``, ``what``."""
+    parts = [p.strip() for p in entry.change.split("->", 1)] if "->" in entry.change else ["", entry.change]
+    return {"time": utc_stamp(entry.time), "agent": entry.agent, "role": role_of(entry.agent),
+            "task": entry.task if entry.task != "-" else "", "from": parts[0], "to": parts[1], "what": entry.what}
