@@ -567,6 +567,10 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--role", choices=ROLE_CHOICES, help="only this role's reports")
     p.set_defaults(func=cmd_report)
 
+    from oodatcaa.compare import add_parser as add_compare
+
+    add_compare(sub)
+
     p = sub.add_parser("objective", help="each success criterion of OBJECTIVE.md: met, unmet or needs_manual, with "
                                          "its evidence, and the completion percentage (checked on the trunk)")
     p.add_argument("--json", action="store_true",

@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from oodatcaa.core.failures import Failure
-from oodatcaa.core.models import AdaptationRecord, Item, Subtask, Task
+from oodatcaa.core.models import ATTEMPT_HISTORY_LIMIT, AdaptationRecord, AttemptRecord, Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus, allowed_next
 from oodatcaa.core.store import Transaction
 
@@ -69,6 +69,27 @@ def on_released(tx: Transaction, item: Item) -> None:
             tx.move(story, S.AWAITING_TEST, f"tester {item.id} handed back")
 
 
+def record_attempt(tx: Transaction, step: Subtask, result: dict[str, Any] | None, failure: Failure | None) -> None:
+    """Append the finished attempt (job spec, numeric metrics of ``result["summary"]``) to ``step.attempt_history``.
+
+    Earlier attempts' results are overwritten on the step, so this is what ``oodatcaa compare`` reads;
+    only the last :data:`~oodatcaa.core.models.ATTEMPT_HISTORY_LIMIT` are kept.
+    """
+    from oodatcaa.jobs.registry import numeric_metrics  # jobs imports core; keep core importable alone
+
+    result = result or {}
+    summary = result.get("summary")
+    rss = result.get("max_rss_gb")
+    record = AttemptRecord(
+        attempt=int(result.get("attempt") or step.attempts), ok=failure is None,
+        job=dict(step.job) if step.job is not None else None,
+        metrics=numeric_metrics(summary) if isinstance(summary, dict) else {},
+        failure_kind=failure.kind if failure else None,
+        max_rss_gb=float(rss) if isinstance(rss, (int, float)) and not isinstance(rss, bool) else None,
+        commit=str(result["commit"]) if result.get("commit") else None, finished_at=tx.now)
+    step.attempt_history = [*step.attempt_history, record][-ATTEMPT_HISTORY_LIMIT:]
+
+
 def on_build_done(tx: Transaction, step: Subtask, result: dict[str, Any], metrics: dict[str, Any]) -> None:
     """A builder step built (the step itself is already ``awaiting_test``).
 
@@ -77,6 +98,7 @@ def on_build_done(tx: Transaction, step: Subtask, result: dict[str, Any], metric
     """
     step.result = result
     step.failure = None
+    record_attempt(tx, step, result, None)
     story = _story(tx, step)
     story.metrics = {**story.metrics, **metrics}
     if all(s.status in (S.AWAITING_TEST, S.DONE) for s in story.builds()):
@@ -91,6 +113,7 @@ def on_build_failed(tx: Transaction, step: Subtask, failure: Failure, result: di
     """A builder step failed (the step itself is already ``needs_adapt``): the story needs adapting."""
     step.result = result if result is not None else step.result
     step.failure = failure
+    record_attempt(tx, step, result, failure)
     story = _story(tx, step)
     story.failure = failure.model_copy(update={"item": step.id})
     if story.status == S.IN_PROGRESS:

@@ -136,6 +136,28 @@ class AdaptationRecord(_Model):
         return validate_subtask_id(value)
 
 
+#: How many attempts a builder step keeps in ``attempt_history`` (the oldest are dropped): the queue stays small.
+ATTEMPT_HISTORY_LIMIT = 10
+
+
+class AttemptRecord(_Model):
+    """One finished run of a builder step, kept so attempts can be compared (``oodatcaa compare``).
+
+    ``job`` is the job spec the attempt ran (as the queue held it), ``metrics`` the flat numeric
+    metrics of its summary (:func:`oodatcaa.jobs.registry.numeric_metrics`), ``failure_kind`` why it
+    failed (``None`` when it built). Written by :mod:`oodatcaa.core.lifecycle`.
+    """
+
+    attempt: int = Field(ge=0)
+    ok: bool
+    job: dict[str, Any] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    failure_kind: FailureKind | None = None
+    max_rss_gb: float | None = None
+    commit: str | None = None
+    finished_at: datetime
+
+
 class RevertRecord(_Model):
     """A story's merge undone on the trunk by ``oodatcaa revert`` (:mod:`oodatcaa.revert`).
 
@@ -211,6 +233,9 @@ class Subtask(_FailureCarrier):
     result: dict[str, Any] | None = Field(
         default=None, description="Builder: commit, run dir, summary metrics, artifacts; Tester: verdict."
     )
+    attempt_history: list[AttemptRecord] = Field(
+        default_factory=list,
+        description=f"Builder steps: each finished attempt's job spec and metrics, oldest first (last {ATTEMPT_HISTORY_LIMIT}).")
 
     @field_validator("id")
     @classmethod
