@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from tests.support import store_with, workspace
 
 from oodatcaa import compare
 from oodatcaa.cli.main import main
@@ -16,7 +17,6 @@ from oodatcaa.core.criteria import Criterion, MetricCheck
 from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.models import ATTEMPT_HISTORY_LIMIT, AttemptRecord, Queue, Sprint, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
-from tests.support import store_with, workspace
 
 S = TaskStatus
 AT = datetime(2026, 1, 1, tzinfo=UTC)

@@ -298,7 +298,8 @@ def add_parser(sub: Any) -> None:
                                        "metrics, change against the baseline")
     p.add_argument("targets", nargs="*", metavar="TASK|RUN",
                    help="story IDs (T004) or builder steps (T004-B01); default: every story of the sprint")
-    p.add_argument("--all", action="store_true", dest="all_params", help="show every job-spec parameter, not only those that differ")
+    p.add_argument("--all", action="store_true", dest="all_params",
+                   help="show every job-spec parameter, not only those that differ")
     p.add_argument("--sort-by", metavar="METRIC", help="order rows by this metric, ascending (e.g. peak_memory_gb)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--md", action="store_true", help="print a Markdown table")
