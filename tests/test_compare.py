@@ -51,7 +51,8 @@ def _two_attempts(tmp_path):
         step = tx.queue.item("T004-B01")
         step.status = S.NEEDS_ADAPT  # the claim and its lease are not what is tested here
         lifecycle.on_build_failed(tx, step, Failure.of("oom", "ran out of memory", item=step.id),
-                                  {"attempt": 1, "commit": "a" * 40, "summary": _summary(1.9, 2.1, 2.2)})
+                                  {"attempt": 1, "commit": "a" * 40, "summary": _summary(1.9, 2.1, 2.2),
+                                   "max_rss_gb": 2.4})
     with store.transaction("refiner") as tx:
         task = tx.queue.task("T004")
         task.status = S.READY
@@ -80,6 +81,7 @@ def test_t004_two_attempts_show_the_refiner_change_and_peak_memory(tmp_path):
     assert compare.param_columns(rows, all_params=False) == ["batch_size", "grad_checkpoint"]
     assert [r.metrics["peak_memory_gb"] for r in rows] == [1.9, 1.1]
     assert rows[1].metrics["peak_memory_target_gb"] == 1.5
+    assert rows[0].metrics["max_rss_gb"] == 2.4 and "max_rss_gb" not in rows[1].metrics
     assert "criteria" not in rows[0].metrics and rows[1].metrics["criteria"] == "1/1"
     headers, body = compare.table_cells(rows)
     assert headers[:7] == ["task", "step", "attempt", "kind", "outcome", "batch_size", "grad_checkpoint"]
@@ -172,3 +174,27 @@ def test_markup_in_params_is_literal():
     console.print(compare.rich_table(rows))
     assert "[bold]x[/]" in console.export_text()
     assert "\\|pipe\\|" in compare.markdown(rows)
+
+
+def test_a_story_of_an_archived_sprint_and_the_change_against_the_baseline(tmp_path):
+    from oodatcaa.baselines import record_story
+
+    ws, store = _two_attempts(tmp_path)
+    archived = store.read()
+    archive = ws.sprint_archive_dir(1)
+    archive.mkdir(parents=True)
+    (archive / "SPRINT_QUEUE.json").write_text(json.dumps(archived.model_dump(mode="json"), indent=2) + "\n")
+    current = Queue(sprint=Sprint(id="SPRINT-2026-002", number=2, title="s2", created_at=AT), tasks=[Task(id="T005", title="x")])
+    rows = compare.collect_rows(ws, current, ["T004"])
+    assert [r.params["batch_size"] for r in rows] == [4, 2]
+    with pytest.raises(compare.CompareError, match="T001, T004, T005"):
+        compare.collect_rows(ws, current, ["T009"])
+    # a merged earlier story of the same kind and model is the baseline: peak memory 2.2 GB
+    earlier = _t004().model_copy(update={"id": "T003", "subtasks": []})
+    earlier.subtasks = [Subtask(id="T003-B01", kind="build", status=S.DONE, title="t", step=1, job=dict(JOB),
+                                result={"summary": _summary(2.2, 1.6, 1.7)})]
+    record_story(ws, earlier, "c" * 40)
+    rows = compare.collect_rows(ws, current, ["T004"])
+    assert rows[1].metrics["vs_baseline"]["train.peak_memory_gb"] == pytest.approx(-0.5)
+    headers, body = compare.table_cells(rows)
+    assert "train.peak_memory_gb -50.0%" in body[1][headers.index("vs baseline")]

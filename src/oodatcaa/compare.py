@@ -40,6 +40,7 @@ METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tokens_per_second", ("train.tokens_per_second", "inference.generation_tps")),
     ("peak_memory_gb", ("train.peak_memory_gb", "inference.peak_memory_gb", "memory.peak_memory_gb",
                         "eval.peak_memory_gb")),
+    ("max_rss_gb", ("max_rss_gb",)),
 )
 
 
@@ -116,8 +117,11 @@ def _step_rows(task: Task, step: Subtask) -> list[RunRow]:
     rows = []
     for rec in step.attempt_history:
         job = rec.job or {}
+        metrics = dict(rec.metrics)
+        if rec.max_rss_gb is not None:  # the job process's RSS: known even when an OOM left no summary
+            metrics["max_rss_gb"] = rec.max_rss_gb
         rows.append(RunRow(task.id, step.id, rec.attempt, str(job.get("kind", "")), rec.ok,
-                           rec.failure_kind.value if rec.failure_kind else None, flatten(job), dict(rec.metrics)))
+                           rec.failure_kind.value if rec.failure_kind else None, flatten(job), metrics))
     if not rows and step.result and isinstance(step.result.get("summary"), dict):
         # built before attempt_history existed: the last result is all that is left
         job = step.job or {}
