@@ -147,6 +147,15 @@ def test_peak_memory_over_target_climbs_the_memory_ladder_and_passes(tmp_path, t
     assert rules(task) == ["memory.grad_checkpoint", "memory.halve_batch"]
     assert "-batch_size: 4" in report(ws, 2) and "+grad_accumulation_steps: 2" in report(ws, 2)
     assert task.status == S.READY_FOR_INTEGRATOR and task.metrics["train.peak_memory_gb"] <= 0.008
+    # compare shows the three attempts the Refiner's changes made, with their peak memory
+    from oodatcaa.compare import collect_rows, param_columns
+
+    rows = collect_rows(ws, QueueStore.for_workspace(ws).read(), ["T001"])
+    assert [(r.step, r.attempt) for r in rows] == [("T001-B01", 1), ("T001-B01", 2), ("T001-B01", 3)]
+    assert [r.params.get("batch_size") for r in rows] == [4, 4, 2]
+    assert {"batch_size", "grad_checkpoint"} <= set(param_columns(rows, all_params=False))
+    assert all(isinstance(r.metrics.get("peak_memory_gb"), float) for r in rows)
+    assert rows[-1].metrics["criteria"] == "1/1" and rows[-1].metrics["peak_memory_target_gb"] == 0.008
 
 
 def test_too_slow_tries_fewer_layers_then_qlora_then_asks_a_person(tmp_path, tiny_model):
