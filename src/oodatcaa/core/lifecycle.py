@@ -15,6 +15,7 @@ Cascades (story ``T``, builder steps ``B``, tester ``T01``):
 - :func:`on_build_done` — every step built: ``T in_progress -> awaiting_test`` and
   ``T01 blocked -> ready``.
 - :func:`on_build_failed` — a step failed: ``T in_progress -> needs_adapt`` with the failure.
+  Both record the attempt in the step's ``attempt_history`` (:func:`record_attempt`).
 - :func:`on_verdict` — the Tester's decision: ``T testing -> ready_for_integrator | needs_adapt
   | needs_manual``.
 - :func:`on_adapted` — the Refiner changed a step: that step and every later one (or all of
@@ -93,8 +94,9 @@ def record_attempt(tx: Transaction, step: Subtask, result: dict[str, Any] | None
 def on_build_done(tx: Transaction, step: Subtask, result: dict[str, Any], metrics: dict[str, Any]) -> None:
     """A builder step built (the step itself is already ``awaiting_test``).
 
-    Records ``result`` on the step and ``metrics`` (flat ``namespace.key -> value``, every number
-    the job reported) on the story; when every step is built, the story awaits its test and the tester becomes ``ready``.
+    Records ``result`` on the step (and the attempt in its ``attempt_history``) and ``metrics`` (flat
+    ``namespace.key -> value``, every number the job reported) on the story; when every step is built,
+    the story awaits its test and the tester becomes ``ready``.
     """
     step.result = result
     step.failure = None
@@ -110,7 +112,10 @@ def on_build_done(tx: Transaction, step: Subtask, result: dict[str, Any], metric
 
 
 def on_build_failed(tx: Transaction, step: Subtask, failure: Failure, result: dict[str, Any] | None = None) -> None:
-    """A builder step failed (the step itself is already ``needs_adapt``): the story needs adapting."""
+    """A builder step failed (the step itself is already ``needs_adapt``): the story needs adapting.
+
+    The attempt (with ``result``'s summary metrics, when the job wrote any) goes into ``attempt_history``.
+    """
     step.result = result if result is not None else step.result
     step.failure = failure
     record_attempt(tx, step, result, failure)
