@@ -20,19 +20,22 @@ from oodatcaa.core.statuses import TaskStatus
 
 S = TaskStatus
 AT = datetime(2026, 1, 1, tzinfo=UTC)
-JOB = {"kind": "lora_train", "model": "default", "iters": 20, "batch_size": 4, "grad_checkpoint": False,
-       "lora": {"rank": 8, "layers": 4}}
+#: The demo's T004 job (sprint-01.md): a memory profile at batch 4 against a 1.0 GB target.
+JOB = {"kind": "memory_profile", "model": "default", "data": "data/procedures", "steps": 2, "batch_size": 4,
+       "max_seq_length": 256, "num_layers": 8, "lora": {"rank": 8, "alpha": 16}, "target_gb": 1.0,
+       "grad_checkpoint": False}
+TRAIN_JOB = {"kind": "lora_train", "model": "default", "iters": 20, "batch_size": 4, "lora": {"rank": 8}}
 
 
-def _summary(peak: float, final: float, best: float) -> dict:
-    return {"train": {"final_loss": final, "best_val_loss": best, "best_iteration": 10,
-                      "tokens_per_second": 900.0, "peak_memory_gb": peak}}
+def _summary(peak: float, train_peak: float, rss_gap: float) -> dict:
+    return {"memory": {"peak_memory_gb": peak, "train_peak_gb": train_peak, "rss_minus_mlx_gb": rss_gap,
+                       "target_gb": 1.0, "within_target": peak <= 1.0}}
 
 
 def _t004() -> Task:
-    """A story shaped like the demo's T004 before any build: one lora_train step under a memory ceiling."""
-    crit = Criterion(id="AC1", text="peak memory under 1.5 GB", critical=True,
-                     check=MetricCheck(kind="metric", metric="train.peak_memory_gb", op="<", value=1.5))
+    """A story shaped like the demo's T004 before any build: one memory_profile step under a 1.0 GB ceiling."""
+    crit = Criterion(id="AC1", text="peak memory stays under the target", critical=True,
+                     check=MetricCheck(kind="metric", metric="memory.peak_memory_gb", op="<=", value=1.0))
     step = Subtask(id="T004-B01", kind="build", status=S.READY, title="train", step=1,
                    branch="feat/T004-step-01-train", job=dict(JOB), attempts=1)
     tester = Subtask(id="T004-T01", kind="test", status=S.BLOCKED, title="tests", step=1,
@@ -51,7 +54,7 @@ def _two_attempts(tmp_path):
         step = tx.queue.item("T004-B01")
         step.status = S.NEEDS_ADAPT  # the claim and its lease are not what is tested here
         lifecycle.on_build_failed(tx, step, Failure.of("oom", "ran out of memory", item=step.id),
-                                  {"attempt": 1, "commit": "a" * 40, "summary": _summary(1.9, 2.1, 2.2),
+                                  {"attempt": 1, "commit": "a" * 40, "summary": _summary(1.9, 1.9, 0.2),
                                    "max_rss_gb": 2.4})
     with store.transaction("refiner") as tx:
         task = tx.queue.task("T004")
@@ -63,8 +66,8 @@ def _two_attempts(tmp_path):
         step.attempts = 2
         step.status = S.AWAITING_TEST
         tx.queue.task("T004").status = S.IN_PROGRESS
-        lifecycle.on_build_done(tx, step, {"attempt": 2, "commit": "b" * 40, "summary": _summary(1.1, 1.6, 1.7)},
-                                {"train.peak_memory_gb": 1.1})
+        lifecycle.on_build_done(tx, step, {"attempt": 2, "commit": "b" * 40, "summary": _summary(0.9, 0.9, 0.1)},
+                                {"memory.peak_memory_gb": 0.9})
     with store.transaction("tester") as tx:
         tx.queue.item("T004-T01").result = {"verdict": {"decision": "accept", "passed": 1, "total": 1}}
     return ws, store
@@ -79,14 +82,14 @@ def test_t004_two_attempts_show_the_refiner_change_and_peak_memory(tmp_path):
     assert [(r.step, r.attempt) for r in rows] == [("T004-B01", 1), ("T004-B01", 2)]
     assert [r.params["batch_size"] for r in rows] == [4, 2]
     assert compare.param_columns(rows, all_params=False) == ["batch_size", "grad_checkpoint"]
-    assert [r.metrics["peak_memory_gb"] for r in rows] == [1.9, 1.1]
-    assert rows[1].metrics["peak_memory_target_gb"] == 1.5
+    assert [r.metrics["peak_memory_gb"] for r in rows] == [1.9, 0.9]
+    assert rows[1].metrics["peak_memory_target_gb"] == 1.0
     assert rows[0].metrics["max_rss_gb"] == 2.4 and "max_rss_gb" not in rows[1].metrics
     assert "criteria" not in rows[0].metrics and rows[1].metrics["criteria"] == "1/1"
     headers, body = compare.table_cells(rows)
     assert headers[:7] == ["task", "step", "attempt", "kind", "outcome", "batch_size", "grad_checkpoint"]
     assert body[0][4] == "oom" and body[1][4] == "ok"
-    assert body[0][headers.index("peak_memory_gb")] == "1.9 / < 1.5"
+    assert body[0][headers.index("peak_memory_gb")] == "1.9 (target 1)"
     assert "lora.rank" not in headers and "lora.rank" in compare.table_cells(rows, all_params=True)[0]
 
 
@@ -96,7 +99,7 @@ def test_cli_formats(tmp_path, capsys, monkeypatch):
     assert main(["-C", str(ws.root), "compare", "T004", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [(d["task"], d["step"], d["attempt"]) for d in data] == [("T004", "T004-B01", 1), ("T004", "T004-B01", 2)]
-    assert data[1]["params"]["lora.rank"] == 8 and data[1]["metrics"]["train.peak_memory_gb"] == 1.1
+    assert data[1]["params"]["lora.rank"] == 8 and data[1]["metrics"]["memory.peak_memory_gb"] == 0.9
     assert main(["-C", str(ws.root), "compare", "T004", "--csv", "--sort-by", "peak_memory_gb"]) == 0
     table = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert table[0][5] == "batch_size" and [r[2] for r in table[1:]] == ["2", "1"]
@@ -105,7 +108,7 @@ def test_cli_formats(tmp_path, capsys, monkeypatch):
     assert md[0].startswith("| task | step | attempt") and md[1].startswith("|---|") and len(md) == 4
     assert main(["-C", str(ws.root), "compare", "T004"]) == 0
     out = capsys.readouterr().out
-    assert "batch_size" in out and "1.9 / < 1.5" in out
+    assert "batch_size" in out and "1.9 (target 1)" in out
 
 
 def test_unknown_task_names_it_and_the_known_ones(tmp_path, capsys):
@@ -133,13 +136,15 @@ def _flat(peak: float) -> dict:
 def test_runs_of_different_kinds_share_one_table_with_unrelated_params_blank():
     bench = {"kind": "inference_bench", "model": "default", "prompt": "hi", "max_tokens": 32}
     a, b = _t004(), Task(id="T002", title="bench")
-    a.subtasks[0].attempt_history = [AttemptRecord(attempt=1, ok=True, job=dict(JOB), metrics=_flat(1.0), finished_at=AT)]
+    a.subtasks[0].attempt_history = [AttemptRecord(attempt=1, ok=True, job=dict(TRAIN_JOB), metrics=_flat(1.0),
+                                                   finished_at=AT)]
     b.subtasks = [Subtask(id="T002-B01", kind="build", status=S.AWAITING_TEST, title="bench", step=1, job=bench,
                           attempt_history=[AttemptRecord(attempt=1, ok=True, job=bench, finished_at=AT,
                                                          metrics={"inference.generation_tps": 55.0})])]
     rows = compare.collect_rows(None, Queue(tasks=[a, b]), [])
     headers, body = compare.table_cells(rows)
     assert [r[3] for r in body] == ["lora_train", "inference_bench"]
+    assert body[0][headers.index("final_train_loss")] == "1.5" and body[1][headers.index("final_train_loss")] == ""
     assert body[1][headers.index("batch_size")] == "" and body[0][headers.index("max_tokens")] == ""
     assert body[1][headers.index("tokens_per_second")] == "55"
 
@@ -148,7 +153,7 @@ def test_history_is_capped_and_a_legacy_result_is_one_row():
     task = _t004()
     step = task.subtasks[0]
     assert step.attempt_history == []
-    step.result = {"attempt": 3, "summary": _summary(1.2, 1.4, 1.5)}
+    step.result = {"attempt": 3, "summary": _summary(1.2, 1.2, 0.1)}
     rows = compare.collect_rows(None, Queue(tasks=[task]), ["T004"])
     assert [(r.attempt, r.metrics["peak_memory_gb"]) for r in rows] == [(3, 1.2)]
 
@@ -189,12 +194,12 @@ def test_a_story_of_an_archived_sprint_and_the_change_against_the_baseline(tmp_p
     assert [r.params["batch_size"] for r in rows] == [4, 2]
     with pytest.raises(compare.CompareError, match="T001, T004, T005"):
         compare.collect_rows(ws, current, ["T009"])
-    # a merged earlier story of the same kind and model is the baseline: peak memory 2.2 GB
+    # a merged earlier story of the same kind and model is the baseline: peak memory 1.8 GB
     earlier = _t004().model_copy(update={"id": "T003", "subtasks": []})
     earlier.subtasks = [Subtask(id="T003-B01", kind="build", status=S.DONE, title="t", step=1, job=dict(JOB),
-                                result={"summary": _summary(2.2, 1.6, 1.7)})]
+                                result={"summary": _summary(1.8, 1.8, 0.1)})]
     record_story(ws, earlier, "c" * 40)
     rows = compare.collect_rows(ws, current, ["T004"])
-    assert rows[1].metrics["vs_baseline"]["train.peak_memory_gb"] == pytest.approx(-0.5)
+    assert rows[1].metrics["vs_baseline"]["memory.peak_memory_gb"] == pytest.approx(-0.5)
     headers, body = compare.table_cells(rows)
-    assert "train.peak_memory_gb -50.0%" in body[1][headers.index("vs baseline")]
+    assert "memory.peak_memory_gb -50.0%" in body[1][headers.index("vs baseline")]

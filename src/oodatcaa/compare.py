@@ -229,7 +229,7 @@ def _memory_cell(row: RunRow) -> str:
     target = row.metrics.get("peak_memory_target_gb")
     if peak is None:
         return ""
-    return f"{_fmt(peak)} / < {_fmt(target)}" if target is not None else _fmt(peak)
+    return f"{_fmt(peak)} (target {_fmt(target)})" if target is not None else _fmt(peak)
 
 
 def _baseline_cell(row: RunRow) -> str:
