@@ -17,6 +17,7 @@ from oodatcaa.core.criteria import Criterion, MetricCheck
 from oodatcaa.core.failures import Failure, FailureKind
 from oodatcaa.core.models import ATTEMPT_HISTORY_LIMIT, AttemptRecord, Queue, Sprint, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
+from oodatcaa.jobs.registry import numeric_metrics
 
 S = TaskStatus
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -55,7 +56,7 @@ def _two_attempts(tmp_path):
         step.status = S.NEEDS_ADAPT  # the claim and its lease are not what is tested here
         lifecycle.on_build_failed(tx, step, Failure.of("oom", "ran out of memory", item=step.id),
                                   {"attempt": 1, "commit": "a" * 40, "summary": _summary(1.9, 1.9, 0.2),
-                                   "max_rss_gb": 2.4})
+                                   "max_rss_gb": 2.4}, numeric_metrics(_summary(1.9, 1.9, 0.2)))
     with store.transaction("refiner") as tx:
         task = tx.queue.task("T004")
         task.status = S.READY
@@ -67,7 +68,7 @@ def _two_attempts(tmp_path):
         step.status = S.AWAITING_TEST
         tx.queue.task("T004").status = S.IN_PROGRESS
         lifecycle.on_build_done(tx, step, {"attempt": 2, "commit": "b" * 40, "summary": _summary(0.9, 0.9, 0.1)},
-                                {"memory.peak_memory_gb": 0.9})
+                                numeric_metrics(_summary(0.9, 0.9, 0.1)))
     with store.transaction("tester") as tx:
         tx.queue.item("T004-T01").result = {"verdict": {"decision": "accept", "passed": 1, "total": 1}}
     return ws, store

@@ -296,8 +296,8 @@ def to_json(rows: list[RunRow]) -> str:
     return json.dumps([r.to_json() for r in rows], indent=2, default=str) + "\n"
 
 
-def add_parser(sub: Any) -> None:
-    """The ``compare`` sub-parser (kept here so ``cli/main.py`` stays small); binds :func:`cmd_compare`."""
+def add_parser(sub: Any, handler: Any) -> None:
+    """The ``compare`` sub-parser (kept here so ``cli/main.py`` stays small), bound to ``handler``."""
     p = sub.add_parser("compare", help="one row per run (story, step, attempt): differing job params, headline "
                                        "metrics, change against the baseline")
     p.add_argument("targets", nargs="*", metavar="TASK|RUN",
@@ -309,27 +309,23 @@ def add_parser(sub: Any) -> None:
     fmt.add_argument("--md", action="store_true", help="print a Markdown table")
     fmt.add_argument("--csv", action="store_true", help="print CSV")
     fmt.add_argument("--json", action="store_true", help="print rows as JSON (task, step, attempt, params, metrics)")
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=handler)
 
 
-def cmd_compare(args: Any) -> int:
-    """Run ``oodatcaa compare``; returns 0 (an unknown task raises :class:`CompareError`, exit 2)."""
-    from oodatcaa.cli import main as cli
-    from oodatcaa.core.store import QueueStore
+def render(ws: Workspace, queue: Queue, args: Any) -> str | Table:
+    """What ``oodatcaa compare`` prints for parsed ``args``: text (JSON, Markdown, CSV, a note) or the rich table.
 
-    ws = cli._ws(args)
-    queue = QueueStore.for_workspace(ws).read()
+    Raises :class:`CompareError` for an unknown task, step or ``--sort-by`` metric.
+    """
     rows = collect_rows(ws, queue, list(args.targets))
     if args.sort_by:
         rows = sort_rows(rows, args.sort_by)
     if args.json:
-        print(to_json(rows), end="")
-    elif args.md:
-        print(markdown(rows, args.all_params), end="")
-    elif args.csv:
-        print(to_csv(rows, args.all_params), end="")
-    elif not rows:
-        cli.say("No runs yet for " + (", ".join(args.targets) or "this sprint") + ".")
-    else:
-        cli.console.print(rich_table(rows, args.all_params))
-    return 0
+        return to_json(rows)
+    if args.md:
+        return markdown(rows, args.all_params)
+    if args.csv:
+        return to_csv(rows, args.all_params)
+    if not rows:
+        return "No runs yet for " + (", ".join(args.targets) or "this sprint") + ".\n"
+    return rich_table(rows, args.all_params)

@@ -244,6 +244,19 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from oodatcaa.compare import render
+    from oodatcaa.core.store import QueueStore
+
+    ws = _ws(args)
+    out = render(ws, QueueStore.for_workspace(ws).read(), args)
+    if isinstance(out, str):
+        print(out, end="")  # plain print: JSON, CSV and Markdown must not depend on the terminal width
+    else:
+        console.print(out)
+    return 0
+
+
 def cmd_log(args: argparse.Namespace) -> int:
     from oodatcaa.core.clock import Clock
     from oodatcaa.core.eventlog import EventLog, entry_json, filter_entries, parse_since
@@ -569,7 +582,7 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
     from oodatcaa.compare import add_parser as add_compare
 
-    add_compare(sub)
+    add_compare(sub, cmd_compare)
 
     p = sub.add_parser("objective", help="each success criterion of OBJECTIVE.md: met, unmet or needs_manual, with "
                                          "its evidence, and the completion percentage (checked on the trunk)")

@@ -70,21 +70,20 @@ def on_released(tx: Transaction, item: Item) -> None:
             tx.move(story, S.AWAITING_TEST, f"tester {item.id} handed back")
 
 
-def record_attempt(tx: Transaction, step: Subtask, result: dict[str, Any] | None, failure: Failure | None) -> None:
-    """Append the finished attempt (job spec, numeric metrics of ``result["summary"]``) to ``step.attempt_history``.
+def record_attempt(tx: Transaction, step: Subtask, result: dict[str, Any] | None, failure: Failure | None,
+                   metrics: dict[str, Any] | None = None) -> None:
+    """Append the finished attempt (job spec, flat numeric ``metrics``) to ``step.attempt_history``.
 
-    Earlier attempts' results are overwritten on the step, so this is what ``oodatcaa compare`` reads;
-    only the last :data:`~oodatcaa.core.models.ATTEMPT_HISTORY_LIMIT` are kept.
+    ``metrics`` is :func:`oodatcaa.jobs.registry.numeric_metrics` of the job's summary, computed by the
+    Builder (core never imports the job kinds). Earlier attempts' results are overwritten on the step,
+    so this is what ``oodatcaa compare`` reads; only the last
+    :data:`~oodatcaa.core.models.ATTEMPT_HISTORY_LIMIT` are kept.
     """
-    from oodatcaa.jobs.registry import numeric_metrics  # jobs imports core; keep core importable alone
-
     result = result or {}
-    summary = result.get("summary")
     rss = result.get("max_rss_gb")
     record = AttemptRecord(
         attempt=int(result.get("attempt") or step.attempts), ok=failure is None,
-        job=dict(step.job) if step.job is not None else None,
-        metrics=numeric_metrics(summary) if isinstance(summary, dict) else {},
+        job=dict(step.job) if step.job is not None else None, metrics=dict(metrics or {}),
         failure_kind=failure.kind if failure else None,
         max_rss_gb=float(rss) if isinstance(rss, (int, float)) and not isinstance(rss, bool) else None,
         commit=str(result["commit"]) if result.get("commit") else None, finished_at=tx.now)
@@ -100,7 +99,7 @@ def on_build_done(tx: Transaction, step: Subtask, result: dict[str, Any], metric
     """
     step.result = result
     step.failure = None
-    record_attempt(tx, step, result, None)
+    record_attempt(tx, step, result, None, metrics)
     story = _story(tx, step)
     story.metrics = {**story.metrics, **metrics}
     if all(s.status in (S.AWAITING_TEST, S.DONE) for s in story.builds()):
@@ -111,14 +110,15 @@ def on_build_done(tx: Transaction, step: Subtask, result: dict[str, Any], metric
             tx.move(tester, S.READY, "builder steps done; ready to test")
 
 
-def on_build_failed(tx: Transaction, step: Subtask, failure: Failure, result: dict[str, Any] | None = None) -> None:
+def on_build_failed(tx: Transaction, step: Subtask, failure: Failure, result: dict[str, Any] | None = None,
+                    metrics: dict[str, Any] | None = None) -> None:
     """A builder step failed (the step itself is already ``needs_adapt``): the story needs adapting.
 
-    The attempt (with ``result``'s summary metrics, when the job wrote any) goes into ``attempt_history``.
+    The attempt (with ``metrics``, the flat numbers the job reported before failing) goes into ``attempt_history``.
     """
     step.result = result if result is not None else step.result
     step.failure = failure
-    record_attempt(tx, step, result, failure)
+    record_attempt(tx, step, result, failure, metrics)
     story = _story(tx, step)
     story.failure = failure.model_copy(update={"item": step.id})
     if story.status == S.IN_PROGRESS:

@@ -138,7 +138,7 @@ class Builder(RoleAgent):
         assert result.failure is not None  # the runner's contract: ok is exactly "no failure"
         failure = result.failure.model_copy(update={"item": step.id})
         self.finish(claim, S.NEEDS_ADAPT, f"job failed: {failure.short()}"[:300],
-                    lambda tx, item: lifecycle.on_build_failed(tx, as_subtask(item), failure, record))
+                    lambda tx, item: lifecycle.on_build_failed(tx, as_subtask(item), failure, record, metrics))
 
     def prepare(self, git: GitRepo, task: Task, step: Subtask) -> StepRun:
         """Worktree on the step's branch (from the trunk, or the previous step's branch), clean dirs.
