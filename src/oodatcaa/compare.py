@@ -260,8 +260,9 @@ def rich_table(rows: list[RunRow], all_params: bool = False) -> Table:
     """The terminal table, one section per story; every cell is a literal :class:`~rich.text.Text`."""
     headers, body = table_cells(rows, all_params)
     table = Table(title="Runs", show_lines=False)
-    for h in headers:
-        table.add_column(Text(h), overflow="fold")
+    for i, h in enumerate(headers):
+        # the run's identity never wraps (IDs stay copyable); params and metrics fold when narrow
+        table.add_column(Text(h), no_wrap=i < 5, overflow="fold")
     previous = None
     for row, cells in zip(rows, body, strict=True):
         if previous is not None and row.task != previous:
