@@ -73,18 +73,30 @@ def status_table(queue: Queue) -> Table:
     # a title wraps at the table's width, and the table is only as wide as its cells: let it be as
     # wide as the title (rich still caps it at the console width)
     table = Table(title=title, show_lines=False, min_width=title.cell_len)
-    # ids and statuses are what a person greps for: never split them; the free text folds instead
-    for col in ("task", "status"):
-        table.add_column(col, no_wrap=True)
-    for col in ("owner", "branch", "progress", "last metric"):
-        table.add_column(col, overflow="fold")
-    for row in status_rows(queue):
+    rows = status_rows(queue)
+    # ids and statuses are what a person greps for: never split or cut them
+    table.add_column("task", no_wrap=True, min_width=max((len(r["id"]) + 2 for r in rows), default=4))
+    table.add_column("status", no_wrap=True, min_width=max([len("status")] + [len(r["status"]) for r in rows]))
+    # owner and progress only while something is claimed or running: at 80 columns every cell counts
+    owners = any(r["owner"] for r in rows)
+    running = any(r.get("progress") for r in rows)
+    if owners:
+        table.add_column("owner", overflow="fold")
+    # a branch is long and derived from the id: cut it rather than let it push every row to 4 lines
+    table.add_column("branch", no_wrap=True, overflow="ellipsis", max_width=22)
+    if running:
+        table.add_column("progress", overflow="fold")
+    # one headline metric per line, never split inside a name (`eval.peak_memory_gb=0.7078`)
+    table.add_column("last metric", overflow="fold")
+    for row in rows:
         name = row["id"] if row["kind"] == "story" else f"  {row['id']}"
-        style = "bold" if row["kind"] == "story" else "dim"
         status = row["status"]
-        table.add_row(cell(name), cell(status, STATUS_COLOURS.get(status, "")), cell(row["owner"]),
-                      cell(row["branch"]), cell(progress_text(row.get("progress"))), cell(row["last_metric"]),
-                      style=style)
+        cells = [cell(name), cell(status, STATUS_COLOURS.get(status, ""))]
+        cells += [cell(row["owner"])] if owners else []
+        cells += [cell(row["branch"])]
+        cells += [cell(progress_text(row.get("progress")))] if running else []
+        cells += [cell((row["last_metric"] or "").replace(", ", "\n") or None)]
+        table.add_row(*cells, style="bold" if row["kind"] == "story" else "dim")
     c = queue.counters["totals"]
     table.caption = Text(f"{c['done']}/{c['stories']} stories done · {c['subtasks']} subtasks · revision {queue.revision}")
     return table
