@@ -76,8 +76,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _verdict_text(verdict: object) -> str:
+    """``accept (4/4 pass)`` from a Tester verdict record; anything else as it is."""
+    if not isinstance(verdict, dict):
+        return str(verdict)
+    return f"{verdict.get('decision', '?')} ({verdict.get('passed', '?')}/{verdict.get('total', '?')} pass)"
+
+
 def _story_row(task: Task) -> list[str]:
-    verdict = next((str(s.result.get("verdict")) for s in task.subtasks if s.kind == "test" and s.result
+    verdict = next((_verdict_text(s.result["verdict"]) for s in task.subtasks if s.kind == "test" and s.result
                     and s.result.get("verdict")), "")
     spent = ""
     if task.started_at and task.finished_at:
@@ -86,15 +93,21 @@ def _story_row(task: Task) -> list[str]:
     metrics = ", ".join(f"{k}={v}" for k, v in headline(task.metrics).items())
     tag = f"{task.id}-complete" if task.merged_commit else ""
     return [escape(x) for x in (task.id, task.title, task.status.value, verdict, f"{task.adapt_loops}/3",
-                                f"{spent} / {est}" if est else spent, metrics, tag, task.merged_commit or "")]
+                                f"{spent} / {est}" if est else spent, metrics, tag, (task.merged_commit or "")[:12])]
 
 
 def _criteria(task: Task) -> str:
     outcomes: dict[str, str] = {}
     for s in task.subtasks:
-        for r in (s.result or {}).get("criteria", []) if s.kind == "test" else []:
+        result = (s.result or {}) if s.kind == "test" else {}
+        for r in result.get("criteria", []):
             if isinstance(r, dict) and "criterion_id" in r:
                 outcomes[str(r["criterion_id"])] = str(r.get("outcome", ""))
+        if result.get("verdict") and not result.get("criteria"):
+            # a verdict recorded before outcomes were kept lists only what did not pass
+            failed = {str(r.get("criterion_id")): str(r.get("outcome", "")) for r in result.get("failures", [])
+                      if isinstance(r, dict)}
+            outcomes.update({c.id: failed.get(c.id, "PASS") for c in task.acceptance_criteria})
     rows = []
     for c in task.acceptance_criteria:
         out = outcomes.get(c.id, "not tested")

@@ -113,8 +113,10 @@ class Tester(RoleAgent):
         # every regression, passing ones too: the Integrator's "investigate" note reads them
         regressions = [r.regression.model_dump(mode="json") | {"criterion_id": r.criterion_id}
                        for r in results if r.regression is not None]
+        # every criterion's outcome, compactly: the HTML report's PASS/FAIL table reads it
+        outcomes = [{"criterion_id": r.criterion_id, "outcome": r.outcome} for r in results]
         record = {"verdict": verdict.model_dump(mode="json"), "failures": failures, "commit": commit,
-                  "regressions": regressions}
+                  "regressions": regressions, "criteria": outcomes}
         failure = None if verdict.decision == "accept" else verdict_failure(
             task.id, tester.id, verdict, results, task.acceptance_criteria)
 
