@@ -178,9 +178,11 @@ def _release_notes(version: str, day: date, entries: dict[str, list[str]], stori
         for item in items:
             task_id = changelog.entry_task(item)
             story = stories.get(task_id or "")
-            metrics = ", ".join(f"{k}={v}" for k, v in sorted(story.metrics.items())) if story else ""
+            metrics = metrics_text(story.task) if story else ""
             text = item[2:].replace("**", "")
-            lines.append(f"- {text}" + (f" [{metrics}]" if metrics and heading == "Added" else ""))
+            # the Integrator's CHANGELOG line already holds the metrics; a hand-written one may not
+            shown = metrics and heading == "Added" and metrics not in text
+            lines.append(f"- {text}" + (f" [{metrics}]" if shown else ""))
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 
