@@ -4,6 +4,11 @@ Entries are grouped under one ``## [Sprint N] - YYYY-MM-DD`` section per sprint 
 first), each with an ``### Added`` list holding one line per integrated task and, when a story was
 undone by ``oodatcaa revert``, a ``### Reverted`` list naming the reason. Adding an entry is
 idempotent: a task already listed under its sprint's heading is not added twice.
+
+Releases (``oodatcaa tag release vX.Y.Z``, :func:`release`): every section above the newest
+``## [X.Y.Z] - YYYY-MM-DD`` heading is unreleased; a release merges those sections' lists into one
+such section. A sprint section that a release consumed is started anew, above the release, by the next
+entry of that sprint, so the Integrator's entries after a release are unreleased again.
 """
 
 from __future__ import annotations
