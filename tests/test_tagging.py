@@ -10,10 +10,11 @@ import pytest
 
 from oodatcaa import changelog, tagging
 from oodatcaa.cli.main import main
+from oodatcaa.core.errors import GitOperationError
 from oodatcaa.core.models import Queue, RevertRecord, Sprint
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.workspace import Workspace
-from support import add_steps, git, merge_story, queue_of, store_with, workspace
+from support import add_steps, git, merge_story, queue_of, store_with, story_branch, workspace
 
 S = TaskStatus
 DAY = date(2026, 3, 4)
@@ -195,3 +196,49 @@ def test_cli_tag_list_task_and_release(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["-C", root, "tag", "list", "v1.0.0"]) == 2
     assert main(["-C", root, "tag", "release", "v0.1.0", "--notes", "hello"]) == 0
     assert "released v0.1.0" in capsys.readouterr().out
+
+
+def test_a_refused_release_commit_leaves_the_changelog_as_it_was(tmp_path: Path) -> None:
+    ws = _merged_workspace(tmp_path)
+    before = (ws.root / "CHANGELOG.md").read_text()
+    hook = ws.root / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho refused by hook >&2\nexit 1\n")
+    hook.chmod(0o755)
+    with pytest.raises(GitOperationError, match="refused by hook"):
+        tagging.release(ws, "v0.1.0", day=DAY)
+    assert (ws.root / "CHANGELOG.md").read_text() == before
+    assert git(ws.root, "status", "--porcelain", "--untracked-files=no") == "" and git(ws.root, "tag", "-l", "v*") == ""
+
+
+def test_the_integrator_tags_with_the_shared_message_and_its_entries_after_a_release_are_unreleased(
+        tmp_path: Path) -> None:
+    from test_gates import ready_stories, run_integrator
+
+    ws = workspace(tmp_path)
+    story_branch(ws, "T001", {"one.txt": "1\n"})
+    story_branch(ws, "T002", {"two.txt": "2\n"})
+    store = ready_stories(ws, 2)
+    run_integrator(ws)
+    first = next(t for t in store.read().tasks if t.status == S.DONE)
+    message = git(ws.root, "tag", "-l", "--format=%(contents)", f"{first.id}-complete").strip()
+    assert message == tagging.completion_tag_message(first, "SPRINT-2026-001", first.builds()[-1].branch or "",
+                                                     first.merged_commit or "", "none configured").strip()
+    assert tagging.release(ws, "v0.1.0", day=DAY)[0] == "v0.1.0"
+    run_integrator(ws)
+    assert all(t.status == S.DONE for t in store.read().tasks)
+    text = (ws.root / "CHANGELOG.md").read_text()
+    second = "T002" if first.id == "T001" else "T001"
+    assert text.index(f"**{second}**") < text.index("## [0.1.0]") < text.index(f"**{first.id}**")
+    assert [changelog.entry_task(line) for line in changelog.unreleased(text)["Added"]] == [second]
+    assert [s.tag_commit is not None for s in tagging.list_stories(ws)] == [True, True]
+
+
+def test_a_hand_written_unreleased_section_is_released_too() -> None:
+    text = changelog.HEADER + "\n## [Unreleased]\n\n### Added\n\n- **T007**: by hand\n\n## [0.1.0] - 2025-01-01\n\n" \
+        "### Added\n\n- **T001**: old\n"
+    assert changelog.unreleased(text) == {"Added": ["- **T007**: by hand"]}
+    released = changelog.release(text, "0.2.0", DAY)
+    assert "[Unreleased]" not in released and changelog.released_versions(released) == ["0.2.0", "0.1.0"]
+    assert released.index("- **T007**") < released.index("## [0.1.0]")
+    with pytest.raises(ValueError, match=r"already has a section ## \[0.1.0\]"):
+        changelog.release(text, "0.1.0", DAY)

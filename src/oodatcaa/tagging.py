@@ -25,8 +25,9 @@ from typing import Any
 
 from oodatcaa import baselines, changelog
 from oodatcaa.archive import archived_sprints
+from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.config import load_config
-from oodatcaa.core.errors import OodatcaaError
+from oodatcaa.core.errors import GitOperationError, OodatcaaError
 from oodatcaa.core.ids import validate_story_id
 from oodatcaa.core.models import Task
 from oodatcaa.core.store import QueueStore
@@ -187,6 +188,24 @@ def _release_notes(version: str, day: date, entries: dict[str, list[str]], stori
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _check_release(ws: Workspace, git: GitRepo, version: str, text: str | None) -> None:
+    """The refusals of a release after its name: heading taken, trunk not checked out or dirty, nothing new."""
+    path = ws.root / "CHANGELOG.md"
+    released = changelog.released_versions(text)
+    if version in released:
+        raise TagError(f"release {version} already exists: {path} has a section ## [{version}]")
+    if not git.trunk_checked_out():
+        raise TagError(f"{ws.root}: the trunk {git.trunk!r} is not checked out; a release is committed on the "
+                       f"trunk in the primary checkout (fix: `git checkout {git.trunk}`)")
+    dirty = git.dirty_tracked_files()
+    if dirty:
+        raise TagError(f"the trunk {git.trunk!r} has uncommitted changes in: {', '.join(dirty[:10])}; commit or "
+                       "stash them first")
+    if not changelog.unreleased(text):
+        raise TagError(f"nothing unreleased: {path} has no entries above its newest release heading"
+                       + (f" ## [{released[0]}]" if released else ""))
+
+
 def release(ws: Workspace, name: str, *, notes: str | None = None, day: date | None = None,
             git: GitRepo | None = None) -> tuple[str, str]:
     """Cut release ``name`` (``vX.Y.Z``): the CHANGELOG section, its commit on the trunk, the tag.
@@ -201,27 +220,26 @@ def release(ws: Workspace, name: str, *, notes: str | None = None, day: date | N
     if changelog.SEMVER.fullmatch(version) is None:
         raise TagError(f"{name!r} is not a release name: use v + a semantic version (https://semver.org), "
                        "e.g. v0.1.0 or v1.2.0-rc.1")
-    if git.tag_exists(name):
-        raise TagError(f"release {name} already exists: tag {name} at {git.tag_commit(name)}")
-    path = ws.root / "CHANGELOG.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else None
-    if version in changelog.released_versions(text):
-        raise TagError(f"release {version} already exists: {path} has a section ## [{version}]")
-    if not git.trunk_checked_out():
-        raise TagError(f"{ws.root}: the trunk {git.trunk!r} is not checked out; a release is committed on the "
-                       f"trunk in the primary checkout (fix: `git checkout {git.trunk}`)")
-    dirty = git.dirty_tracked_files()
-    if dirty:
-        raise TagError(f"the trunk {git.trunk!r} has uncommitted changes in: {', '.join(dirty[:10])}; commit or "
-                       "stash them first")
-    entries = changelog.unreleased(text)
-    if not entries:
-        raise TagError(f"nothing unreleased: {path} has no entries above its newest release heading"
-                       + (f" ## [{changelog.released_versions(text)[0]}]" if changelog.released_versions(text) else ""))
-    day = day or date.today()
-    stories = {s.task.id: s for s in list_stories(ws, git)}
-    path.write_text(changelog.release(text, version, day), encoding="utf-8")
-    commit = git.commit_paths(["CHANGELOG.md"], f"[docs] release {name}: CHANGELOG section [{version}]")
-    assert commit is not None  # the section changed the file
-    git.tag(name, _release_notes(name, day, entries, stories, notes), commit)
+    # under the git lock: an Integrator landing meanwhile (it moves the trunk under the same lock)
+    # can neither change CHANGELOG.md between our read and our commit nor be overwritten by it
+    with git.locked():
+        if git.tag_exists(name):
+            raise TagError(f"release {name} already exists: tag {name} at {git.tag_commit(name)}")
+        path = ws.root / "CHANGELOG.md"
+        text = path.read_text(encoding="utf-8") if path.exists() else None
+        _check_release(ws, git, version, text)
+        day = day or date.today()
+        entries = changelog.unreleased(text)
+        stories = {s.task.id: s for s in list_stories(ws, git)}
+        atomic_write_text(path, changelog.release(text, version, day))
+        try:
+            commit = git.commit_paths(["CHANGELOG.md"], f"[docs] release {name}: CHANGELOG section [{version}]")
+        except GitOperationError:  # a refused commit (a hook, no identity) leaves the CHANGELOG as it was
+            if text is None:
+                path.unlink()
+            else:
+                atomic_write_text(path, text)
+            raise
+        assert commit is not None  # the new section changed the file
+        git.tag(name, _release_notes(name, day, entries, stories, notes), commit)
     return name, commit
