@@ -242,3 +242,19 @@ def test_a_hand_written_unreleased_section_is_released_too() -> None:
     assert released.index("- **T007**") < released.index("## [0.1.0]")
     with pytest.raises(ValueError, match=r"already has a section ## \[0.1.0\]"):
         changelog.release(text, "0.1.0", DAY)
+
+
+def test_a_merge_a_person_made_is_listed_untagged_and_tagged_on_request(tmp_path: Path) -> None:
+    """The story is still ready_for_integrator in the queue (no merged_commit): its branch's merge counts."""
+    ws = workspace(tmp_path)
+    merge = merge_story(ws, "T001", {"a.txt": "a\n"}, tag=False)
+    queue = queue_of(2)
+    for t in queue.tasks:
+        add_steps(t)
+    store_with(ws, queue)
+    [story] = tagging.list_stories(ws)  # T002's branch does not exist: not merged
+    assert story.task.id == "T001" and story.merge_commit == merge and story.tag_commit is None
+    assert tagging.tag_story(ws, "T001") == ("T001-complete", merge)
+    assert f"Merge: {merge}" in git(ws.root, "tag", "-l", "--format=%(contents)", "T001-complete")
+    with pytest.raises(tagging.TagError, match="T002 is not merged"):
+        tagging.tag_story(ws, "T002")

@@ -120,20 +120,33 @@ def _all_stories(ws: Workspace) -> list[tuple[Task, str, int]]:
     return rows
 
 
+def merge_of(git: GitRepo, task: Task) -> str | None:
+    """The story's merge commit: ``merged_commit`` as the Integrator recorded it, else — a merge a
+    person made — the trunk's first-parent merge commit of its last step's branch tip, else None."""
+    if task.merged_commit is not None:
+        return task.merged_commit
+    builds = task.builds()
+    branch = builds[-1].branch if builds else None
+    if not branch or not git.branch_exists(branch) or not git.is_ancestor(branch):
+        return None
+    return git.merge_commit_of(branch)
+
+
 def list_stories(ws: Workspace, git: GitRepo | None = None) -> list[MergedStory]:
-    """Every merged story (``merged_commit`` set), oldest sprint first, then by task ID."""
+    """Every merged story (see :func:`merge_of`), oldest sprint first, then by task ID."""
     git = git or _git(ws)
     out = []
     for task, sprint_id, number in _all_stories(ws):
-        if task.merged_commit is None:
+        merge = merge_of(git, task)
+        if merge is None:
             continue
         tag = f"{task.id}-complete"
         try:
-            when: str | None = git.commit_time(task.merged_commit)
+            when: str | None = git.commit_time(merge)
         except Exception:  # a merge commit that is gone (a rewritten trunk): listed without a date
             when = None
         reverted = task.reverted is not None or git.tag_exists(f"{task.id}-reverted")
-        out.append(MergedStory(task, sprint_id, number, tag, git.tag_commit(tag), task.merged_commit, when,
+        out.append(MergedStory(task, sprint_id, number, tag, git.tag_commit(tag), merge, when,
                                headline(task.metrics), reverted))
     return sorted(out, key=lambda s: (s.sprint_number, s.task.id))
 
@@ -141,8 +154,8 @@ def list_stories(ws: Workspace, git: GitRepo | None = None) -> list[MergedStory]
 def tag_story(ws: Workspace, task_id: str, git: GitRepo | None = None) -> tuple[str, str]:
     """Tag the merged story ``task_id`` as ``<TASK>-complete``; returns ``(tag, commit)``.
 
-    Raises :class:`TagError` when no sprint has the story, it is not merged (no merge commit
-    recorded) or its merge commit is not on the trunk, or the tag already exists (naming its commit).
+    Raises :class:`TagError` when no sprint has the story, it is not merged (:func:`merge_of`) or its
+    merge commit is not on the trunk, or the tag already exists (naming its commit).
     """
     validate_story_id(task_id)
     git = git or _git(ws)
@@ -155,16 +168,17 @@ def tag_story(ws: Workspace, task_id: str, git: GitRepo | None = None) -> tuple[
     existing = git.tag_commit(tag)
     if existing is not None:
         raise TagError(f"tag {tag} already exists at {existing[:10]} ({git.subject(existing)})")
-    if task.merged_commit is None:
-        raise TagError(f"{task_id} is not merged (status {task.status.value}); only a merged story is tagged "
-                       "(the Integrator tags the stories it merges)")
-    if not git.is_ancestor(task.merged_commit):
-        raise TagError(f"{task_id}'s merge commit {task.merged_commit[:10]} is not on the trunk {git.trunk!r}; "
+    merge = merge_of(git, task)
+    if merge is None:
+        raise TagError(f"{task_id} is not merged (status {task.status.value}; no merge commit recorded, and no "
+                       f"--no-ff merge of its branch on the trunk {git.trunk!r}); only a merged story is tagged")
+    if not git.is_ancestor(merge):
+        raise TagError(f"{task_id}'s merge commit {merge[:10]} is not on the trunk {git.trunk!r}; "
                        "refusing to tag a commit outside it")
     builds = task.builds()
     branch = builds[-1].branch if builds and builds[-1].branch else "unknown"
-    target = landed_commit(git, task_id, task.merged_commit)
-    git.tag(tag, completion_tag_message(task, sprint_id, branch, task.merged_commit, MANUAL_GATES), target)
+    target = landed_commit(git, task_id, merge)
+    git.tag(tag, completion_tag_message(task, sprint_id, branch, merge, MANUAL_GATES), target)
     return tag, target
 
 
