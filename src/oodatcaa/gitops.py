@@ -515,6 +515,14 @@ class GitRepo:
         """The first line of ``commit``'s message."""
         return str(self.repo.git.log("-1", "--format=%s", commit)).strip()
 
+    def commit_time(self, commit: str) -> str:
+        """The committer date of ``commit`` in ISO 8601 (``2026-01-02T10:00:00+00:00``)."""
+        return str(self.repo.git.log("-1", "--format=%cI", commit)).strip()
+
+    def tag_commit(self, name: str) -> str | None:
+        """The commit tag ``name`` points at (through an annotated tag), or ``None`` when there is no such tag."""
+        return self.head_sha(f"refs/tags/{name}^{{commit}}") if self.tag_exists(name) else None
+
     def first_parent_child(self, commit: str) -> str | None:
         """The commit on the trunk's first-parent line whose first parent is ``commit``, if any."""
         for line in self.repo.git.rev_list("--first-parent", "--parents", self.trunk).splitlines():

@@ -446,6 +446,38 @@ def cmd_revert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tag(args: argparse.Namespace) -> int:
+    """``tag list`` / ``tag TASK`` / ``tag release vX.Y.Z`` (:mod:`oodatcaa.tagging`); exit 2 when refused."""
+    from oodatcaa import tagging
+    from oodatcaa.cli.tag import tag_table
+
+    ws = _ws(args)
+    if args.what != "release" and args.version is not None:
+        raise tagging.TagError(f"unexpected {args.version!r}: only `tag release` takes a version")
+    if args.what == "list":
+        stories = tagging.list_stories(ws)
+        if args.json:
+            print(json.dumps([s.to_json() for s in stories], indent=2))  # plain print: JSON is terminal-free
+            return 0
+        if stories:
+            console.print(tag_table(stories))
+        else:
+            say("no merged stories")
+        missing = [s.task.id for s in stories if s.tag_commit is None]
+        if missing:
+            warn(f"merged without a tag: {', '.join(missing)} (fix: oodatcaa tag TASK)")
+        return 0
+    if args.what == "release":
+        if args.version is None:
+            raise tagging.TagError("tag release needs a version: oodatcaa tag release vX.Y.Z [--notes TEXT]")
+        tag, commit = tagging.release(ws, args.version, notes=args.notes)
+        say(f"released {tag}: CHANGELOG section committed in {commit[:10]}, annotated tag {tag}")
+        return 0
+    tag, commit = tagging.tag_story(ws, args.what)
+    say(f"tagged {tag} at {commit[:10]}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from oodatcaa.cli.render import status_table, task_figures
     from oodatcaa.completion import format_report
@@ -656,6 +688,10 @@ def _add_operation_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("task", help="the story ID, e.g. T003")
     p.add_argument("--reason", required=True, help="why (goes into the commit, the CHANGELOG and the tag)")
     p.set_defaults(func=cmd_revert)
+
+    from oodatcaa.cli.tag import add_tag_parser
+
+    add_tag_parser(sub, cmd_tag)
 
     p = sub.add_parser("demo", help="copy the bundled demo roadmap (2 sprints) into a fresh repository at PATH and "
                                    "run it until its objective is met")

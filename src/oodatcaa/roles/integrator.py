@@ -35,11 +35,11 @@ from oodatcaa.core.store import Transaction
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.gates import GateResult
 from oodatcaa.gitops import GitRepo
-from oodatcaa.jobs.registry import headline
 from oodatcaa.landing import LandingOutcome, land_gated
 from oodatcaa.person import approval_text
 from oodatcaa.reports import write_report
 from oodatcaa.roles.base import RoleAgent
+from oodatcaa.tagging import completion_tag_message, landed_commit, metrics_text
 
 S = TaskStatus
 
@@ -50,11 +50,6 @@ def merge_failure(exc: MergeConflictError | BranchMissingError, item: str) -> Fa
         return Failure.of(FailureKind.MERGE_CONFLICT, f"merge conflict: {exc}", item=item,
                           branch=exc.branch, files=list(exc.files))
     return Failure.of(FailureKind.BRANCH_MISSING, str(exc), item=item, branch=exc.branch)
-
-
-def metrics_text(task: Task) -> str:
-    """The story's headline metrics (each job kind's key metrics) as ``k=v, ...`` for its tag and CHANGELOG line."""
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(headline(task.metrics).items()))
 
 
 def gates_text(results: list[GateResult]) -> str:
@@ -169,23 +164,16 @@ class Integrator(RoleAgent):
     def _finish_landed(self, claim: Claim, git: GitRepo, task: Task, sprint: Sprint, branch: str) -> None:
         """A predecessor landed the story and was killed before it finished: tag and finish."""
         merge_commit = task.merged_commit or git.merge_commit_of(branch) or git.trunk_sha()
-        child = git.first_parent_child(merge_commit)
         # the landed commit is this story's [docs] commit on the merge (never a later story's commit)
-        docs = child is not None and git.subject(child).startswith(f"[docs] {task.id}:")
-        landed = child if docs and child is not None else merge_commit
+        landed = landed_commit(git, task.id, merge_commit)
         self._tag_and_finish(claim, git, task, sprint, branch, merge_commit, landed, None)
 
     def _tag_and_finish(self, claim: Claim, git: GitRepo, task: Task, sprint: Sprint, branch: str,
                         merge_commit: str, landed: str, results: list[GateResult] | None) -> None:
         tag = f"{task.id}-complete"
-        metrics = metrics_text(task)
-        investigate = baselines.investigate_note(task)
         if not git.tag_exists(tag):
             gates = gates_text(results) if results is not None else "passed before landing (by an earlier attempt)"
-            git.tag(tag, f"{task.id}: {task.title}\n\nSprint: {sprint.id}\nBranch: {branch}\n"
-                         f"Merge: {merge_commit}\nMetrics: {metrics or 'none'}\nGates: {gates}\n"
-                         + (f"Approval: {approval_text(task)}\n" if approval_text(task) else "")
-                         + (f"Flag: {investigate}\n" if investigate else ""), landed)
+            git.tag(tag, completion_tag_message(task, sprint.id, branch, merge_commit, gates), landed)
         tag_commit = git.head_sha(tag + "^{commit}")
 
         def apply(tx: Transaction, item: Item) -> None:
