@@ -161,10 +161,13 @@ def complete_sprint(ws: Workspace, *, force: bool = False, actor: str = "sprint_
     archive_discussion(ws, archive)  # the sprint's Check decisions go with its logs
     # the sprint's offline HTML page (issue 10), regenerated here so it lands in the same commit as the archive
     write_sprint_report(ws, queue)
+    # the page's Vega-Lite specs are data next to each run's metrics: committed with it
+    chart_dirs = [ws.relative(d) for d in sorted((ws.dir / "runs").glob("*/charts")) if d.is_dir()]
     # with the plans and reports of the stories that were never merged (those of merged ones are committed already)
     git.commit_paths([ws.relative(archive), ws.relative(ws.objectives_dir), ws.relative(ws.archive_dir / "ARCHIVE_INDEX.md"),
                       ws.relative(ws.reports_index_path), ws.relative(ws.work_dir / "plans"),
-                      ws.relative(ws.work_dir / "reports")], f"[docs] {sprint.id}: sprint {sprint.number} completed")
+                      ws.relative(ws.work_dir / "reports"), *chart_dirs],
+                     f"[docs] {sprint.id}: sprint {sprint.number} completed")
     if not git.tag_exists(tag):
         met = sum(1 for s in states if s.state == "met")
         git.tag(tag, f"{sprint.id} completed{' (forced)' if sprint.forced else ''}\n\nDone: {', '.join(done) or 'none'}\n"
