@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -229,7 +230,9 @@ def _memory_cell(row: RunRow) -> str:
     target = row.metrics.get("peak_memory_target_gb")
     if peak is None:
         return ""
-    return f"{_fmt(peak)} (target {_fmt(target)})" if target is not None else _fmt(peak)
+    if target is None:
+        return _fmt(peak)
+    return f"{_fmt(peak)} {'>' if float(peak) > float(target) else '<='} {_fmt(target)}"  # against its target
 
 
 def _baseline_cell(row: RunRow) -> str:
@@ -256,19 +259,33 @@ def table_cells(rows: list[RunRow], all_params: bool = False) -> tuple[list[str]
     return headers, body
 
 
+#: Columns that name a run: never wrapped, so IDs stay copyable.
+IDENTITY = frozenset({"task", "step", "attempt", "kind", "outcome"})
+
+
 def rich_table(rows: list[RunRow], all_params: bool = False) -> Table:
     """The terminal table, one section per story; every cell is a literal :class:`~rich.text.Text`."""
     headers, body = table_cells(rows, all_params)
-    table = Table(title="Runs", show_lines=False)
-    for i, h in enumerate(headers):
-        # the run's identity never wraps (IDs stay copyable); params and metrics fold when narrow
-        table.add_column(Text(h), no_wrap=i < 5, overflow="fold")
+    kinds = {r.kind for r in rows}
+    title = "Runs"
+    if len(kinds) == 1:  # one kind: said once in the title, its column left out (80 columns are few)
+        title = f"Runs ({next(iter(kinds))})"
+        k = headers.index("kind")
+        headers = headers[:k] + headers[k + 1:]
+        body = [c[:k] + c[k + 1:] for c in body]
+    # no vertical rules and no doubled padding: at 80 columns every character goes to the cells
+    table = Table(title=title, show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for h in headers:
+        # the run's identity never wraps (IDs stay copyable); headers stay whole; values fold when narrow
+        table.add_column(Text(h), no_wrap=h in IDENTITY,
+                         overflow="fold", min_width=min(len(h), 8))
     previous = None
     for row, cells in zip(rows, body, strict=True):
         if previous is not None and row.task != previous:
             table.add_section()
         previous = row.task
-        table.add_row(*(Text(c, style="red" if i == 4 and row.ok is False else "") for i, c in enumerate(cells)))
+        table.add_row(*(Text(c, style="red" if headers[i] == "outcome" and row.ok is False else "")
+                        for i, c in enumerate(cells)))
     return table
 
 
