@@ -632,7 +632,8 @@ def _add_person_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=cmd_approve)
 
     p = sub.add_parser("reject", help="reject a story awaiting approval: needs_adapt with failure kind `rejected` "
-                                      "(the Refiner adapts it), or needs_manual with --to-person")
+                                      "(the Refiner's turn; no policy adapts a prose reason yet, so it then "
+                                      "reaches a person), or needs_manual with --to-person")
     p.add_argument("task", help="story ID, e.g. T001")
     p.add_argument("--reason", required=True, help="why (kept on the story and in AGENT_LOG)")
     p.add_argument("--to-person", action="store_true", help="send it to needs_manual instead of the Refiner")
