@@ -173,3 +173,24 @@ def test_memory_chart_draws_the_target_as_a_rule() -> None:
     assert spec is not None and spec["layer"][1]["mark"]["type"] == "rule"
     assert spec["layer"][1]["data"]["values"] == [{"target": 1.2}]
     assert memory_chart([], 1.2, "memory") is None
+
+
+def test_peak_memory_of_earlier_attempts_comes_from_the_attempt_history(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from oodatcaa.core.models import AttemptRecord
+
+    ws, queue = workspace(tmp_path), sample_queue(1)
+    _with_run(ws, queue, _metrics_lines())
+    step = queue.tasks[0].subtasks[0]
+    step.result = {**(step.result or {}), "attempt": 2}
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    step.attempt_history = [  # attempt 1 ran out of its target before the Refiner adapted it; 2 is the run dir's
+        AttemptRecord(attempt=1, ok=True, metrics={"train.peak_memory_gb": 1.85, "train.final_loss": 1.2}, finished_at=at),
+        AttemptRecord(attempt=2, ok=True, metrics={"train.peak_memory_gb": 1.4}, finished_at=at),
+    ]
+    page, _ = render_sprint_report(ws, queue)
+    spec = json.loads((ws.root / "runs" / step.id / "charts" / "loss.vl.json").read_text())
+    assert spec  # the run's own charts are still there
+    memory = re.findall(rf"{step.id} attempt (\d)", page)
+    assert "1" in memory and "2" in memory  # both attempts drawn in the memory chart

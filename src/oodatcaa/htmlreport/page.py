@@ -6,6 +6,7 @@ No ``<script>`` and no external resource: the charts are rendered here by ``vl_c
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from html import escape
@@ -131,6 +132,25 @@ def memory_target(task: Task) -> float | None:
     return min(limits) if limits else None
 
 
+def _earlier_attempts_memory(task: Task, shown: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Peak memory (GB) of each step's earlier attempts, from ``attempt_history`` (their run dirs are overwritten).
+
+    An attempt's peak is the largest ``*peak_memory_gb`` metric it recorded; attempts already in
+    ``shown`` (labels ``"<STEP> attempt <n>"``) and attempts without one are left out.
+    """
+    labels = {label for label, _ in shown}
+    earlier: list[tuple[str, float]] = []
+    for step in task.builds():
+        for record in step.attempt_history:
+            label = f"{step.id} attempt {record.attempt}"
+            peaks = [float(v) for k, v in record.metrics.items()
+                     if k.endswith("peak_memory_gb") and isinstance(v, (int, float)) and math.isfinite(float(v))]
+            if peaks and label not in labels:
+                earlier.append((label, max(peaks)))
+                labels.add(label)
+    return earlier
+
+
 def _story_section(ws: Workspace, task: Task, stats: PageStats) -> str:
     parts = [f'<section id="{escape(task.id)}"><h2>{escape(task.id)}: {escape(task.title)}</h2>',
              "<h3>Acceptance criteria</h3>", _criteria(task)]
@@ -156,6 +176,7 @@ def _story_section(ws: Workspace, task: Task, stats: PageStats) -> str:
                 charts.store_spec(run.run_dir, name, spec)
                 parts.append(f'<div class="chart" data-spec="{escape(name)}">{_svg(spec)}</div>')
                 stats.charts += 1
+    memory = _earlier_attempts_memory(task, memory) + memory
     mem_spec = charts.memory_chart(memory, memory_target(task), f"{task.id}: peak memory per attempt")
     if mem_spec is not None:
         parts.append(f'<div class="chart" data-spec="memory">{_svg(mem_spec)}</div>')
