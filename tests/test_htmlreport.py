@@ -194,3 +194,23 @@ def test_peak_memory_of_earlier_attempts_comes_from_the_attempt_history(tmp_path
     assert spec  # the run's own charts are still there
     memory = re.findall(rf"{step.id} attempt (\d)", page)
     assert "1" in memory and "2" in memory  # both attempts drawn in the memory chart
+
+
+def test_cli_report_html_of_an_archived_sprint_and_of_one_that_is_not_there(tmp_path: Path, monkeypatch, capsys) -> None:
+    from oodatcaa.cli.main import main
+    from support import store_with
+
+    ws, queue = workspace(tmp_path), sample_queue(2)
+    store_with(ws, sample_queue(1))  # the current sprint holds T001 only
+    archived = ws.archive_dir / "sprint_1"
+    archived.mkdir(parents=True)
+    queue.tasks[1].title = "only in the archived sprint"
+    (archived / "SPRINT_QUEUE.json").write_text(queue.model_dump_json(), encoding="utf-8")
+    monkeypatch.chdir(ws.root)
+    out = tmp_path / "s1.html"
+    assert main(["report", "--html", str(out), "--sprint", "1"]) == 0
+    assert "only in the archived sprint" in out.read_text()
+    capsys.readouterr()
+    assert main(["report", "--html", str(tmp_path / "x.html"), "--sprint", "4"]) == 2
+    assert "no archived queue of sprint 4 (archived sprints: 1;" in capsys.readouterr().err
+    assert not (tmp_path / "x.html").exists()

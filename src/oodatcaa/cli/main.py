@@ -392,7 +392,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     ws = _ws(args)
     if args.html is not None:
-        return _report_html(ws, args.html)
+        return _report_html(ws, args.html, args.sprint)
     if not args.task:
         warn("error: report needs a story ID (e.g. report T001), or --html [FILE] for the sprint's page")
         return 2
@@ -407,12 +407,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_html(ws: Workspace, target: str) -> int:
-    """``report --html [FILE]``: write the sprint's offline HTML page and say its size and render time."""
+def _report_html(ws: Workspace, target: str, sprint: int | None) -> int:
+    """``report --html [FILE] [--sprint N]``: write a sprint's offline HTML page; say its size and render time.
+
+    Without ``--sprint``, the current sprint's queue; with it, the final queue archived at that
+    sprint's close (an error naming the sprints there are when it has none).
+    """
+    from oodatcaa.archive import archived_sprints
+    from oodatcaa.core.errors import WorkspaceError
     from oodatcaa.core.store import QueueStore
     from oodatcaa.htmlreport import write_sprint_report
 
-    path, stats = write_sprint_report(ws, QueueStore.for_workspace(ws).read(), Path(target) if target else None)
+    queue = QueueStore.for_workspace(ws).read() if sprint is None else None
+    if sprint is not None:
+        archived = {a.number: a.queue for a in archived_sprints(ws)}
+        queue = archived.get(sprint)
+        current = QueueStore.for_workspace(ws).read() if ws.queue_path.exists() else None
+        if queue is None and current is not None and current.sprint and current.sprint.number == sprint:
+            queue = current
+        if queue is None:
+            known = ", ".join(str(n) for n in sorted(archived)) or "none"
+            raise WorkspaceError(f"{ws.archive_dir}: no archived queue of sprint {sprint} (archived sprints: {known}; "
+                                 "without --sprint the current sprint is reported)")
+    assert queue is not None
+    path, stats = write_sprint_report(ws, queue, Path(target) if target else None)
     console.print(f"wrote {path} ({stats.size_bytes} bytes, {stats.charts} charts, {stats.seconds:.2f} s)")
     for problem in stats.problems:
         warn(f"warning: {problem}")
@@ -609,6 +627,8 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("task", nargs="?", help="story ID, e.g. T001")
     p.add_argument("--html", nargs="?", const="", default=None, metavar="FILE",
                    help="write the sprint's self-contained offline HTML page (default .oodatcaa/work/reports/sprint_<N>.html)")
+    p.add_argument("--sprint", type=int, metavar="N",
+                   help="with --html: an earlier sprint, from the final queue archived at its close")
     p.add_argument("--role", choices=ROLE_CHOICES, help="only this role's reports")
     p.set_defaults(func=cmd_report)
 
