@@ -214,3 +214,23 @@ def test_cli_report_html_of_an_archived_sprint_and_of_one_that_is_not_there(tmp_
     assert main(["report", "--html", str(tmp_path / "x.html"), "--sprint", "4"]) == 2
     assert "no archived queue of sprint 4 (archived sprints: 1;" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()
+
+
+def test_the_attempts_table_shows_what_each_attempt_changed_and_how_it_ended(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from oodatcaa.core.failures import FailureKind
+    from oodatcaa.core.models import AttemptRecord
+
+    ws, queue = workspace(tmp_path), sample_queue(1)
+    step = add_steps(queue.tasks[0]).subtasks[0]
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    job = {"kind": "lora_train", "batch_size": 4, "lora": {"rank": 8}}
+    step.attempt_history = [
+        AttemptRecord(attempt=1, ok=False, job=job, failure_kind=FailureKind.OOM, finished_at=at),
+        AttemptRecord(attempt=2, ok=True, job={**job, "batch_size": 2, "grad_checkpoint": True}, finished_at=at),
+    ]
+    page, _ = render_sprint_report(ws, queue)
+    table = page.split("<h4>Attempts</h4>", 1)[1].split("</table>", 1)[0]
+    assert "<td>oom</td><td>(as planned)</td>" in table
+    assert "batch_size: 4 -&gt; 2; grad_checkpoint: - -&gt; true" in table

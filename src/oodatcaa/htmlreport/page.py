@@ -124,6 +124,43 @@ def _lineage(task: Task) -> str:
     return _table(["loop", "step", "failure", "rule", "change"], rows)
 
 
+def _spec_value(spec: dict[str, object], key: str) -> str:
+    """A job-spec value as YAML writes it (``true``, ``2``), ``-`` when the spec leaves it unset."""
+    if key not in spec:
+        return "-"
+    value = spec[key]
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _attempts(task: Task) -> str:
+    """Each step's attempts in order: outcome, then what its job spec changed against the attempt before.
+
+    From ``attempt_history`` (the queue keeps a step's last attempts); empty when no step ran twice.
+    """
+    from oodatcaa.compare import flatten  # compare imports this module at its top
+
+    rows: list[list[str]] = []
+    for step in task.builds():
+        history = sorted(step.attempt_history, key=lambda r: r.attempt)
+        if len(history) < 2:
+            continue
+        before: dict[str, object] | None = None
+        for record in history:
+            now = flatten(record.job or {})
+            if before is None:
+                change = "(as planned)"
+            else:
+                keys = sorted(set(before) | set(now))
+                change = "; ".join(f"{k}: {_spec_value(before, k)} -> {_spec_value(now, k)}" for k in keys
+                                   if before.get(k) != now.get(k)) or "(unchanged: run again)"
+            outcome = "ok" if record.ok else (record.failure_kind.value if record.failure_kind else "failed")
+            rows.append([escape(step.id), escape(str(record.attempt)), escape(outcome), escape(change)])
+            before = now
+    if not rows:
+        return ""
+    return "<h4>Attempts</h4>" + _table(["step", "attempt", "job outcome", "job spec against the attempt before"], rows)
+
+
 def memory_target(task: Task) -> float | None:
     """The tightest ``peak_memory_gb`` ceiling (``<``/``<=``) among the story's metric criteria, in GB; None without one."""
     limits = [float(c.check.value) for c in task.acceptance_criteria
@@ -181,7 +218,7 @@ def _story_section(ws: Workspace, task: Task, stats: PageStats) -> str:
     if mem_spec is not None:
         parts.append(f'<div class="chart" data-spec="memory">{_svg(mem_spec)}</div>')
         stats.charts += 1
-    parts += ["<h3>Refiner lineage</h3>", _lineage(task)]
+    parts += ["<h3>Refiner lineage</h3>", _lineage(task), _attempts(task)]
     reports = sorted(ws.report_dir(task.id).glob("*.md")) if ws.report_dir(task.id).is_dir() else []
     if reports:
         links = "".join(f'<li><a href="{escape(p.resolve().as_uri())}">{escape(p.name)}</a></li>' for p in reports)
