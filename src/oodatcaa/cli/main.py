@@ -19,7 +19,7 @@ from rich.console import Console
 
 from oodatcaa import __version__
 from oodatcaa.core.errors import OodatcaaError
-from oodatcaa.core.statuses import AGENT_ROLES, PROCESS_ROLES
+from oodatcaa.core.statuses import AGENT_ROLES, PROCESS_ROLES, TaskStatus
 from oodatcaa.core.workspace import Workspace, find_workspace
 
 if TYPE_CHECKING:
@@ -617,7 +617,8 @@ def _add_view_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--role", choices=(*ROLE_CHOICES, "negotiator"), help="only this role's entries")
     p.add_argument("--since", metavar="TIME", help="only entries at or after TIME: ISO (2026-11-21T18:40:00Z) "
                                                    "or a span back from now (10m, 2h, 1d)")
-    p.add_argument("--status", metavar="STATUS", help="only entries moving to STATUS (e.g. ready_for_tester)")
+    p.add_argument("--status", metavar="STATUS", choices=[s.value for s in TaskStatus],
+                   help="only entries moving to STATUS (a task status, e.g. needs_adapt or done)")
     p.add_argument("--grep", metavar="TEXT", help="only entries containing TEXT (case-insensitive)")
     p.add_argument("--json", action="store_true", help="print the entries as a JSON list")
     p.add_argument("--dry-run", action="store_true", help="rotate: say what would move, change nothing")
