@@ -32,6 +32,7 @@ from oodatcaa.core.models import Queue, Subtask, Task
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.htmlreport.page import memory_target
 from oodatcaa.jobs.registry import headline, numeric_metrics
+from oodatcaa.jobs.spec import flatten_spec as flatten
 
 #: Metric columns in display order: label -> flat metric name (first one present of the alternatives).
 METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -71,18 +72,6 @@ class RunRow:
         """The ``--json`` row: task, step, attempt, kind, ok, failure, params, metrics."""
         return {"task": self.task, "step": self.step, "attempt": self.attempt, "kind": self.kind, "ok": self.ok,
                 "failure": self.failure, "params": self.params, "metrics": self.metrics}
-
-
-def flatten(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"lora": {"rank": 8}}`` -> ``{"lora.rank": 8}``; lists are kept as values."""
-    out: dict[str, Any] = {}
-    for key, value in spec.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def find_task(ws: Workspace | None, queue: Queue, task_id: str) -> Task:

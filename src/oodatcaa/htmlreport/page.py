@@ -19,6 +19,7 @@ from oodatcaa.core.workspace import Workspace
 from oodatcaa.htmlreport import charts
 from oodatcaa.htmlreport.metrics import RunMetrics, read_metrics
 from oodatcaa.jobs.registry import headline
+from oodatcaa.jobs.spec import flatten_spec
 
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
           "td,th{border:1px solid #999;padding:2px 6px;text-align:left}.PASS{color:#060}.FAIL{color:#a00}"
@@ -137,8 +138,6 @@ def _attempts(task: Task) -> str:
 
     From ``attempt_history`` (the queue keeps a step's last attempts); empty when no step ran twice.
     """
-    from oodatcaa.compare import flatten  # compare imports this module at its top
-
     rows: list[list[str]] = []
     for step in task.builds():
         history = sorted(step.attempt_history, key=lambda r: r.attempt)
@@ -146,7 +145,7 @@ def _attempts(task: Task) -> str:
             continue
         before: dict[str, object] | None = None
         for record in history:
-            now = flatten(record.job or {})
+            now = flatten_spec(record.job or {})
             if before is None:
                 change = "(as planned)"
             else:

@@ -722,3 +722,18 @@ def parse_job_spec(data: Any, *, source: str = "<job>") -> JobSpec:
             unique.append((field, message))
         first_field, first_message = unique[0]
         raise JobSpecError(source, first_field, first_message, unique) from None
+
+
+def flatten_spec(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A job block with nested tables flattened: ``{"lora": {"rank": 8}}`` -> ``{"lora.rank": 8}``.
+
+    Lists are kept as values. Used where specs are compared key by key (``compare``, the HTML report).
+    """
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_spec(value, name + "."))
+        else:
+            out[name] = value
+    return out
