@@ -166,6 +166,8 @@ def test_the_sprint_completes_on_its_exit_criteria_with_a_story_left_to_a_person
     assert "completed: 1/1 exit criteria met" in run.stdout
     queue = QueueStore.for_workspace(ws).read()
     assert queue.task("T001").status == S.DONE and queue.task("T002").status == S.NEEDS_MANUAL
+    # kept for `watch`: the board shows them without running a check itself
+    assert [(c.id, c.state) for c in queue.sprint.exit_states] == [("EC1", "met")] and queue.sprint.exit_checked_at
     retro = (ws.sprint_archive_dir(1) / "RETROSPECTIVE.md").read_text()
     assert "### Left to a person" in retro and "T002 Decide the roadmap" in retro
 
@@ -178,4 +180,6 @@ def test_an_exit_criterion_only_a_person_can_judge_stops_the_run_saying_how_to_c
     assert run.returncode == EXIT_PERSON_WAIT, run.stdout + run.stderr
     assert "T002 needs_manual" in run.stderr
     assert "EC2 needs_manual: the roadmap reads well" in run.stderr and "sprint complete --force" in run.stderr
-    assert QueueStore.for_workspace(ws).read().sprint.status.value == "in_progress"
+    sprint = QueueStore.for_workspace(ws).read().sprint
+    assert sprint.status.value == "in_progress"
+    assert [(c.id, c.state) for c in sprint.exit_states] == [("EC1", "met"), ("EC2", "needs_manual")]

@@ -62,7 +62,7 @@ from oodatcaa.core.criteria import (
 from oodatcaa.core.errors import BacklogError, GitOperationError, OodatcaaError
 from oodatcaa.core.ids import STORY_ID_PATTERN
 from oodatcaa.core.leases import pid_alive
-from oodatcaa.core.models import ObjectiveSnapshot, Queue
+from oodatcaa.core.models import CriterionBrief, ObjectiveSnapshot, Queue
 from oodatcaa.core.objective import (
     CriterionState,
     Evidence,
@@ -91,6 +91,7 @@ __all__ = [
     "StoryBook",
     "TrunkCheckout",
     "detect_completion",
+    "briefs",
     "evaluate_exit_criteria",
     "evaluate_objective",
     "format_report",
@@ -517,5 +518,11 @@ def detect_completion(ws: Workspace, now: datetime, *, git: GitRepo | None = Non
         return ObjectiveSnapshot(percent=0.0, met=0, total=0, checked_at=now, error=str(exc)[:500]), None
     manual = sum(1 for c in report.criteria if c.state == "needs_manual")
     snapshot = ObjectiveSnapshot(percent=round(report.completion_percent, 2), met=report.met, total=len(report.criteria),
-                                 needs_manual=manual, trunk_commit=report.trunk_commit, checked_at=now)
+                                 needs_manual=manual, trunk_commit=report.trunk_commit, checked_at=now,
+                                 criteria=briefs(report.criteria))
     return snapshot, report
+
+
+def briefs(states: list[CriterionState]) -> list[CriterionBrief]:
+    """Each state as the :class:`CriterionBrief` kept in the queue (id, text, state, reason cut to 300 characters)."""
+    return [CriterionBrief(id=s.id, text=s.text[:500], state=s.state, reason=s.reason[:300]) for s in states]

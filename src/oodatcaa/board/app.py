@@ -7,13 +7,15 @@ Keys: arrows select a row, ``enter`` shows the selected story's Markdown reports
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Markdown, Static
 
-from oodatcaa.board.frame import agents_panel, log_panel
-from oodatcaa.board.progress import progress_text
+from oodatcaa.board.frame import agents_panel, criteria_panel, jobs_panel, log_panel
 from oodatcaa.board.snapshot import Snapshot, take_snapshot
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.reports import reports_for
@@ -35,43 +37,78 @@ class ReportsScreen(Screen[None]):
         yield Footer()
 
 
+def _at(progress: dict[str, object] | None) -> str:
+    """``40/100`` for a running step (the running-jobs panel has its loss, tokens/s and ETA)."""
+    if not progress or progress.get("step") is None:
+        return ""
+    total = progress.get("total")
+    return f"{progress['step']}/{total if total is not None else '?'}"
+
+
 class BoardApp(App[None]):
-    """The live board over workspace ``ws``; ``interval_s`` between refreshes (at most 1 s)."""
+    """The live board over workspace ``ws``; ``interval_s`` between refreshes (at most 1 s).
 
-    BINDINGS = [("q", "quit", "quit"), ("enter", "reports", "reports"), ("a", "approve", "approve")]
+    ``source`` takes the snapshot (default: :func:`take_snapshot` of ``ws``); tests pass a fixed one so an
+    SVG screenshot of the board can be compared byte for byte.
+    """
 
-    def __init__(self, ws: Workspace, interval_s: float = 1.0):
+    BINDINGS = [("q", "quit", "quit"), ("enter", "reports", "reports"), ("r", "reports", "reports (enter)"),
+                ("a", "approve", "approve")]
+    CSS = """
+    #body { height: 1fr; }
+    #items { height: auto; max-height: 12; }
+    #header, #agents, #jobs, #criteria, #log { height: auto; }
+    #message { height: auto; color: $warning; }
+    """
+
+    def __init__(self, ws: Workspace, interval_s: float = 1.0, source: Callable[[], Snapshot] | None = None):
         super().__init__()
         self.ws, self.interval_s = ws, min(interval_s, 1.0)
+        self.source = source or (lambda: take_snapshot(ws))
         self.snapshot: Snapshot | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
-        table: DataTable[str] = DataTable(id="items", cursor_type="row")
-        table.add_columns("item", "status", "owner", "lease", "loops", "progress")
-        yield table
-        yield Static(id="agents")
-        yield Static(id="log")
+        with VerticalScroll(id="body"):  # at 80x24 the panels below the stories scroll
+            table: DataTable[str | Text] = DataTable(id="items", cursor_type="row")
+            table.add_columns("item", "status", "owner", "lease", "try", "loops", "deps", "at")
+            yield table
+            yield Static(id="jobs")
+            yield Static(id="criteria")
+            yield Static(id="agents")
+            yield Static(id="log")
         yield Static(id="message")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#items", DataTable).focus()  # arrows select stories; tab reaches the scrolling panels
         self.refresh_board()
         self.set_interval(self.interval_s, self.refresh_board)
 
     def refresh_board(self) -> None:
         """Re-read the files and redraw, keeping the selected row."""
-        snap = self.snapshot = take_snapshot(self.ws)
-        self.query_one("#header", Static).update(snap.sprint + (f"\n{snap.objective}" if snap.objective else ""))
+        snap = self.snapshot = self.source()
+        header = Text(snap.sprint, style="bold")
+        header.append(f"  {snap.taken_at.strftime('%H:%M:%S')}Z", style="dim")
+        for line in ([snap.objective.splitlines()[0]] if snap.objective else []) + \
+                [f"waiting for a person: {w}" for w in snap.waiting]:
+            header.append("\n" + line)
+        self.query_one("#header", Static).update(header)
         table = self.query_one("#items", DataTable)
         row = table.cursor_row
         table.clear()
         for r in snap.items:
-            table.add_row(r.id if r.kind == "story" else f"  {r.id}", r.status, r.owner or "",
-                          "" if r.lease_left_s is None else f"{int(r.lease_left_s)}s",
-                          f"{r.loops}/3" if r.loops is not None else "", progress_text(r.progress), key=r.id)
+            status = Text(r.status)
+            if r.awaiting_approval:
+                status.append(" ⚑appr", style="bold magenta")  # short: the header line names the wait
+            table.add_row(r.id if r.kind == "story" else f"  {r.id}", status, r.owner or "",
+                          "" if r.lease_left_s is None else f"{int(r.lease_left_s)}s", str(r.attempt or ""),
+                          f"{r.loops}/{snap.max_loops}" if r.loops is not None else "", ",".join(r.dependencies),
+                          _at(r.progress), key=r.id)
         if snap.items:
             table.move_cursor(row=min(row, len(snap.items) - 1))
+        self.query_one("#jobs", Static).update(jobs_panel(snap))
+        self.query_one("#criteria", Static).update(criteria_panel(snap))
         self.query_one("#agents", Static).update(agents_panel(snap))
         self.query_one("#log", Static).update(log_panel(snap))
 

@@ -10,6 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from oodatcaa.board.jobs import JobRow, sparkline
 from oodatcaa.board.progress import progress_text
 from oodatcaa.board.snapshot import Snapshot
 
@@ -28,7 +29,7 @@ def _age(seconds: float | None) -> str:
 
 def agents_panel(snap: Snapshot) -> Table:
     """Agents: a dead one reads ``dead`` in red, an idle live one ``idle`` in yellow, a busy one ``busy``."""
-    table = Table(title="agents", expand=True)
+    table = Table(title="agents", expand=True, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     for col in ("owner", "role", "pid", "state", "heartbeat", "item"):
         table.add_column(col, no_wrap=True, overflow="ellipsis")
     for a in snap.agents:
@@ -60,9 +61,65 @@ def items_panel(snap: Snapshot) -> Table:
     return table
 
 
+def _memory(job: JobRow) -> Text:
+    """``0.98/1.00 GB``, red when the peak so far is over the target; ``0.98 GB`` without a target."""
+    if job.peak_memory_gb is None:
+        return cell("")
+    if job.target_gb is None:
+        return cell(f"{job.peak_memory_gb:.2f} GB")
+    over = job.peak_memory_gb > job.target_gb
+    return cell(f"{job.peak_memory_gb:.2f}/{job.target_gb:.2f} GB", "bold red" if over else "green")
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
+
+
+def jobs_panel(snap: Snapshot) -> Table:
+    """Running jobs: step / total, last loss with a sparkline, tokens/s, peak memory against the target, ETA.
+
+    Metrics lines skipped (torn or NaN) are counted in the last column, so a bad file is visible.
+    """
+    table = Table(title="running jobs", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for col in ("step", "at", "loss", "trend", "tok/s", "peak mem", "ETA", "note"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=16 if col in ("trend", "step") else None)
+    for job in snap.jobs:
+        at = "" if job.step is None else f"{job.step}/{job.total if job.total is not None else '?'}"
+        table.add_row(cell(job.step_id), cell(at), cell("" if job.last_loss is None else f"{job.last_loss:.3f}"),
+                      cell(sparkline(job.losses, 12), "cyan"),
+                      cell("" if job.tokens_per_second is None else f"{job.tokens_per_second:,.0f}"),
+                      _memory(job), cell(_eta(job.eta_s)),
+                      cell(f"{job.skipped} line(s) skipped" if job.skipped else "", "yellow"))
+    if not snap.jobs:
+        table.add_row(cell("(no job running)", "dim"), *[cell("")] * 7)
+    return table
+
+
+#: Colour of a criterion's state.
+CRITERION_COLOURS = {"met": "green", "unmet": "yellow", "needs_manual": "red", "not checked": "dim"}
+
+
+def criteria_panel(snap: Snapshot) -> Table:
+    """The objective's success criteria (``SC``) and the sprint's exit criteria (``EC``) with their state."""
+    table = Table(title="criteria", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True,
+                  expand=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("criterion", no_wrap=True, overflow="ellipsis", ratio=1)
+    for c in snap.criteria:
+        first_line = c.text.splitlines()[0] if c.text else ""
+        table.add_row(cell(c.id), cell(c.state, CRITERION_COLOURS.get(c.state, "")), cell(first_line))
+    if not snap.criteria:
+        table.add_row(cell(""), cell(""), cell("(no objective or exit criteria)", "dim"))
+    return table
+
+
 def log_panel(snap: Snapshot) -> Table:
     """The newest ``AGENT_LOG.md`` entries, oldest first."""
-    table = Table(title="log", expand=True)
+    table = Table(title="log", expand=True, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     for col in ("time", "agent", "task", "what"):  # one line per entry: the newest must fit in 24 rows
         table.add_column(col, no_wrap=True, overflow="ellipsis", ratio=3 if col == "what" else None)
     for e in snap.log:
@@ -71,7 +128,7 @@ def log_panel(snap: Snapshot) -> Table:
 
 
 def frame(snap: Snapshot) -> Group:
-    """The whole frame: header (sprint, objective, time), agents, items, log."""
+    """The whole frame: header (sprint, objective, time), agents, items, running jobs, criteria, log."""
     header = Text(snap.sprint, style="bold")
     header.append(f"  {snap.taken_at.strftime('%H:%M:%S')}Z", style="dim")
     parts: list[object] = [header]
@@ -79,5 +136,5 @@ def frame(snap: Snapshot) -> Group:
         parts.append(Text(snap.objective.splitlines()[0], no_wrap=True, overflow="ellipsis"))
     for line in snap.waiting:
         parts.append(Text("waiting for a person: " + line, style="magenta", no_wrap=True, overflow="ellipsis"))
-    parts += [agents_panel(snap), items_panel(snap), log_panel(snap)]
+    parts += [agents_panel(snap), items_panel(snap), jobs_panel(snap), criteria_panel(snap), log_panel(snap)]
     return Group(*parts)  # type: ignore[arg-type]

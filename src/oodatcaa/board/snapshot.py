@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from oodatcaa.board.jobs import JobRow, running_jobs
 from oodatcaa.board.progress import step_progress
 from oodatcaa.core.config import Config, load_config, load_role_definitions
 from oodatcaa.core.errors import ConfigError
 from oodatcaa.core.eventlog import EventLog, LogEntry
-from oodatcaa.core.models import Subtask, Task
+from oodatcaa.core.models import Queue, Subtask, Task
 from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.person import waiting_for_person
@@ -51,8 +52,35 @@ class ItemRow:
 
 
 @dataclass(frozen=True)
+class CriterionRow:
+    """An objective success criterion (``SC1``) or sprint exit criterion (``EC1``) and its last known state.
+
+    ``state``: ``met``, ``unmet``, ``needs_manual``, or ``not checked`` when the Negotiator has not
+    evaluated it yet (the board never runs checks itself: they may run commands for minutes).
+    """
+
+    id: str
+    text: str
+    state: str
+    reason: str = ""
+
+
+def criterion_rows(queue: Queue) -> list[CriterionRow]:
+    """The objective's success criteria then the sprint's exit criteria, as last evaluated and kept in the queue."""
+    rows = [CriterionRow(c.id, c.text, c.state, c.reason) for c in (queue.objective.criteria if queue.objective else [])]
+    sprint = queue.sprint
+    if sprint is not None:
+        if sprint.exit_states:
+            rows += [CriterionRow(c.id, c.text, c.state, c.reason) for c in sprint.exit_states]
+        else:
+            rows += [CriterionRow(f"EC{n}", text, "not checked") for n, text in enumerate(sprint.exit_criteria, 1)]
+    return rows
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """Everything one board frame shows, taken at ``taken_at`` (UTC)."""
+    """Everything one board frame shows, taken at ``taken_at`` (UTC): header, agents, items, running jobs,
+    the objective's and the sprint's criteria, and the newest log entries."""
 
     taken_at: datetime
     sprint: str
@@ -61,6 +89,8 @@ class Snapshot:
     waiting: list[str] = field(default_factory=list)
     agents: list[AgentRow] = field(default_factory=list)
     items: list[ItemRow] = field(default_factory=list)
+    jobs: list[JobRow] = field(default_factory=list)
+    criteria: list[CriterionRow] = field(default_factory=list)
     log: list[LogEntry] = field(default_factory=list)
 
 
@@ -105,4 +135,5 @@ def take_snapshot(ws: Workspace, *, now: datetime | None = None, log_entries: in
     return Snapshot(taken_at=now, sprint=f"{sprint.id} — {sprint.title} [{sprint.status.value}]" if sprint else "no sprint",
                     objective=queue.objective.describe() if queue.objective else None,
                     max_loops=config.loop.max_adapt_loops, waiting=[w.describe() for w in waiting],
-                    agents=agents, items=items, log=entries)
+                    agents=agents, items=items, jobs=running_jobs(ws, queue.tasks), criteria=criterion_rows(queue),
+                    log=entries)

@@ -173,6 +173,20 @@ class RevertRecord(_Model):
     at: datetime
 
 
+class CriterionBrief(_Model):
+    """One criterion's state as last evaluated, kept in the queue so views (``watch``) need not re-run checks.
+
+    ``id``: ``SC1`` (a success criterion of the objective) or ``EC1`` (a sprint exit criterion);
+    ``state``: ``met``, ``unmet`` or ``needs_manual`` (:class:`oodatcaa.core.objective.CriterionState`);
+    ``reason``: its one-sentence reason, cut to 300 characters.
+    """
+
+    id: str
+    text: str
+    state: Literal["met", "unmet", "needs_manual"]
+    reason: str = ""
+
+
 class ObjectiveSnapshot(_Model):
     """The objective's completion as last detected (the Completion Detector, after a merge or a sprint).
 
@@ -187,6 +201,8 @@ class ObjectiveSnapshot(_Model):
     trunk_commit: str | None = None
     checked_at: datetime
     error: str | None = None
+    criteria: list[CriterionBrief] = Field(
+        default_factory=list, description="Each success criterion's state at `checked_at` (for views).")
 
     def describe(self) -> str:
         """``objective 50.0 % (2/4 met)``, or ``objective not evaluated: <why>``."""
@@ -359,6 +375,9 @@ class Sprint(_Model):
     created_at: datetime
     completed_at: datetime | None = None
     forced: bool = Field(default=False, description="Completed with `sprint complete --force` (exit criteria unmet).")
+    exit_states: list[CriterionBrief] = Field(
+        default_factory=list, description="Each exit criterion's state as the Negotiator last evaluated it (for views).")
+    exit_checked_at: datetime | None = Field(default=None, description="When `exit_states` were evaluated.")
 
     @field_validator("id")
     @classmethod

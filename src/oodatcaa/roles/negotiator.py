@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 
 from oodatcaa.closing import complete_sprint
-from oodatcaa.completion import detect_completion, evaluate_exit_criteria
+from oodatcaa.completion import briefs, detect_completion, evaluate_exit_criteria
 from oodatcaa.core import lifecycle
 from oodatcaa.core.config import AGENT_ROLES, EstimatesSection
 from oodatcaa.core.errors import WorkspaceError
@@ -282,6 +282,23 @@ class Negotiator:
         with self.ctx.store.transaction("negotiator") as tx:
             tx.queue.objective = snapshot
         self.sprint_event("completion", snapshot.describe())
+        self.evaluate_exit(self.ctx.store.read(), git)
+
+    def evaluate_exit(self, queue: Queue, git: GitRepo) -> list[CriterionState]:
+        """Evaluate the sprint's exit criteria on the trunk and keep their states in the queue (for ``watch``).
+
+        Written only when a state changed, so re-evaluating a settled sprint writes nothing; the
+        revision written is remembered, so :meth:`try_close` does not evaluate the same queue again.
+        """
+        states = evaluate_exit_criteria(self.ctx.ws, queue, git=git)
+        self._exit_states, self._exit_revision = states, queue.revision
+        kept = briefs(states)
+        if queue.sprint is not None and kept != queue.sprint.exit_states:
+            with self.ctx.store.transaction("negotiator") as tx:
+                if tx.queue.sprint is not None:
+                    tx.queue.sprint.exit_states, tx.queue.sprint.exit_checked_at = kept, self.ctx.clock.now()
+            self._exit_revision = tx.queue.revision
+        return states
 
     def try_close(self, queue: Queue) -> tuple[int, str] | None:
         """Nothing moves: close the sprint when its exit criteria are met, else say it is stuck.
@@ -290,9 +307,7 @@ class Negotiator:
         Returns the exit code and message, or ``None`` to keep waiting (the stuck grace period).
         """
         if queue.revision != self._exit_revision:
-            git = GitRepo.for_workspace(self.ctx.ws, "negotiator", trunk=self.ctx.config.git.trunk)
-            self._exit_states = evaluate_exit_criteria(self.ctx.ws, queue, git=git)
-            self._exit_revision = queue.revision
+            self.evaluate_exit(queue, GitRepo.for_workspace(self.ctx.ws, "negotiator", trunk=self.ctx.config.git.trunk))
         states = self._exit_states
         if sprint_exit_ready(states, queue.tasks):
             self.stop_agents()
