@@ -234,3 +234,21 @@ def test_the_attempts_table_shows_what_each_attempt_changed_and_how_it_ended(tmp
     table = page.split("<h4>Attempts</h4>", 1)[1].split("</table>", 1)[0]
     assert "<td>oom</td><td>(as planned)</td>" in table
     assert "batch_size: 4 -&gt; 2; grad_checkpoint: - -&gt; true" in table
+
+
+def test_exit_criteria_states_and_steps_without_metrics_are_on_the_page(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from oodatcaa.core.models import CriterionBrief
+
+    ws, queue = workspace(tmp_path), sample_queue(2)
+    queue.sprint.exit_criteria = ["T001 merged", "the team <agrees>"]
+    queue.sprint.exit_states = [CriterionBrief(id="EC1", text="T001 merged", state="met", reason="T001 is done"),
+                                CriterionBrief(id="EC2", text="the team <agrees>", state="needs_manual", reason="prose")]
+    queue.sprint.exit_checked_at = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    task = add_steps(queue.tasks[1])
+    task.subtasks[0].result = {"attempt": 1, "commit": "feedbeef01"}  # a dataset/command job: no metrics.jsonl
+    page, _stats = render_sprint_report(ws, queue)
+    assert '<span class="PASS">met</span>' in page and '<span class="FAIL">needs_manual</span>' in page
+    assert "the team &lt;agrees&gt;" in page and "evaluated 2026-12-02 12:00 UTC" in page
+    assert "<code>feedbeef01</code> (its job records no metrics curve)" in page

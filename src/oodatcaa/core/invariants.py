@@ -122,10 +122,15 @@ def _lease_violations(node: _Node) -> list[Violation]:
     return []
 
 
-def _structure_violations(stories: Sequence[_Story]) -> list[Violation]:
-    """Dependencies, cycles, leases and story/subtask status pairs (not uniqueness, not counters)."""
+def _structure_violations(stories: Sequence[_Story], ids: set[str] | None = None,
+                          story_cycles: bool = True) -> list[Violation]:
+    """Dependencies, cycles, leases and story/subtask status pairs (not uniqueness, not counters).
+
+    ``ids``: every story ID of the queue (default: those of ``stories``); ``story_cycles`` False skips
+    the cycle search across stories (for a subset whose dependencies did not change).
+    """
     out: list[Violation] = []
-    ids = {s.node.id for s in stories}
+    ids = ids if ids is not None else {s.node.id for s in stories}
     for story in stories:
         task = story.node
         for dep in task.dependencies:
@@ -152,7 +157,8 @@ def _structure_violations(stories: Sequence[_Story]) -> list[Violation]:
         cycle = _cycle({s.id: list(s.dependencies) for s in story.subtasks})
         if cycle:
             out.append(Violation(f"{task.where}.subtasks", "dependency cycle " + " -> ".join(cycle), "break the cycle"))
-    cycle = _cycle({s.node.id: [d for d in s.node.dependencies if d in ids] for s in stories})
+    graph = {s.node.id: [d for d in s.node.dependencies if d in ids] for s in stories}
+    cycle = _cycle(graph) if story_cycles else None
     if cycle:
         out.append(Violation("tasks", "dependency cycle " + " -> ".join(cycle), "remove one of these dependencies"))
     return out
@@ -171,10 +177,11 @@ def _duplicate_ids(stories: Sequence[_Story]) -> list[Violation]:
     return out
 
 
-def _stories_of(queue: Queue) -> list[_Story]:
-    """The neutral view of a built queue."""
+def _stories_of(queue: Queue, indices: Iterable[int] | None = None) -> list[_Story]:
+    """The neutral view of a built queue (of the stories at ``indices`` only, when given)."""
     stories: list[_Story] = []
-    for ti, task in enumerate(queue.tasks):
+    for ti in range(len(queue.tasks)) if indices is None else indices:
+        task = queue.tasks[ti]
         where = f"tasks[{ti}]"
         subs = tuple(
             _Node(sub.id, f"{where}.subtasks[{si}]", sub.item_kind, sub.status,
@@ -235,6 +242,20 @@ def check_invariants(queue: Queue, stored_counters: Any = None) -> list[Violatio
         out.append(Violation("counters", f"stored counters {stored_counters} disagree with the tasks {queue.counters}",
                              "delete the counters field; it is derived on every write"))
     return out
+
+
+def check_touched_invariants(queue: Queue, touched: Sequence[int]) -> list[Violation]:
+    """The invariants of the stories at indices ``touched``, when no story's or subtask's ID or
+    dependencies changed (the store decides that; otherwise it calls :func:`check_invariants`).
+
+    Every other invariant held before the change and depends only on what did not change: a
+    story's lease and status pairs are its own, and the dependency graph (existence, cycles, unique
+    IDs) is unchanged. Costs O(touched) plus one set of the story IDs.
+    """
+    if not touched:
+        return []
+    ids = {t.id for t in queue.tasks}
+    return _structure_violations(_stories_of(queue, touched), ids=ids, story_cycles=False)
 
 
 def check_raw_invariants(data: Any) -> list[Violation]:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from oodatcaa.core import lifecycle
 from oodatcaa.core.errors import LeaseError
 from oodatcaa.core.eventlog import LogEntry
-from oodatcaa.core.models import Item, Lease, Queue, Task
+from oodatcaa.core.models import Item, Lease, Queue
 from oodatcaa.core.statuses import CLAIMS, TERMINAL, Role, TaskStatus
 from oodatcaa.core.store import QueueStore, Transaction
 
@@ -68,23 +68,16 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _dependencies_done(queue: Queue, item: Item) -> bool:
-    if isinstance(item, Task):
-        return all(queue.task(d).status == S.DONE for d in item.dependencies)
-    for dep in item.dependencies:
-        sub = queue.item(dep)
-        if sub.status not in (S.AWAITING_TEST, S.DONE):
-            return False
-    return True
-
-
 def _eligible(queue: Queue, role: str) -> list[Item]:
+    """Items ``role`` may claim now, best first (story priority, then ID). One pass over the queue:
+    a subtask's dependencies are its siblings, looked up in its own story, never by a queue search."""
     kind, status, _ = CLAIM_MOVES[role]
-    out: list[Item] = []
+    out: list[tuple[int, str, Item]] = []
     for task in queue.tasks:
+        priority = task.priority if task.priority is not None else 999
         if kind == "story":
             if task.status == status and task.lease is None:
-                out.append(task)
+                out.append((priority, task.id, task))
             continue
         if task.status in TERMINAL or task.status == S.NEEDS_MANUAL:
             continue
@@ -92,15 +85,12 @@ def _eligible(queue: Queue, role: str) -> list[Item]:
             continue
         if kind == "test" and task.status != S.AWAITING_TEST:
             continue
+        siblings = {sub.id: sub.status for sub in task.subtasks}
         for sub in task.subtasks:
-            if sub.kind == kind and sub.status == status and sub.lease is None and _dependencies_done(queue, sub):
-                out.append(sub)
-    return sorted(out, key=lambda i: (_priority(queue, i), i.id))
-
-
-def _priority(queue: Queue, item: Item) -> int:
-    task = queue.parent(item)
-    return task.priority if task.priority is not None else 999
+            if sub.kind == kind and sub.status == status and sub.lease is None and all(
+                    siblings.get(dep) in (S.AWAITING_TEST, S.DONE) for dep in sub.dependencies):
+                out.append((priority, sub.id, sub))
+    return [item for _p, _id, item in sorted(out, key=lambda entry: entry[:2])]
 
 
 def leases_held(queue: Queue, role: str) -> int:

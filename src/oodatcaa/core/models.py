@@ -32,7 +32,8 @@ ROLES = tuple(r.value for r in Role)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN / Infinity are written as the JSON constants Python's json reads back, never as null
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, ser_json_inf_nan="constants")
 
 
 def _migrate_legacy(data: Any) -> Any:

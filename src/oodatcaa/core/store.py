@@ -1,10 +1,11 @@
 """The queue store: every change to ``SPRINT_QUEUE.json`` is a locked read-modify-write.
 
-A :meth:`QueueStore.transaction` takes the queue's ``filelock`` lock, reads and validates the file,
-hands a :class:`Transaction` to the caller, and on a clean exit validates the result, keeps the
-previous version in the history directory, writes atomically (temporary file, fsync,
-``os.replace``) and appends one ``AGENT_LOG.md`` entry per change while still holding the lock.
-A file that fails to parse is never overwritten.
+A :meth:`QueueStore.transaction` takes the queue's ``filelock`` lock, reads and validates the file
+(or reuses the model it wrote, when the bytes on disk are still exactly those), hands a
+:class:`Transaction` to the caller, and on a clean exit validates what changed, keeps the previous
+version in the history directory (a hard link, no copy), writes atomically (temporary file, one
+fsync, ``os.replace``, directory fsync) and appends one ``AGENT_LOG.md`` entry per change while
+still holding the lock. A file that fails to parse is never overwritten.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from filelock import FileLock
+from pydantic import ValidationError
 
-from oodatcaa.core.atomic import atomic_write_text
+from oodatcaa.core.atomic import atomic_write_bytes, atomic_write_text
 from oodatcaa.core.clock import Clock
 from oodatcaa.core.errors import QueueFileError
 from oodatcaa.core.eventlog import EventLog, LogEntry
-from oodatcaa.core.invariants import check_invariants
+from oodatcaa.core.invariants import check_invariants, check_touched_invariants
 from oodatcaa.core.models import Item, Queue, Task
 from oodatcaa.core.queuefile import RESTORE_FIX, format_loc, parse_queue
 from oodatcaa.core.statuses import TaskStatus, check_transition
@@ -34,7 +37,12 @@ __all__ = ["RESTORE_FIX", "QueueStore", "Transaction", "format_loc", "parse_queu
 
 
 class Transaction:
-    """Changes made to one queue snapshot under the lock; recorded as log entries."""
+    """Changes made to the queue under the lock; recorded as log entries.
+
+    ``queue`` is the store's own model (no copy is made per transaction): change it only inside the
+    ``with`` block. Items the block changed are detached from the store when it ends; items it only
+    read stay the store's, to be read, not changed, afterwards.
+    """
 
     def __init__(self, queue: Queue, actor: str, now: datetime):
         self.queue = queue
@@ -69,8 +77,63 @@ class Transaction:
         return self.queue.task(task_id)
 
 
+@dataclass
+class _Loaded:
+    """The store's private view of the file as it last read or wrote it (never handed to a reader).
+
+    ``raw``: the file's bytes; ``queue``: the model built from them; ``fragments``: each task's JSON
+    (``model_dump_json(indent=2)``, index-aligned with ``queue.tasks``); ``shapes``: each task's IDs
+    and dependencies (what the cross-story invariants depend on); ``head``: the queue's JSON without
+    its tasks and derived counters; ``delivered``: the outbox rows are known to be in the log;
+    ``checked``: these bytes passed every invariant (this store wrote them). Bytes it did not write —
+    another process's write or a person's edit — get the full check before the next write.
+    """
+
+    raw: bytes
+    queue: Queue
+    fragments: list[str]
+    shapes: list[_Shape]
+    head: str
+    delivered: bool = False
+    checked: bool = False
+
+
+#: A task's structure: its ID and dependencies, and each subtask's ID and dependencies.
+_Shape = tuple[str, tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]
+
+
+def _shape(task: Task) -> _Shape:
+    return task.id, tuple(task.dependencies), tuple((s.id, tuple(s.dependencies)) for s in task.subtasks)
+
+
+def _head(queue: Queue, *, counters: bool = True) -> str:
+    """The queue's JSON without its tasks (and without the derived counters when ``counters`` is False)."""
+    return queue.model_dump_json(indent=2, exclude={"tasks"} if counters else {"tasks", "counters"})
+
+
+def _render(head: str, fragments: list[str]) -> str:
+    """The file's text: the queue's other fields, then ``"tasks"`` built from the per-task JSON.
+
+    Equal, once parsed, to ``queue.model_dump_json(indent=2)``; tasks come last so a person
+    reading the file sees the sprint, the revision and the counters first.
+    """
+    if fragments:
+        tasks = '"tasks": [\n    ' + ",\n    ".join(f.replace("\n", "\n    ") for f in fragments) + "\n  ]"
+    else:
+        tasks = '"tasks": []'
+    return head[:-2] + ",\n  " + tasks + "\n}\n"
+
+
 class QueueStore:
-    """Locked, validated, atomic access to one ``SPRINT_QUEUE.json``."""
+    """Locked, validated, atomic access to one ``SPRINT_QUEUE.json``.
+
+    The cost of a transaction is kept to what the file's size forces (serialising and writing it):
+    the store keeps the model it last read or wrote and reuses it while the file's bytes are the ones
+    it knows (another writer changes them; it then parses again), each task's JSON is compared with
+    its previous JSON to find what the transaction touched, and only the touched stories are
+    re-validated and re-checked (all of them when IDs or dependencies change). :meth:`peek` is the
+    lock-free read for views and idle agents: it parses only when the bytes changed.
+    """
 
     def __init__(
         self,
@@ -88,6 +151,8 @@ class QueueStore:
         self.history_dir = Path(history_dir)
         self.clock = clock or Clock()
         self.history_keep = history_keep
+        self._loaded: _Loaded | None = None
+        self._peeked: tuple[bytes, Queue] | None = None
 
     @classmethod
     def for_workspace(cls, ws: Workspace, clock: Clock | None = None) -> QueueStore:
@@ -100,49 +165,110 @@ class QueueStore:
         return self.path.exists()
 
     def read(self) -> Queue:
-        """The current queue (no lock needed: the file is only ever replaced atomically).
-
-        Raises :class:`QueueFileError` when the file is missing, not JSON or off-schema.
+        """The current queue as a new model the caller may change (no lock needed: the file is only ever
+        replaced atomically). Raises :class:`QueueFileError` when the file is missing, not JSON or off-schema.
         """
+        return parse_queue(self.read_text_or_raise(), self.path)
+
+    def peek(self) -> Queue:
+        """The current queue, parsed only when the file's bytes changed since the last call: a lock-free read.
+
+        The model returned is shared between calls: read it, never change it (change the queue in a
+        :meth:`transaction`). Costs one read of the file and a byte comparison when nothing changed.
+        Raises :class:`QueueFileError` as :meth:`read` does.
+        """
+        raw = self._read_bytes()
+        if self._peeked is None or self._peeked[0] != raw:
+            self._peeked = (raw, parse_queue(raw.decode("utf-8"), self.path))
+        return self._peeked[1]
+
+    def _read_bytes(self) -> bytes:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            return self.path.read_bytes()
         except FileNotFoundError:
             raise QueueFileError(self.path, "no queue file; start a sprint first",
                                  fix="run `oodatcaa sprint new --backlog FILE`") from None
-        return parse_queue(text, self.path)
+
+    def _load(self, create: bool) -> _Loaded | None:
+        """The file as a :class:`_Loaded` (reusing the kept one when the bytes are unchanged); None when
+        it is missing and ``create``. Called under the lock."""
+        if create and not self.path.exists():
+            return None
+        raw = self._read_bytes()
+        kept, self._loaded = self._loaded, None  # dropped while a transaction runs: it changes the model
+        if kept is not None and kept.raw == raw:
+            return kept
+        queue = parse_queue(raw.decode("utf-8"), self.path)
+        return _Loaded(raw, queue, [t.model_dump_json(indent=2) for t in queue.tasks],
+                       [_shape(t) for t in queue.tasks], _head(queue, counters=False))
 
     @contextmanager
     def transaction(self, actor: str, *, create: bool = False) -> Iterator[Transaction]:
         """Locked read-modify-write. With ``create=True`` a missing file starts as an empty queue.
 
-        The queue is written only if the block exits normally and something changed.
+        The queue is written only if the block exits normally and something changed; an exception
+        in the block leaves the file as it was. Raises :class:`QueueFileError` when the file cannot
+        be parsed (it is never overwritten) or the result breaks an invariant (nothing is written).
         """
         with self.lock:
-            if create and not self.path.exists():
-                original_text = None
-                queue = Queue()
-            else:
-                original_text = self.read_text_or_raise()
-                queue = parse_queue(original_text, self.path)
-            self._deliver_outbox(queue)
-            before = queue.model_dump(mode="json")
-            tx = Transaction(queue.model_copy(deep=True), actor, self.clock.now())
+            loaded = self._load(create)
+            if loaded is None:
+                loaded = _Loaded(b"", Queue(), [], [], _head(Queue(), counters=False), delivered=True, checked=True)
+            if not loaded.delivered:
+                self._deliver_outbox(loaded.queue)
+                loaded.delivered = True
+            tx = Transaction(loaded.queue, actor, self.clock.now())
             yield tx
-            after = tx.queue.model_dump(mode="json")
-            if after == before and not tx.entries:
-                return
-            tx.queue.revision = queue.revision + 1
-            tx.queue.outbox = [e.render() for e in tx.entries]
-            violations = check_invariants(tx.queue)
-            if violations:
-                raise QueueFileError(self.path, "refusing to write a queue that breaks its invariants: "
-                                     + "; ".join(str(v) for v in violations), field=violations[0].location)
-            text = json.dumps(tx.queue.model_dump(mode="json"), indent=2) + "\n"
-            parse_queue(text, self.path)  # never write what we could not read back
-            if original_text is not None:
-                self._keep_history(original_text, queue.revision)
-            atomic_write_text(self.path, text)
-            self.log.append_rendered(tx.queue.outbox)
+            self._commit(loaded, tx)
+
+    def _commit(self, loaded: _Loaded, tx: Transaction) -> None:
+        """Write what ``tx`` changed (nothing when nothing did), validating only the touched stories."""
+        queue = tx.queue
+        fragments = [t.model_dump_json(indent=2) for t in queue.tasks]
+        structure = len(fragments) != len(loaded.fragments)
+        touched = list(range(len(fragments))) if structure else [
+            i for i, text in enumerate(fragments) if text != loaded.fragments[i]]
+        shapes = [_shape(t) for t in queue.tasks] if structure else list(loaded.shapes)
+        for i in touched if not structure else []:
+            shapes[i] = _shape(queue.tasks[i])
+            structure = structure or shapes[i] != loaded.shapes[i]
+        if not touched and not tx.entries and _head(queue, counters=False) == loaded.head:
+            self._loaded = loaded  # the model is unchanged: still what the file says
+            return
+        revision = queue.revision
+        queue.revision = revision + 1
+        queue.outbox = [e.render() for e in tx.entries]
+        full = structure or not loaded.checked
+        violations = check_invariants(queue) if full else check_touched_invariants(queue, touched)
+        if violations:
+            raise QueueFileError(self.path, "refusing to write a queue that breaks its invariants: "
+                                 + "; ".join(str(v) for v in violations), field=violations[0].location)
+        head = _head(queue)
+        text = _render(head, fragments)
+        self._read_back(text, head, [fragments[i] for i in touched], structure)
+        if loaded.raw:
+            self._keep_history(loaded.raw, revision)
+        data = text.encode("utf-8")
+        atomic_write_bytes(self.path, data)
+        self.log.append_rendered(queue.outbox)
+        for i in touched:  # the caller may keep the items it changed: they stay as written, detached
+            queue.tasks[i] = queue.tasks[i].model_copy(deep=True)
+        self._loaded = _Loaded(data, queue, fragments, shapes, _head(queue, counters=False), delivered=True,
+                               checked=True)
+
+    def _read_back(self, text: str, head: str, touched: list[str], structure: bool) -> None:
+        """Never write what could not be read back: the whole text after a change of IDs or
+        dependencies, else the queue's other fields and each touched task."""
+        if structure:
+            parse_queue(text, self.path)
+            return
+        try:
+            Queue.model_validate(json.loads(head))
+            for fragment in touched:
+                Task.model_validate(json.loads(fragment))
+        except (ValueError, ValidationError) as exc:
+            raise QueueFileError(self.path, f"refusing to write a queue that does not read back: {exc}",
+                                 fix=RESTORE_FIX) from None
 
     def _deliver_outbox(self, queue: Queue) -> None:
         """Append the latest write's log rows if a crash after ``os.replace`` lost them.
@@ -170,16 +296,28 @@ class QueueStore:
         """Append entries outside a transaction (for rejected writes, which change nothing)."""
         self.log.append(entries)
 
-    def _keep_history(self, text: str, revision: int) -> None:
+    def _keep_history(self, raw: bytes, revision: int) -> None:
+        """Keep revision ``revision`` (the file about to be replaced) as ``SPRINT_QUEUE.r<revision>.json``.
+
+        A hard link to the current file costs no copy: the replace that follows leaves the old
+        bytes reachable only from the history. Where links are refused (another file system) the
+        bytes are written. The oldest beyond ``history_keep`` are pruned.
+        """
         self.history_dir.mkdir(parents=True, exist_ok=True)
-        target = self.history_dir / f"SPRINT_QUEUE.r{revision:06d}.json"
-        atomic_write_text(target, text)
-        versions = sorted(self.history_dir.glob("SPRINT_QUEUE.r*.json"))
-        for old in versions[: max(0, len(versions) - self.history_keep)]:
-            try:
-                os.unlink(old)
-            except FileNotFoundError:
-                pass
+        target = self.history_path(revision)
+        try:
+            if target.exists():
+                target.unlink()  # a restore re-used the number: the newer bytes win
+            os.link(self.path, target)
+        except OSError:
+            atomic_write_bytes(target, raw)
+        old = self.history_path(revision - self.history_keep)
+        if revision % 50 == 0:  # numbering gaps (restores) leave older files: sweep now and then
+            versions = self.history()
+            for stale in versions[: max(0, len(versions) - self.history_keep)]:
+                stale.unlink(missing_ok=True)
+        else:
+            old.unlink(missing_ok=True)
 
     def history(self) -> list[Path]:
         """Kept previous versions, oldest first (``SPRINT_QUEUE.r<revision>.json``)."""
@@ -208,12 +346,12 @@ class QueueStore:
                 try:
                     current = parse_queue(current_text, self.path)
                     current_rev = max(current_rev, current.revision)
-                    self._keep_history(current_text, current.revision)
+                    self._keep_history(current_text.encode("utf-8"), current.revision)
                 except QueueFileError:
                     n = len(list(self.history_dir.glob("SPRINT_QUEUE.unreadable-*.json"))) + 1
                     atomic_write_text(self.history_dir / f"SPRINT_QUEUE.unreadable-{n:03d}.json", current_text)
             restored.revision = current_rev + 1
-            atomic_write_text(self.path, json.dumps(restored.model_dump(mode="json"), indent=2) + "\n")
+            atomic_write_text(self.path, restored.model_dump_json(indent=2) + "\n")
             self.log.append([LogEntry(self.clock.now(), actor, "-", "queue restored",
                                       f"revision {revision} restored as revision {restored.revision}")])
         return restored

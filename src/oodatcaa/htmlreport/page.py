@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from oodatcaa.core.criteria import MetricCheck
-from oodatcaa.core.models import Queue, Task
+from oodatcaa.core.models import Queue, Sprint, Task
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.htmlreport import charts
 from oodatcaa.htmlreport.metrics import RunMetrics, read_metrics
@@ -192,7 +192,13 @@ def _story_section(ws: Workspace, task: Task, stats: PageStats) -> str:
              "<h3>Acceptance criteria</h3>", _criteria(task)]
     runs = find_runs(ws, task)
     parts.append("<h3>Runs</h3>")
-    if not runs:
+    with_metrics = {run.step_id for run in runs}
+    for step in task.builds():  # a finished step whose job records no metrics (dataset, command) is a run too
+        result = step.result or {}
+        if step.id not in with_metrics and result.get("commit"):
+            parts.append(f"<p>{escape(step.id)} attempt {escape(str(result.get('attempt') or step.attempts))}: commit "
+                         f"<code>{escape(str(result['commit']))}</code> (its job records no metrics curve)</p>")
+    if not runs and not any((s.result or {}).get("commit") for s in task.builds()):
         parts.append("<p>No runs yet for this story.</p>")
     memory: list[tuple[str, float]] = []
     for run in runs:
@@ -225,6 +231,16 @@ def _story_section(ws: Workspace, task: Task, stats: PageStats) -> str:
     return "".join(parts) + "</section>"
 
 
+def _exit_criteria(sprint: Sprint) -> str:
+    """Each exit criterion with its state and reason as the Negotiator last evaluated them (or the bare list)."""
+    if not sprint.exit_states:
+        return "<ul>" + "".join(f"<li>{escape(c)}</li>" for c in sprint.exit_criteria) + "</ul>"
+    rows = [[escape(c.id), f'<span class="{"PASS" if c.state == "met" else "FAIL"}">{escape(c.state)}</span>',
+             escape(c.text), escape(c.reason)] for c in sprint.exit_states]
+    when = sprint.exit_checked_at.strftime("%Y-%m-%d %H:%M UTC") if sprint.exit_checked_at else ""
+    return _table(["id", "state", "criterion", "evidence"], rows) + (f"<p class=\"note\">evaluated {when}</p>" if when else "")
+
+
 def render_sprint_report(ws: Workspace, queue: Queue) -> tuple[str, PageStats]:
     """The whole page as a string, and its stats. Raises nothing for bad metrics (they are noted on the page)."""
     tic = time.perf_counter()
@@ -234,8 +250,7 @@ def render_sprint_report(ws: Workspace, queue: Queue) -> tuple[str, PageStats]:
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"]
     if sprint:
-        parts.append(f"<p><b>Goal:</b> {escape(sprint.goal)}</p><h3>Exit criteria</h3><ul>"
-                     + "".join(f"<li>{escape(c)}</li>" for c in sprint.exit_criteria) + "</ul>")
+        parts.append(f"<p><b>Goal:</b> {escape(sprint.goal)}</p><h3>Exit criteria</h3>" + _exit_criteria(sprint))
     if queue.objective:
         o = queue.objective
         parts.append(f"<p><b>Objective:</b> {o.percent:.0f}% ({o.met}/{o.total} met, {o.needs_manual} need a person)"
