@@ -67,12 +67,17 @@ def integration_dir(ws: Workspace, owner: str) -> Path:
 
 def land_gated(ws: Workspace, git: GitRepo, gates: Sequence[GateSpec], build: Callable[[Path, str], str], *,
                owner: str, cancel: CancelSignal | None = None,
-               max_attempts: int = MAX_LANDING_ATTEMPTS) -> LandingOutcome:
+               max_attempts: int = MAX_LANDING_ATTEMPTS, guard: Callable[[], None] | None = None) -> LandingOutcome:
     """Build a candidate with ``build(checkout, trunk_commit)``, gate it and land it (see the module doc).
 
     ``build`` returns the candidate commit (a descendant of ``trunk_commit``) and may raise (e.g.
     :class:`~oodatcaa.core.errors.MergeConflictError`); the exception propagates with the trunk
     untouched. :class:`~oodatcaa.core.errors.UncommittedChangesError` from the landing propagates too.
+
+    ``guard()`` runs under the git lock right before each compare-and-swap, with the lock held across
+    both, so no other landing can come between them; the Integrator passes its claim check
+    (:func:`oodatcaa.core.leases.assert_holds`). Whatever it raises (a
+    :class:`~oodatcaa.core.errors.LeaseError`) propagates with the trunk untouched.
     """
     checkout = integration_dir(ws, owner)
     trunk_checkout = checkout.with_name(checkout.name + "-trunk")
@@ -91,7 +96,10 @@ def land_gated(ws: Workspace, git: GitRepo, gates: Sequence[GateSpec], build: Ca
             if results and not results[-1].passed:
                 return LandingOutcome("gate_failed", new, old, results, attempt)
             try:
-                git.land(new, old)
+                with git.locked():  # re-entrant: land() takes the same lock
+                    if guard is not None:
+                        guard()
+                    git.land(new, old)
             except TrunkMovedError:
                 outcome = LandingOutcome("trunk_moving", new, old, results, attempt)
                 continue

@@ -592,7 +592,8 @@ def _add_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
     p = sub.add_parser("agent", help="run one role agent in the foreground")
     p.add_argument("role", choices=SUPERVISED_ROLES,
-                   help="a role; `negotiator` supervises agents started by `agents start` without spawning any")
+                   help="a role; `negotiator` supervises the agents started by `agents start` (restarts one that dies) "
+                        "without spawning any itself")
     p.add_argument("--owner", required=True, help="agent name, e.g. builder-A (letters, digits, . _ -)")
     p.add_argument("--once", action="store_true", help="handle at most one item, then exit")
     p.set_defaults(func=cmd_agent)

@@ -147,7 +147,12 @@ def claim_next(
 
 
 def _fenced(tx: Transaction, claim: Claim, action: str) -> Item:
-    item = tx.queue.item(claim.item_id)
+    return _holding(tx.queue, claim, action)
+
+
+def _holding(queue: Queue, claim: Claim, action: str) -> Item:
+    """The claimed item when ``claim`` still holds its lease in ``queue``; else :class:`LeaseError`."""
+    item = queue.item(claim.item_id)
     if item.lease is None or item.lease.claim_id != claim.claim_id:
         holder = f"now held by {item.lease.owner} (claim {item.lease.claim_id[:8]})" if item.lease else "no longer leased"
         raise LeaseError(
@@ -159,6 +164,31 @@ def _fenced(tx: Transaction, claim: Claim, action: str) -> Item:
 
 def _reject(store: QueueStore, claim: Claim, exc: LeaseError) -> None:
     store.append_log([LogEntry(store.clock.now(), claim.owner, claim.item_id, "rejected", str(exc))])
+
+
+def assert_holds(store: QueueStore, claim: Claim, action: str) -> None:
+    """Check, before a side effect outside the queue (a git commit, moving the trunk, a tag), that
+    ``claim`` still holds its item's lease and the lease has not expired.
+
+    Raises :class:`LeaseError` — logged as a ``rejected`` row like a refused queue write — when the
+    claim was superseded (reclaimed, taken over) or its lease expired (the Negotiator may hand the
+    item to another agent at any moment): the caller must not act. Reads the queue file without its
+    lock, so it may be called while holding the git lock. What it cannot close is the time between
+    this check and the side effect; callers hold the git lock across both (docs/guarantees.md,
+    "What is fenced").
+    """
+    try:
+        item = _holding(store.read(), claim, action)
+        lease = item.lease
+        assert lease is not None
+        now = store.clock.now()
+        if lease.is_expired(now):
+            raise LeaseError(f"{claim.owner}'s {action} on {claim.item_id} rejected: the lease of claim "
+                             f"{claim.claim_id[:8]} expired at {lease.expires_at.isoformat()} (no heartbeat since "
+                             f"{lease.heartbeat_at.isoformat()}); the item is about to be handed to another agent")
+    except LeaseError as exc:
+        _reject(store, claim, exc)
+        raise
 
 
 def heartbeat(store: QueueStore, claim: Claim) -> datetime:

@@ -105,7 +105,42 @@ class Workspace:
         return self.work_dir / "reports" / validate_story_id(task_id)
 
     def worktree_dir(self, subtask_id: str) -> Path:
+        """A worktree reused by every attempt of ``subtask_id`` (the Tester's); builder steps use
+        :meth:`step_worktree_dir`, one per attempt."""
         return self.state_dir / "worktrees" / validate_task_id(subtask_id)
+
+    def step_worktree_dir(self, subtask_id: str, attempt: int) -> Path:
+        """The worktree of one attempt of a builder step: ``state/worktrees/<SUBTASK>.a<attempt>``.
+
+        Each attempt (the step's claim count, 1 for the first run) gets its own directory, so a
+        reclaimed step's new attempt never touches the checkout an old, still-running process works in.
+        Raises :class:`WorkspaceError` for an attempt below 1 and
+        :class:`~oodatcaa.core.errors.InvalidIdError` for a malformed subtask ID.
+        """
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise WorkspaceError(f"attempt {attempt!r} of {subtask_id}: attempts are counted from 1 (the step's "
+                                 "first claim); fix the caller")
+        return self.state_dir / "worktrees" / f"{validate_task_id(subtask_id)}.a{attempt}"
+
+    def step_run_dir(self, subtask_id: str, attempt: int) -> Path:
+        """Where attempt ``attempt`` of a builder step writes its run files while it runs:
+        :meth:`step_worktree_dir` / :func:`run_dir_in_branch` (the path committed on the branch)."""
+        return self.step_worktree_dir(subtask_id, attempt) / run_dir_in_branch(subtask_id)
+
+    def step_worktrees(self, subtask_id: str) -> dict[int, Path]:
+        """The attempt worktrees of ``subtask_id`` that exist now, by attempt number (plus their owner
+        files' attempts: a worktree killed before its checkout leaves only that file)."""
+        base = self.state_dir / "worktrees"
+        prefix = f"{validate_task_id(subtask_id)}.a"
+        found: dict[int, Path] = {}
+        if not base.is_dir():
+            return found
+        for entry in base.iterdir():
+            name = entry.name.removesuffix(OWNER_SUFFIX)
+            number = name[len(prefix):]
+            if name.startswith(prefix) and number.isdigit() and int(number) >= 1:
+                found[int(number)] = base / name
+        return dict(sorted(found.items()))
 
     def artifacts_dir(self, subtask_id: str, attempt: int) -> Path:
         """Large run artifacts (adapters): git-ignored, hashes recorded in the run summary."""
@@ -131,6 +166,16 @@ class Workspace:
             self.agents_state_dir,
         ):
             d.mkdir(parents=True, exist_ok=True)
+
+
+#: Suffix of the file next to an attempt worktree naming the process that works in it
+#: (``state/worktrees/<SUBTASK>.a<N>.owner.json``: pid, host, owner, claim id).
+OWNER_SUFFIX = ".owner.json"
+
+
+def worktree_owner_path(worktree: Path) -> Path:
+    """The owner file of an attempt worktree (see :data:`OWNER_SUFFIX`); outside the checkout, so never committed."""
+    return worktree.with_name(worktree.name + OWNER_SUFFIX)
 
 
 #: Where a builder step's small run files go, relative to the worktree root (committed on the branch).

@@ -53,13 +53,16 @@ def find_runs(ws: Workspace, task: Task) -> list[StepRun]:
     for step in task.builds():
         result = step.result or {}
         candidates = []
+        attempt = int(result.get("attempt") or step.attempts)
         if result.get("run_dir"):
-            candidates += [ws.worktree_dir(step.id) / result["run_dir"], ws.root / result["run_dir"]]
+            # the attempt's own worktree while it still exists, else the checkout (the committed path)
+            live = [ws.step_run_dir(step.id, attempt)] if attempt >= 1 else []
+            candidates += [*live, ws.root / result["run_dir"]]
         if result.get("artifacts_dir"):
             candidates.append(Path(result["artifacts_dir"]))
         for directory in candidates:
             if (directory / "metrics.jsonl").is_file():
-                runs.append(StepRun(step.id, int(result.get("attempt") or step.attempts), directory,
+                runs.append(StepRun(step.id, attempt, directory,
                                     read_metrics(directory / "metrics.jsonl"), str(result.get("commit") or "")))
                 break
     return runs

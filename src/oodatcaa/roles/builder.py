@@ -1,5 +1,11 @@
 """Builder (Act): runs one builder step's job on its own feature branch in its own worktree.
 
+Each attempt of a step gets its own worktree, ``state/worktrees/<STEP>.a<attempt>`` (run files inside
+it at ``.oodatcaa/runs/<STEP>``, the path committed on the branch), with an owner file beside it
+naming the process; a reclaimed step's next attempt never touches the checkout of an old process
+that still runs. The branch commit happens only after :func:`~oodatcaa.core.leases.assert_holds`
+confirmed, under the git lock, that the claim still holds the step's lease.
+
 The job runs in a child process (MLX memory isolated and measurable, a crash contained). Small
 run files (resolved config, metrics JSONL, summary) are committed on the branch as
 ``[impl] <TASK>: ...``; large artifacts stay under the git-ignored state dir with their sha256
@@ -10,8 +16,10 @@ recorded. A failed job is never reported as a success: the step and its story go
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 from oodatcaa.archive import earlier_stories, story_artifact_dirs
 from oodatcaa.core import lifecycle
 from oodatcaa.core.atomic import atomic_write_text
-from oodatcaa.core.leases import Claim, update_claimed
+from oodatcaa.core.leases import Claim, assert_holds, pid_alive, update_claimed
 from oodatcaa.core.models import Item, Subtask, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
-from oodatcaa.core.workspace import run_dir_in_branch
+from oodatcaa.core.workspace import Workspace, run_dir_in_branch, worktree_owner_path
 from oodatcaa.gitops import GitRepo
 from oodatcaa.jobs.registry import headline, numeric_metrics
 from oodatcaa.reports import write_report
@@ -35,7 +43,7 @@ if TYPE_CHECKING:
     from oodatcaa.jobs.runner import JobResult
 
 S = TaskStatus
-
+log = logging.getLogger("oodatcaa.agent")
 
 
 def _metrics_table(summary: dict[str, dict[str, Any]]) -> str:
@@ -127,10 +135,13 @@ class Builder(RoleAgent):
         assert isinstance(step, Subtask) and step.branch and step.job is not None
         git = self.git()
         step = self.inherit(claim, queue.task(claim.task_id), step)
-        run = self.prepare(git, queue.task(claim.task_id), step)
-        result = self.run_step(claim, run)
-        self.check_abort()  # a cancelled job is handed back, never recorded as a result
-        record, summary_line, metrics = self.record(git, run, result)
+        try:
+            run = self.prepare(git, queue.task(claim.task_id), step, claim)
+            result = self.run_step(claim, run)
+            self.check_abort()  # a cancelled job is handed back, never recorded as a result
+            record, summary_line, metrics = self.record(git, run, result, claim)
+        finally:  # this attempt's checkout is only ever this process's: gone whatever happened
+            drop_attempt_worktree(git, self.ctx.ws.step_worktree_dir(step.id, step.attempts))
         if result.ok:
             self.finish(claim, S.AWAITING_TEST, f"built: {summary_line}"[:300],
                         lambda tx, item: lifecycle.on_build_done(tx, as_subtask(item), record, metrics))
@@ -140,9 +151,12 @@ class Builder(RoleAgent):
         self.finish(claim, S.NEEDS_ADAPT, f"job failed: {failure.short()}"[:300],
                     lambda tx, item: lifecycle.on_build_failed(tx, as_subtask(item), failure, record, metrics))
 
-    def prepare(self, git: GitRepo, task: Task, step: Subtask) -> StepRun:
-        """Worktree on the step's branch (from the trunk, or the previous step's branch), clean dirs.
+    def prepare(self, git: GitRepo, task: Task, step: Subtask, claim: Claim | None = None) -> StepRun:
+        """This attempt's worktree on the step's branch (from the trunk, or the previous step's branch), clean dirs.
 
+        The worktree is ``state/worktrees/<STEP>.a<attempt>`` (:meth:`Workspace.step_worktree_dir`), its
+        owner file written first (pid, host, owner, ``claim``'s id); earlier attempts' worktrees whose
+        process is gone are removed (:func:`clean_attempt_worktrees`), a live one's never.
         Raises :class:`~oodatcaa.core.errors.BranchMissingError` when the previous step's branch is
         gone: a deleted base is a failure to adapt, not a silent rebuild from the trunk.
         """
@@ -152,7 +166,10 @@ class Builder(RoleAgent):
             previous = next(s for s in task.builds() if s.step == step.step - 1)
             base = previous.branch or git.trunk
             git.require_branch(base)
-        worktree = ws.worktree_dir(step.id)
+        for gone in clean_attempt_worktrees(ws, git, step.id, keep=step.attempts):
+            log.info("%s: removed %s (its process is gone)", self.ctx.owner, gone)
+        worktree = ws.step_worktree_dir(step.id, step.attempts)
+        write_worktree_owner(worktree, self.ctx.owner, claim.claim_id if claim else None)
         assert step.branch is not None
         git.add_worktree(worktree, step.branch, base)
         rel_run = run_dir_in_branch(step.id)
@@ -247,9 +264,13 @@ class Builder(RoleAgent):
                        default_model=default_model, timeout_s=cfg.jobs.timeout_minutes * 60,
                        cancel=self.abort_signal(), on_progress=on_progress)
 
-    def record(self, git: GitRepo, run: StepRun, result: JobResult) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    def record(self, git: GitRepo, run: StepRun, result: JobResult,
+               claim: Claim | None = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
         """Write ``result.json``, commit the run files on the branch, write the report.
 
+        With ``claim``, the commit happens only while it still holds the step's lease, checked under
+        the git lock held across the commit; a lost lease raises :class:`~oodatcaa.core.errors.LeaseError`
+        (logged) before anything reaches the branch or the reports.
         Returns ``(the step's result record, one-line summary, every numeric metric, flat)``.
         """
         step, attempt = run.step, run.attempt
@@ -262,9 +283,12 @@ class Builder(RoleAgent):
         atomic_write_text(run.run_dir / "result.json", json.dumps(manifest, indent=2) + "\n")
         verdict = "ok" if result.ok else "FAILED"
         kind = (step.job or {}).get("kind")
-        commit, left_out = git.commit_worktree(
-            run.worktree, f"[impl] {run.task.id}: {kind} step {step.step:02d} {verdict} (attempt {attempt})")
-        git.remove_worktree(run.worktree)
+        message = f"[impl] {run.task.id}: {kind} step {step.step:02d} {verdict} (attempt {attempt})"
+        with git.locked():  # no reclaim-and-rebuild of the branch can come between the check and the commit
+            if claim is not None:
+                assert_holds(self.store, claim, f"commit on {step.branch}")
+            commit, left_out = git.commit_worktree(run.worktree, message)
+        drop_attempt_worktree(git, run.worktree)
         metrics = numeric_metrics(result.summary)
         shown = headline(metrics)
         summary_line = f"{step.id} attempt {attempt}: {verdict}" + (
@@ -278,6 +302,57 @@ class Builder(RoleAgent):
             "max_rss_gb": result.max_rss_gb,
         }
         return record, summary_line, metrics
+
+
+def write_worktree_owner(worktree: Path, owner: str, claim_id: str | None) -> None:
+    """Name the process that works in ``worktree`` (its owner file, written before the checkout exists)."""
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "owner": owner, "claim_id": claim_id}
+    path = worktree_owner_path(worktree)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record) + "\n")
+
+
+def worktree_in_use(worktree: Path) -> bool:
+    """True while another live process on this host may work in ``worktree`` (its owner file says so).
+
+    A worktree without a readable owner file (a process killed before writing it, an earlier version's
+    layout) or owned by this process (which runs one attempt at a time) is not in use; one owned on
+    another host is assumed in use (its pid cannot be checked from here).
+    """
+    try:
+        record = json.loads(worktree_owner_path(worktree).read_text(encoding="utf-8"))
+        pid, host = int(record["pid"]), str(record["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if pid == os.getpid() and host == socket.gethostname():
+        return False
+    return host != socket.gethostname() or pid_alive(pid)
+
+
+def drop_attempt_worktree(git: GitRepo, worktree: Path) -> None:
+    """Remove an attempt worktree (its branch and commits stay) and its owner file; idempotent."""
+    if worktree.exists() or worktree_owner_path(worktree).exists():
+        git.remove_worktree(worktree)
+    worktree_owner_path(worktree).unlink(missing_ok=True)
+
+
+def clean_attempt_worktrees(ws: Workspace, git: GitRepo, step_id: str, *, keep: int) -> list[Path]:
+    """Remove the worktrees of ``step_id``'s attempts other than ``keep`` whose process is gone.
+
+    A killed builder leaves its attempt's worktree behind; the next attempt removes it here. A live
+    process's worktree (a builder whose lease was reclaimed but whose job still runs) is left as it is:
+    that process removes it itself when its attempt ends, its results refused by fencing. The
+    pre-attempt layout ``state/worktrees/<STEP>`` is removed too. Returns the removed paths.
+    """
+    removed = []
+    legacy = ws.worktree_dir(step_id)
+    candidates = [p for n, p in ws.step_worktrees(step_id).items() if n != keep]
+    for worktree in [*candidates, *([legacy] if legacy.exists() else [])]:
+        if worktree_in_use(worktree):
+            continue
+        drop_attempt_worktree(git, worktree)
+        removed.append(worktree)
+    return removed
 
 
 def _report_body(run: StepRun, result: JobResult, commit: str, verdict: str, left_out: list[str]) -> str:

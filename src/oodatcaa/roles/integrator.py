@@ -9,6 +9,10 @@ that moved meanwhile means a retry on the new trunk. Then the annotated tag ``<T
 metrics, gate results) on the landed commit, and the story and its subtasks ``done``, dependents
 unblocked.
 
+Fencing: the compare-and-swap and the tag each run only after :func:`~oodatcaa.core.leases.assert_holds`
+confirmed, under the git lock, that this agent's claim still holds the story's lease; an integrator whose
+lease was taken over moves nothing and logs the ``LeaseError`` (docs/guarantees.md, "What is fenced").
+
 Crash safety: nothing is visible on the trunk until the single compare-and-swap, so a killed
 integrator leaves either nothing (its successor starts over in a fresh checkout) or a landed story
 (its successor finds the branch merged, tags the landed commit if the tag is missing, and finishes).
@@ -28,7 +32,7 @@ from oodatcaa.core.atomic import atomic_write_text
 from oodatcaa.core.clock import Clock
 from oodatcaa.core.errors import BranchMissingError, MergeConflictError, UncommittedChangesError
 from oodatcaa.core.failures import Failure, FailureKind
-from oodatcaa.core.leases import Claim
+from oodatcaa.core.leases import Claim, assert_holds
 from oodatcaa.core.models import Item, Sprint, Task
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import Transaction
@@ -112,7 +116,8 @@ class Integrator(RoleAgent):
         try:
             outcome = land_gated(self.ctx.ws, git, self.ctx.config.gates,
                                  lambda checkout, trunk: self._build(git, checkout, task, sprint, branch, tag),
-                                 owner=self.ctx.owner, cancel=self.abort_signal())
+                                 owner=self.ctx.owner, cancel=self.abort_signal(),
+                                 guard=lambda: assert_holds(self.store, claim, f"landing on {git.trunk}"))
         except (MergeConflictError, BranchMissingError) as exc:
             self._refused(claim, git, task, merge_failure(exc, task.id))
             return
@@ -173,7 +178,9 @@ class Integrator(RoleAgent):
         tag = f"{task.id}-complete"
         if not git.tag_exists(tag):
             gates = gates_text(results) if results is not None else "passed before landing (by an earlier attempt)"
-            git.tag(tag, completion_tag_message(task, sprint.id, branch, merge_commit, gates), landed)
+            with git.locked():  # the claim check and the tag under one hold of the git lock (re-entrant)
+                assert_holds(self.store, claim, f"tag {tag}")
+                git.tag(tag, completion_tag_message(task, sprint.id, branch, merge_commit, gates), landed)
         tag_commit = git.head_sha(tag + "^{commit}")
 
         def apply(tx: Transaction, item: Item) -> None:

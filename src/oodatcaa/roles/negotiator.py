@@ -48,7 +48,16 @@ from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import Transaction
 from oodatcaa.gitops import GitRepo
 from oodatcaa.person import Waiting, awaiting_approval, person_view, waiting_for_person, waiting_text
-from oodatcaa.processes import log_file, pid_file, spawn_agent
+from oodatcaa.processes import (
+    EXIT_UNKNOWN,
+    AdoptedProcess,
+    AgentProcessLike,
+    adopt_agents,
+    log_file,
+    pid_file,
+    spawn_agent,
+    stopped_on_purpose,
+)
 from oodatcaa.roles.base import AgentContext
 
 S = TaskStatus
@@ -63,7 +72,7 @@ class AgentProcess:
 
     role: str
     owner: str
-    process: subprocess.Popen | None = None
+    process: AgentProcessLike | None = None
     restarts: int = 0
     next_start: float = 0.0
     exit_codes: list[int] = field(default_factory=list)
@@ -123,7 +132,10 @@ class Negotiator:
 
     def __init__(self, ctx: AgentContext, *, max_seconds: float | None = None, python: str | None = None,
                  spawn_agents: bool = True, on_event: Callable[[str], None] | None = None):
-        """``spawn_agents=False`` supervises agents started elsewhere (``oodatcaa agents start``).
+        """``spawn_agents=False`` supervises agents started elsewhere (``oodatcaa agents start``): it
+        adopts the running agents recorded in ``state/agents/*.pid`` (at start and at every tick, so
+        agents started later are watched too) and restarts one that dies exactly as ``run`` restarts
+        its own (:meth:`check_agents`: same backoff, same ``max_restarts``), as its own child.
 
         ``on_event`` receives the lines a person must read at once (what waits for them); the CLI
         prints them. They go to SPRINT_LOG.md either way.
@@ -161,11 +173,29 @@ class Negotiator:
         agent.process = spawn_agent(self.ctx.ws, agent.role, agent.owner, python=self.python, clock=self.ctx.clock)
         self.sprint_event("agent", f"started {agent.owner} (pid {agent.process.pid})")
 
+    def adopt(self) -> None:
+        """Watch the running agents of ``agents start`` not watched yet (see :func:`adopt_agents`)."""
+        known = {a.owner: a for a in self.agents}
+        for record in adopt_agents(self.ctx.ws, AGENT_ROLES, {o: a.process for o, a in known.items()}):
+            agent = known.get(record.owner)
+            if agent is None:
+                agent = AgentProcess(record.role, record.owner, log_path=log_file(self.ctx.ws, record.owner))
+                self.agents.append(agent)
+                self.sprint_event("agent", f"supervising {record.owner} (pid {record.pid}), started by `agents start`")
+            agent.process = AdoptedProcess(record)
+
     def check_agents(self) -> str | None:
-        """Restart dead agents with backoff; return a message when one died too often."""
+        """Restart dead agents with backoff; return a message when one died too often.
+
+        The one supervision path of ``run`` and of the background Negotiator (which first adopts
+        agents started meanwhile). An agent whose pid file was removed or replaced — ``agents stop``
+        removes it before signalling — was stopped on purpose: it is dropped, not restarted.
+        """
         cfg = self.ctx.config.negotiator
+        if not self.spawn_agents:
+            self.adopt()
         now = time.monotonic()
-        for agent in self.agents:
+        for agent in list(self.agents):
             proc = agent.process
             if proc is None:
                 if now >= agent.next_start:
@@ -176,7 +206,11 @@ class Negotiator:
                 continue
             agent.exit_codes.append(code)
             agent.process = None
-            if code == 0 and sprint_closed(self.ctx.store.read()):
+            if stopped_on_purpose(self.ctx.ws, agent.owner, proc.pid):
+                self.agents.remove(agent)
+                self.sprint_event("agent", f"{agent.owner} was stopped (its pid file is gone): not restarted")
+                continue
+            if code in (0, EXIT_UNKNOWN) and sprint_closed(self.ctx.store.read()):
                 continue
             if agent.restarts >= cfg.max_restarts:
                 tail = _tail(agent.log_path)
@@ -185,7 +219,8 @@ class Negotiator:
             agent.restarts += 1
             delay = cfg.restart_backoff_seconds * (2 ** (agent.restarts - 1))
             agent.next_start = now + delay
-            self.sprint_event("agent", f"{agent.owner} exited with {code}; restart {agent.restarts} in {delay:.0f} s")
+            how = "(exit code unknown: not started by this Negotiator)" if code == EXIT_UNKNOWN else f"with {code}"
+            self.sprint_event("agent", f"{agent.owner} exited {how}; restart {agent.restarts} in {delay:.0f} s")
         return None
 
     def stop_agents(self, grace: float = 20.0) -> None:
