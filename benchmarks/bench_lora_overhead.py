@@ -14,7 +14,7 @@ Measured per run:
   multiplies by the epochs (``iters`` is a whole number of epochs and every record is trained once
   per epoch on both sides) — divided by each side's own seconds in training steps (validation
   excluded): ours from the job summary's ``train_seconds``, mlx-lm's from its training callback
-  (``mlx_lm.lora.main`` run with a callback that records the exact report; the printed "10.9k"
+  (``mlx_lm.lora.main`` run with a callback passed to its ``train_model`` that records the exact report; the printed "10.9k"
   trained tokens and integer tokens/s are rounded and each side counts tokens its own way). Each
   side's own trained-token count is printed beside it for reference.
 
@@ -73,12 +73,13 @@ class Record(TrainingCallback):
         self.train.append(dict(train_info))
     def on_val_loss_report(self, val_info):
         pass
-record, _run = Record(), lora.run
-def run(args, training_callback=None):
-    _run(args, training_callback=record)
+record, _train_model = Record(), lora.train_model
+def train_model(args, model, train_set, valid_set, training_callback=None):
+    # run() builds its callback from report_to (None here) and hands it to train_model: record instead
+    _train_model(args, model, train_set, valid_set, record)
     with open(out, "w") as fh:
         json.dump(record.train, fh)
-lora.run = run
+lora.train_model = train_model
 sys.argv = ["mlx_lm.lora", *sys.argv[1:]]
 lora.main()
 """
