@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Trivial stories end to end through the real agents: ``oodatcaa run`` in a fresh ``git init`` repository.
+
+Three measurements, each in its own fresh repository (``oodatcaa init``, the default ``config.toml``
+unless said otherwise, ``oodatcaa sprint new --backlog``, then ``oodatcaa run``):
+
+1. **per story**: N independent stories whose one job is ``command: "true"`` (plan, build, test, merge,
+   tag), N = 20, 100, 500 (``--quick``: 20, 100). Wall seconds of ``oodatcaa run`` from start to exit,
+   per story, and CPU-seconds per story: user + system time of ``oodatcaa run`` and everything it waited
+   for — the agents, their git and job processes — from ``getrusage(RUSAGE_CHILDREN)`` before and after.
+2. **idle overhead**: 100 stories, T001's job ``sleep 120`` and T002..T100 depending on T001. Once the
+   sleep runs and the queue file has not changed for 3 s (at most 60 s of waiting), the CPU of the
+   whole process tree of ``oodatcaa run`` (``/proc/<pid>/stat``: utime + stime + the reaped children's
+   cutime + cstime, summed over the tree) is sampled over ``--idle-seconds`` (20); cores used =
+   CPU-seconds / wall seconds. Then the run is stopped (SIGTERM to its process group, SIGKILL after 30 s).
+3. **parallel efficiency**: 9 independent stories whose job is ``sleep 10``, ``[wip] builder = 3``.
+   Serial time = 9 x 10 s (the jobs' own time, not a measured serial run). Target: wall <= 1.1 x serial / 3
+   + 9 x c, where c is the per-story seconds measured in (1) at the smallest N (the coordination cost of
+   each of the 9 stories; merges are serial, so it does not divide by 3).
+
+Targets (issue 11, part 4) are printed with met / missed and by how much: per story <= 0.3 s at 100
+stories (on this machine's cores: printed), per story at 100 <= 1.25 x per story at 20, idle < 2 % of one
+core. Nothing is asserted; the exit status is 0 unless a run failed to finish its sprint.
+
+Usage::
+
+    python benchmarks/bench_sprint.py [--quick] [--sizes 20,100,500] [--skip idle,parallel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+STORY = """\
+### T{n:03d}: {title}
+**Type:** Story  **Complexity:** S  **Priority:** {priority}  **Dependencies:** {deps}
+**Description:** A story whose job is `{run}`.
+
+```job
+kind: command
+run: "{run}"
+```
+
+**Acceptance Criteria:**
+- [ ] the command succeeds `metric: command.returncode == 0` (critical)
+"""
+
+
+def backlog(stories: list[tuple[str, str]]) -> str:
+    """A sprint backlog of ``(run, dependencies)`` stories T001.. (the format of docs/backlog-format.md)."""
+    if len(stories) > 999:
+        raise ValueError(f"{len(stories)} stories: IDs T001..T999 hold at most 999")
+    head = "# Bench sprint\n\n**Sprint Goal:** trivial stories end to end.\n\n## Items\n\n"
+    return head + "\n".join(STORY.format(n=i, title=f"story {i}", priority=1, deps=deps, run=run)
+                            for i, (run, deps) in enumerate(stories, start=1))
+
+
+def oodatcaa(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "oodatcaa", "-C", str(repo), *args], capture_output=True, text=True,
+                         timeout=timeout, env=ENV)
+    if out.returncode != 0:
+        raise SystemExit(f"oodatcaa {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return out
+
+
+def set_wip(config: Path, role: str, n: int) -> None:
+    """Put ``role = n`` under ``[wip]`` of a ``config.toml`` written by ``oodatcaa init``."""
+    lines = config.read_text(encoding="utf-8").splitlines()
+    at = next((i for i, line in enumerate(lines) if line.split("#")[0].strip() == "[wip]"), None)
+    if at is None:
+        lines += ["", "[wip]", f"{role} = {n}"]
+    else:
+        lines.insert(at + 1, f"{role} = {n}")
+    text = "\n".join(lines) + "\n"
+    tomllib.loads(text)
+    config.write_text(text, encoding="utf-8")
+
+
+def prepare(work: Path, name: str, stories: list[tuple[str, str]], builders: int | None = None) -> Path:
+    """A fresh repository with a workspace and a started sprint of ``stories``; returns its root."""
+    repo = work / name
+    repo.mkdir(parents=True)
+    for argv in (["init", "-q", "-b", "main"], ["config", "user.name", "bench"], ["config", "user.email", "bench@example.com"],
+                 ["commit", "-q", "--allow-empty", "-m", "[docs] bench: initial commit"]):
+        subprocess.run(["git", "-C", str(repo), *argv], check=True)
+    oodatcaa(repo, "init")
+    if builders is not None:
+        set_wip(repo / ".oodatcaa" / "config.toml", "builder", builders)
+        subprocess.run(["git", "-C", str(repo), "commit", "-qam", "[docs] bench: builder wip"], check=True)
+    (work / f"{name}.md").write_text(backlog(stories), encoding="utf-8")
+    oodatcaa(repo, "sprint", "new", "--backlog", str(work / f"{name}.md"), timeout=600)
+    return repo
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_sprint(repo: Path, max_seconds: float) -> dict[str, float]:
+    """``oodatcaa run`` to the end of the sprint; wall and CPU seconds (the run and all it waited for)."""
+    cpu0, t0 = children_cpu(), time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "oodatcaa", "-C", str(repo), "run", "--max-seconds", str(max_seconds)],
+                         capture_output=True, text=True, env=ENV, timeout=max_seconds + 120)
+    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
+    status = json.loads(oodatcaa(repo, "status", "--json").stdout)
+    done = sum(1 for t in status["tasks"] if t["kind"] == "story" and t["status"] == "done")
+    if out.returncode != 0 or status["sprint"]["status"] != "completed":
+        raise SystemExit(f"oodatcaa run exited {out.returncode} with {done} stories done, sprint "
+                         f"{status['sprint']['status']}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return {"wall": wall, "cpu": cpu, "done": done}
+
+
+# -- the process tree, from /proc ------------------------------------------------------------------
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, utime + stime + cutime + cstime in seconds) of ``pid``; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+def tree(root: int) -> dict[int, float]:
+    """CPU seconds of ``root`` and every descendant, by pid (reaped children counted in their parent)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (s := _stat(int(entry.name))) is not None:
+            stats[int(entry.name)] = s
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        kids.setdefault(ppid, []).append(pid)
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            out[pid] = stats[pid][1]
+            todo += kids.get(pid, [])
+    return out
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+    except OSError:
+        return []
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the run's process group (the agents hand work back), SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def idle_overhead(work: Path, window: float) -> dict[str, Any]:
+    """Cores used by the whole ``oodatcaa run`` tree while 99 stories wait on one ``sleep 120`` job."""
+    stories = [("sleep 120", "None")] + [("true", "T001")] * 99
+    repo = prepare(work, "idle", stories)
+    queue = repo / ".oodatcaa" / "work" / "SPRINT_QUEUE.json"
+    proc = subprocess.Popen([sys.executable, "-m", "oodatcaa", "-C", str(repo), "run", "--max-seconds", "600"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(Path(cmdline(p)[0]).name == "sleep" for p in tree(proc.pid) if cmdline(p)):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("idle: the sleep job never started")
+            time.sleep(0.2)
+        started = time.monotonic()
+        last, quiet_since = queue.stat().st_mtime, time.monotonic()
+        while time.monotonic() - quiet_since < 3 and time.monotonic() - started < 60:
+            time.sleep(0.2)
+            if (m := queue.stat().st_mtime) != last:
+                last, quiet_since = m, time.monotonic()
+        settled = time.monotonic() - started
+        before, t0 = tree(proc.pid), time.monotonic()
+        time.sleep(window)
+        after, seconds = tree(proc.pid), time.monotonic() - t0
+        names = {p: " ".join(cmdline(p)[-3:]) or str(p) for p in after}
+    finally:
+        stop(proc)
+    # a process that exited inside the window moved its CPU into its parent's cutime: the tree's sum is kept
+    cpu = sum(after.values()) - sum(before.values())
+    per = sorted(((after[p] - before.get(p, 0.0), names[p]) for p in after), reverse=True)
+    return {"cores": cpu / seconds, "seconds": seconds, "cpu": cpu, "settled": settled, "procs": len(after), "top": per[:6]}
+
+
+def parallel(work: Path, c: float) -> dict[str, float]:
+    """9 independent ``sleep 10`` stories with 3 builders; wall against serial / 3."""
+    repo = prepare(work, "parallel", [("sleep 10", "None")] * 9, builders=3)
+    r = run_sprint(repo, 600)
+    serial = 9 * 10.0
+    target = 1.1 * serial / 3 + 9 * c
+    return {**r, "serial": serial, "ideal": serial / 3, "target": target, "efficiency": (serial / 3) / r["wall"]}
+
+
+def verdict(ok: bool, miss: str) -> str:
+    return "met" if ok else f"MISSED {miss}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N = 20 and 100")
+    parser.add_argument("--sizes", default=None, help="comma-separated story counts (default 20,100,500)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: trivial, idle, parallel")
+    parser.add_argument("--idle-seconds", type=float, default=20.0, help="the idle sampling window")
+    args = parser.parse_args(argv)
+    sizes = [int(x) for x in (args.sizes or ("20,100" if args.quick else "20,100,500")).split(",")]
+    skip = {x for x in args.skip.split(",") if x}
+    print(f"cores: {os.cpu_count()}  load average (1 min) at start: {os.getloadavg()[0]:.2f}  "
+          "CPU: getrusage(RUSAGE_CHILDREN) of `oodatcaa run` (agents, git, jobs); idle: /proc of the run's process tree")
+    start = time.monotonic()
+    rows: list[tuple[int, dict[str, float]]] = []
+    idle = par = None
+    with tempfile.TemporaryDirectory(prefix="bench-sprint-") as tmp:
+        work = Path(tmp)
+        if "trivial" not in skip:
+            for n in sizes:
+                repo = prepare(work, f"trivial-{n}", [("true", "None")] * n)
+                r = run_sprint(repo, max(600, 10 * n))
+                rows.append((n, r))
+                print(f"  {n} trivial stories: {r['wall']:.1f} s wall, {r['cpu']:.1f} CPU-s", flush=True)
+        if "idle" not in skip:
+            idle = idle_overhead(work, args.idle_seconds)
+            print(f"  idle: {idle['cores']:.4f} cores", flush=True)
+        if "parallel" not in skip:
+            c = rows[0][1]["wall"] / rows[0][0] if rows else 0.0
+            par = parallel(work, c)
+            print(f"  parallel: {par['wall']:.1f} s wall", flush=True)
+
+    if rows:
+        print("\ntrivial stories end to end (`command: \"true\"`: plan, build, test, merge, tag)\n")
+        print("| stories | wall s | s per story | CPU-s | CPU-s per story | cores used |")
+        print("|---|---|---|---|---|---|")
+        for n, r in rows:
+            print(f"| {n} | {r['wall']:.1f} | {r['wall'] / n:.3f} | {r['cpu']:.1f} | {r['cpu'] / n:.3f} "
+                  f"| {r['cpu'] / r['wall']:.2f} |")
+    if idle:
+        print(f"\nidle overhead: 100 stories, 99 waiting on T001 (`sleep 120`); {idle['procs']} processes in the tree, "
+              f"sampled {idle['seconds']:.1f} s after {idle['settled']:.1f} s of settling: {idle['cpu']:.3f} CPU-s = "
+              f"{idle['cores']:.4f} cores ({idle['cores'] * 100:.2f} % of one core)")
+        for cpu, name in idle["top"]:
+            print(f"  {cpu:7.3f} CPU-s  {name}")
+    if par:
+        print(f"\nparallel efficiency: 9 x `sleep 10`, 3 builders: wall {par['wall']:.1f} s; serial {par['serial']:.0f} s, "
+              f"serial / 3 = {par['ideal']:.0f} s; efficiency {par['efficiency'] * 100:.0f} %; CPU {par['cpu']:.1f} s")
+
+    print("\ntargets (issue 11, part 4):")
+    by = dict(rows)
+    if 100 in by:
+        s100 = by[100]["wall"] / 100
+        print(f"- per story at 100 stories <= 0.3 s on {os.cpu_count()} cores: {s100:.3f} s: "
+              + verdict(s100 <= 0.3, f"by {s100 - 0.3:.3f} s ({s100 / 0.3:.1f}x)"))
+    if 100 in by and 20 in by:
+        r = (by[100]["wall"] / 100) / (by[20]["wall"] / 20)
+        print(f"- per story at 100 <= 1.25 x per story at 20: {r:.2f}x: " + verdict(r <= 1.25, f"by {r - 1.25:.2f}"))
+    if idle:
+        pct = idle["cores"] * 100
+        print(f"- idle with 100 waiting stories < 2 % of one core: {pct:.2f} %: " + verdict(pct < 2, f"by {pct - 2:.2f} points"))
+    if par:
+        at = rows[0][0] if rows else "?"
+        print(f"- parallel: wall <= 1.1 x serial / 3 + 9 x c = {par['target']:.1f} s (c = per-story s at {at} stories): "
+              f"{par['wall']:.1f} s: " + verdict(par["wall"] <= par["target"], f"by {par['wall'] - par['target']:.1f} s"))
+    print(f"\nload average (1 min) at end: {os.getloadavg()[0]:.2f}; {time.monotonic() - start:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
