@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Trivial stories end to end through the real agents: ``oodatcaa run`` in a fresh ``git init`` repository.
 
-Three measurements, each in its own fresh repository (``oodatcaa init``, the default ``config.toml``
-unless said otherwise, ``oodatcaa sprint new --backlog``, then ``oodatcaa run``):
+Three measurements, each in its own fresh repository (``oodatcaa init``, the shipped ``config.toml``
+defaults unless ``--set`` says otherwise, ``oodatcaa sprint new --backlog``, then ``oodatcaa run``):
 
 1. **per story**: N independent stories whose one job is ``command: "true"`` (plan, build, test, merge,
    tag), N = 20, 100, 500 (``--quick``: 20, 100). Wall seconds of ``oodatcaa run`` from start to exit,
@@ -24,7 +24,8 @@ core. Nothing is asserted; the exit status is 0 unless a run failed to finish it
 
 Usage::
 
-    python benchmarks/bench_sprint.py [--quick] [--sizes 20,100,500] [--skip idle,parallel]
+    python benchmarks/bench_sprint.py [--quick] [--sizes 20,100,500] [--skip trivial,idle,parallel]
+                                      [--set agents.poll_seconds=0.2 ...]
 """
 
 from __future__ import annotations
@@ -78,17 +79,27 @@ def oodatcaa(repo: Path, *args: str, timeout: float = 120) -> subprocess.Complet
     return out
 
 
-def set_wip(config: Path, role: str, n: int) -> None:
-    """Put ``role = n`` under ``[wip]`` of a ``config.toml`` written by ``oodatcaa init``."""
+def set_key(config: Path, section: str, key: str, value: str) -> None:
+    """Put ``key = value`` (TOML) under ``[section]`` of a ``config.toml`` written by ``oodatcaa init``.
+
+    Raises ``SystemExit`` naming the key when the result is not valid TOML (e.g. an unquoted string).
+    """
     lines = config.read_text(encoding="utf-8").splitlines()
-    at = next((i for i, line in enumerate(lines) if line.split("#")[0].strip() == "[wip]"), None)
+    at = next((i for i, line in enumerate(lines) if line.split("#")[0].strip() == f"[{section}]"), None)
     if at is None:
-        lines += ["", "[wip]", f"{role} = {n}"]
+        lines += ["", f"[{section}]", f"{key} = {value}"]
     else:
-        lines.insert(at + 1, f"{role} = {n}")
+        lines.insert(at + 1, f"{key} = {value}")
     text = "\n".join(lines) + "\n"
-    tomllib.loads(text)
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SystemExit(f"--set {section}.{key}={value}: not valid TOML ({exc}); quote strings: KEY='\"text\"'") from None
     config.write_text(text, encoding="utf-8")
+
+
+#: ``--set`` values as (section, key, value); applied to every repository's config.toml
+SETTINGS: list[tuple[str, str, str]] = []
 
 
 def prepare(work: Path, name: str, stories: list[tuple[str, str]], builders: int | None = None) -> Path:
@@ -99,9 +110,11 @@ def prepare(work: Path, name: str, stories: list[tuple[str, str]], builders: int
                  ["commit", "-q", "--allow-empty", "-m", "[docs] bench: initial commit"]):
         subprocess.run(["git", "-C", str(repo), *argv], check=True)
     oodatcaa(repo, "init")
-    if builders is not None:
-        set_wip(repo / ".oodatcaa" / "config.toml", "builder", builders)
-        subprocess.run(["git", "-C", str(repo), "commit", "-qam", "[docs] bench: builder wip"], check=True)
+    settings = SETTINGS + ([("wip", "builder", str(builders))] if builders is not None else [])
+    for section, key, value in settings:
+        set_key(repo / ".oodatcaa" / "config.toml", section, key, value)
+    if settings:
+        subprocess.run(["git", "-C", str(repo), "commit", "-qam", "[docs] bench: config"], check=True)
     (work / f"{name}.md").write_text(backlog(stories), encoding="utf-8")
     oodatcaa(repo, "sprint", "new", "--backlog", str(work / f"{name}.md"), timeout=600)
     return repo
@@ -224,11 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="comma-separated story counts (default 20,100,500)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: trivial, idle, parallel")
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="the idle sampling window")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config.toml setting for every run, e.g. agents.poll_seconds=0.2 (default: the shipped defaults)")
     args = parser.parse_args(argv)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.partition(".")
+        if not (sep and dot and section and key and value):
+            parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. agents.poll_seconds=0.2")
+        SETTINGS.append((section, key, value))
     sizes = [int(x) for x in (args.sizes or ("20,100" if args.quick else "20,100,500")).split(",")]
     skip = {x for x in args.skip.split(",") if x}
     print(f"cores: {os.cpu_count()}  load average (1 min) at start: {os.getloadavg()[0]:.2f}  "
           "CPU: getrusage(RUSAGE_CHILDREN) of `oodatcaa run` (agents, git, jobs); idle: /proc of the run's process tree")
+    print("config.toml: " + (", ".join(f"[{s}] {k} = {v}" for s, k, v in SETTINGS) or "the shipped defaults")
+          + " (the parallel run adds [wip] builder = 3)")
     start = time.monotonic()
     rows: list[tuple[int, dict[str, float]]] = []
     idle = par = None
