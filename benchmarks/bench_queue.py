@@ -152,7 +152,7 @@ def remaining(kind: str, path: Path) -> int:
     if kind == "persist-queue":
         q = _pq_open(path, auto_resume=False)
         try:
-            return q.ready_count()
+            return q.qsize()  # rows not yet taken (status below unack: put or resumed)
         finally:
             q.close()
     s = _huey_open(path, fsync=True)
