@@ -175,6 +175,7 @@ def worker(kind: str, path: Path, index: int, go: Path, out: Path, max_ops: int,
         out.write_text(json.dumps({"held": got[0] if got else None, "pid": os.getpid()}))
         while True:
             time.sleep(60)
+    out.with_suffix(".ready").touch()
     deadline = time.monotonic() + 120
     while not go.exists():
         if time.monotonic() > deadline:
@@ -259,9 +260,14 @@ def run_cell(kind: str, template: Path, work: Path, n: int, procs: int, max_ops:
     shutil.copytree(template, path, symlinks=True)
     go = work / f"go-{kind}-{n}-{procs}"
     outs = [work / f"out-{kind}-{n}-{procs}-{i}.json" for i in range(procs)]
-    per = -(-max_ops // procs)
+    # draining: each process goes on until the queue is empty; bounded: the bound is shared out
+    per = n if max_ops >= n else -(-max_ops // procs)
     ps = [spawn(kind, path, i, go, outs[i], per, seconds) for i in range(procs)]
-    time.sleep(1.5 + 0.3 * procs)  # imports; the workers spin on the go file so they start together
+    deadline = time.monotonic() + 120
+    while not all(o.with_suffix(".ready").exists() for o in outs):  # imported and opened; then all start at once
+        if time.monotonic() > deadline or any(p.poll() is not None for p in ps):
+            raise SystemExit(f"{kind} at {n} stories x {procs} processes: a worker never got ready")
+        time.sleep(0.01)
     t_go = time.monotonic()
     go.touch()
     for p in ps:
