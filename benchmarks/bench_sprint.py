@@ -243,17 +243,19 @@ def verdict(ok: bool, miss: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="N = 20 and 100")
+    parser.add_argument("--quick", action="store_true", help="N = 20 and 100; idle: a 10 s window after at most 90 s of settling")
     parser.add_argument("--sizes", default=None, help="comma-separated story counts (default 20,100,500)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: trivial, idle, parallel")
     parser.add_argument("--run-seconds", type=float, default=360.0,
                         help="bound of each trivial run (oodatcaa run --max-seconds); a bounded run reports the stories done")
-    parser.add_argument("--idle-seconds", type=float, default=20.0, help="the idle sampling window")
-    parser.add_argument("--settle-seconds", type=float, default=300.0,
-                        help="longest wait for the queue to stop changing before the idle window")
+    parser.add_argument("--idle-seconds", type=float, default=None, help="the idle sampling window (default 20 s)")
+    parser.add_argument("--settle-seconds", type=float, default=None,
+                        help="longest wait for the queue to stop changing before the idle window (default 300 s)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config.toml setting for every run, e.g. agents.poll_seconds=0.2 (default: the shipped defaults)")
     args = parser.parse_args(argv)
+    args.idle_seconds = args.idle_seconds or (10.0 if args.quick else 20.0)
+    args.settle_seconds = args.settle_seconds or (90.0 if args.quick else 300.0)
     for item in args.set:
         name, sep, value = item.partition("=")
         section, dot, key = name.partition(".")
