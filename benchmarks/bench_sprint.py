@@ -11,9 +11,10 @@ defaults unless ``--set`` says otherwise, ``oodatcaa sprint new --backlog``, the
    for — the agents, their git and job processes — from ``getrusage(RUSAGE_CHILDREN)`` before and after.
 2. **idle overhead**: 100 stories, T001's job ``sleep 900`` and T002..T100 depending on T001. Once the
    sleep runs and the queue file has not changed for 3 s (the Planner has planned the 99 waiting stories;
-   at most ``--settle-seconds``, 300, of waiting; the output says when it never settled), the CPU of the
+   at most ``--settle-seconds``, 300, of waiting, ``--quick`` 90; the output says when it never settled),
+   the CPU of the
    whole process tree of ``oodatcaa run`` (``/proc/<pid>/stat``: utime + stime + the reaped children's
-   cutime + cstime, summed over the tree) is sampled over ``--idle-seconds`` (20); cores used =
+   cutime + cstime, summed over the tree) is sampled over ``--idle-seconds`` (20, ``--quick`` 10); cores used =
    CPU-seconds / wall seconds. Then the run is stopped (SIGTERM to its process group, SIGKILL after 30 s).
 3. **parallel efficiency**: 9 independent stories whose job is ``sleep 10``, ``[wip] builder = 3``.
    Serial time = 9 x 10 s (the jobs' own time, not a measured serial run). Target: wall <= 1.1 x serial / 3
@@ -127,24 +128,54 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def stories_by_status(repo: Path) -> dict[str, list[str]]:
+    """Story IDs by status, read from ``SPRINT_QUEUE.json`` (written atomically, so no lock is needed)."""
+    out: dict[str, list[str]] = {}
+    try:
+        queue = json.loads((repo / ".oodatcaa" / "work" / "SPRINT_QUEUE.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return out
+    for task in queue.get("tasks", []):
+        out.setdefault(task.get("status", "?"), []).append(task.get("id", "?"))
+    return out
+
+
 def run_sprint(repo: Path, max_seconds: float, *, allow_bound: bool = False) -> dict[str, Any]:
     """``oodatcaa run`` to the end of the sprint; wall and CPU seconds (the run and all it waited for).
 
     With ``allow_bound`` a run that gives up at ``max_seconds`` (exit 6) counts: ``bounded`` is set and
-    ``done`` says how many stories finished. Any other failure raises ``SystemExit`` with the run's output.
+    ``done`` says how many stories finished. A run whose every story is done or cancelled except some
+    in ``needs_manual`` (a failure the sprint cannot finish without a person) is stopped and counted
+    as ``stuck``, with the stories' last errors. Any other failure raises ``SystemExit`` with the output.
     """
     cpu0, t0 = children_cpu(), time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "oodatcaa", "-C", str(repo), "run", "--max-seconds", str(max_seconds)],
-                         capture_output=True, text=True, env=ENV, timeout=max_seconds + 180)
+    logs = repo.parent / f"{repo.name}-run.log"
+    with open(logs, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "oodatcaa", "-C", str(repo), "run", "--max-seconds", str(max_seconds)],
+                                stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+        stuck: list[str] = []
+        while proc.poll() is None:
+            time.sleep(1.0)
+            by = stories_by_status(repo)
+            if by.get("needs_manual") and set(by) <= {"done", "cancelled", "needs_manual"}:
+                stuck = by["needs_manual"]
+                stop(proc)
+                break
+            if time.perf_counter() - t0 > max_seconds + 180:
+                stop(proc)
     wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
-    status = json.loads(oodatcaa(repo, "status", "--json").stdout)
-    done = sum(1 for t in status["tasks"] if t["kind"] == "story" and t["status"] == "done")
-    completed = out.returncode == 0 and status["sprint"]["status"] == "completed"
-    bounded = allow_bound and out.returncode == 6 and done > 0
-    if not (completed or bounded):
-        raise SystemExit(f"oodatcaa run exited {out.returncode} with {done} stories done, sprint "
-                         f"{status['sprint']['status']}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return {"wall": wall, "cpu": cpu, "done": done, "bounded": bounded}
+    by = stories_by_status(repo)
+    done = len(by.get("done", []))
+    completed = proc.returncode == 0 and not stuck
+    bounded = allow_bound and proc.returncode == 6 and done > 0
+    if not (completed or bounded or (stuck and done)):
+        raise SystemExit(f"oodatcaa run exited {proc.returncode} with {done} stories done:\n{logs.read_text()[-3000:]}")
+    errors = []
+    if stuck:
+        for task in json.loads((repo / ".oodatcaa" / "work" / "SPRINT_QUEUE.json").read_text()).get("tasks", []):
+            if task.get("status") == "needs_manual":
+                errors.append(f"{task.get('id')}: {str(task.get('last_error'))[:300]}")
+    return {"wall": wall, "cpu": cpu, "done": done, "bounded": bounded, "stuck": stuck, "errors": errors}
 
 
 # -- the process tree, from /proc ------------------------------------------------------------------
@@ -292,9 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         print("| stories | done | wall s | s per story | CPU-s | CPU-s per story | cores used |")
         print("|---|---|---|---|---|---|---|")
         for n, r in rows:
-            done = f"{r['done']}" + (" (bounded: gave up at --run-seconds)" if r["bounded"] else "")
+            done = f"{r['done']}" + (" (bounded: gave up at --run-seconds)" if r["bounded"] else "") + (
+                f" (STUCK: {len(r['stuck'])} needs_manual, run stopped)" if r["stuck"] else "")
             print(f"| {n} | {done} | {r['wall']:.1f} | {r['wall'] / r['done']:.3f} | {r['cpu']:.1f} | {r['cpu'] / r['done']:.3f} "
                   f"| {r['cpu'] / r['wall']:.2f} |")
+    for n, r in rows:
+        for e in r["errors"]:
+            print(f"  {n} stories, needs_manual: {e}")
     if idle:
         settled = (f"{idle['settled']:.1f} s of settling" if idle["quiet"]
                    else f"{idle['settled']:.0f} s WITHOUT settling (the queue still changed: not idle)")
@@ -306,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if par:
         print(f"\nparallel efficiency: 9 x `sleep 10`, 3 builders: wall {par['wall']:.1f} s; serial {par['serial']:.0f} s, "
               f"serial / 3 = {par['ideal']:.0f} s; efficiency {par['efficiency'] * 100:.0f} %; CPU {par['cpu']:.1f} s")
+        for e in par["errors"]:
+            print(f"  STUCK, needs_manual: {e}")
 
     print("\ntargets (issue 11, part 4):")
     by = {n: {**r, "per": r["wall"] / r["done"]} for n, r in rows}
