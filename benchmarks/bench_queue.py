@@ -33,7 +33,7 @@ met / missed and by how much. Nothing is asserted; exit 0 unless a benchmark its
 Usage::
 
     python benchmarks/bench_queue.py [--quick] [--stories 10,100,1000,10000] [--procs 1,2,4,8]
-                                     [--bounded-ops 20] [--cell-seconds 20] [--only oodatcaa,persist-queue,huey]
+                                     [--bounded-ops 20] [--cell-seconds 10] [--only oodatcaa,persist-queue,huey]
 """
 
 from __future__ import annotations
@@ -247,6 +247,7 @@ def _ops(kind: str, path: Path, index: int, *, resume: bool) -> tuple[Any, Any, 
 
 def spawn(kind: str, path: Path, index: int, go: Path, out: Path, max_ops: int, seconds: float,
           mode: str = "drain") -> subprocess.Popen:
+    """Start one worker process (this script with ``--worker``); see :func:`worker` for the arguments."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, str(path), str(index), str(go), str(out),
             str(max_ops), str(seconds), mode]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -385,11 +386,13 @@ def pq_live_resume(work: Path, n: int) -> str:
 
 # -- the report ------------------------------------------------------------------------------------
 def ms(x: float) -> str:
+    """Seconds as milliseconds with one decimal; ``-`` for NaN (no sample)."""
     return "-" if x != x else f"{x * 1000:.1f}"
 
 
 def print_tables(cells: list[dict[str, Any]], ceilings: dict[int, dict[str, float]], sizes: dict[int, int],
                  kills: dict[str, str]) -> None:
+    """The durability list, the ceiling table, the throughput/latency table and the SIGKILL findings."""
     print("\ndurability (what each queue fsyncs):")
     for k, v in DURABILITY.items():
         print(f"  {k:<14} {v}")
@@ -417,6 +420,7 @@ def print_tables(cells: list[dict[str, Any]], ceilings: dict[int, dict[str, floa
 
 
 def print_targets(cells: list[dict[str, Any]], ceilings: dict[int, dict[str, float]]) -> None:
+    """Issue 11's queue targets, each met or missed and by how much (1-process cells)."""
     def cell(kind: str, n: int, procs: int = 1) -> dict[str, Any] | None:
         return next((c for c in cells if c["kind"] == kind and c["n"] == n and c["procs"] == procs), None)
 
@@ -445,6 +449,7 @@ def print_targets(cells: list[dict[str, Any]], ceilings: dict[int, dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with the hidden ``--worker``, one worker process); 0 when it ran."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10, 100 and 1,000 (bounded) stories, 1 and 2 processes")
     parser.add_argument("--stories", default=None, help="comma-separated story counts (default 10,100,1000,10000)")

@@ -75,6 +75,7 @@ def backlog(stories: list[tuple[str, str]]) -> str:
 
 
 def oodatcaa(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m oodatcaa -C repo ARGS``; ``SystemExit`` with its output when it fails."""
     out = subprocess.run([sys.executable, "-m", "oodatcaa", "-C", str(repo), *args], capture_output=True, text=True,
                          timeout=timeout, env=ENV)
     if out.returncode != 0:
@@ -124,6 +125,7 @@ def prepare(work: Path, name: str, stories: list[tuple[str, str]], builders: int
 
 
 def children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children (and theirs)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -207,6 +209,7 @@ def tree(root: int) -> dict[int, float]:
 
 
 def cmdline(pid: int) -> list[str]:
+    """The argv of ``pid`` from ``/proc``; empty when it is gone."""
     try:
         return [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
     except OSError:
@@ -269,10 +272,12 @@ def parallel(work: Path, c: float) -> dict[str, float]:
 
 
 def verdict(ok: bool, miss: str) -> str:
+    """``met``, or ``MISSED`` and by how much."""
     return "met" if ok else f"MISSED {miss}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the three measurements and print their tables and the targets; 0 when they ran."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 20 and 100; idle: a 10 s window after at most 90 s of settling")
     parser.add_argument("--sizes", default=None, help="comma-separated story counts (default 20,100,500)")
