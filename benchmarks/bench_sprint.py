@@ -276,6 +276,53 @@ def verdict(ok: bool, miss: str) -> str:
     return "met" if ok else f"MISSED {miss}"
 
 
+def report(rows: list[tuple[int, dict[str, Any]]], idle: dict[str, Any] | None, par: dict[str, Any] | None) -> None:
+    """The per-story table, the idle overhead, the parallel efficiency and the targets (met / missed)."""
+    if rows:
+        print("\ntrivial stories end to end (`command: \"true\"`: plan, build, test, merge, tag)\n")
+        print("| stories | done | wall s | s per story | CPU-s | CPU-s per story | cores used |")
+        print("|---|---|---|---|---|---|---|")
+        for n, r in rows:
+            done = f"{r['done']}" + (" (bounded: gave up at --run-seconds)" if r["bounded"] else "") + (
+                f" (STUCK: {len(r['stuck'])} needs_manual, run stopped)" if r["stuck"] else "")
+            print(f"| {n} | {done} | {r['wall']:.1f} | {r['wall'] / r['done']:.3f} | {r['cpu']:.1f} | {r['cpu'] / r['done']:.3f} "
+                  f"| {r['cpu'] / r['wall']:.2f} |")
+    for n, r in rows:
+        for e in r["errors"]:
+            print(f"  {n} stories, needs_manual: {e}")
+    if idle:
+        settled = (f"{idle['settled']:.1f} s of settling" if idle["quiet"]
+                   else f"{idle['settled']:.0f} s WITHOUT settling (the queue still changed: not idle)")
+        print(f"\nidle overhead: 100 stories, 99 waiting on T001 (`sleep 900`); {idle['procs']} processes in the tree, "
+              f"sampled {idle['seconds']:.1f} s after {settled}: {idle['cpu']:.3f} CPU-s = "
+              f"{idle['cores']:.4f} cores ({idle['cores'] * 100:.2f} % of one core)")
+        for cpu, name in idle["top"]:
+            print(f"  {cpu:7.3f} CPU-s  {name}")
+    if par:
+        print(f"\nparallel efficiency: 9 x `sleep 10`, 3 builders: wall {par['wall']:.1f} s; serial {par['serial']:.0f} s, "
+              f"serial / 3 = {par['ideal']:.0f} s; efficiency {par['efficiency'] * 100:.0f} %; CPU {par['cpu']:.1f} s")
+        for e in par["errors"]:
+            print(f"  STUCK, needs_manual: {e}")
+
+    print("\ntargets (issue 11, part 4):")
+    by = {n: {**r, "per": r["wall"] / r["done"]} for n, r in rows}
+    if 100 in by:
+        s100 = by[100]["per"]
+        caveat = " (the run was stuck or bounded: per story finished)" if by[100]["stuck"] or by[100]["bounded"] else ""
+        print(f"- per story at 100 stories <= 0.3 s on {os.cpu_count()} cores: {s100:.3f} s{caveat}: "
+              + verdict(s100 <= 0.3, f"by {s100 - 0.3:.3f} s ({s100 / 0.3:.1f}x)"))
+    if 100 in by and 20 in by:
+        r = by[100]["per"] / by[20]["per"]
+        print(f"- per story at 100 <= 1.25 x per story at 20: {r:.2f}x: " + verdict(r <= 1.25, f"by {r - 1.25:.2f}"))
+    if idle:
+        pct = idle["cores"] * 100
+        print(f"- idle with 100 waiting stories < 2 % of one core: {pct:.2f} %: " + verdict(pct < 2, f"by {pct - 2:.2f} points"))
+    if par:
+        at = rows[0][0] if rows else "?"
+        print(f"- parallel: wall <= 1.1 x serial / 3 + 9 x c = {par['target']:.1f} s (c = per-story s at {at} stories): "
+              f"{par['wall']:.1f} s: " + verdict(par["wall"] <= par["target"], f"by {par['wall'] - par['target']:.1f} s"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the three measurements and print their tables and the targets; 0 when they ran."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -323,48 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             par = parallel(work, c)
             print(f"  parallel: {par['wall']:.1f} s wall", flush=True)
 
-    if rows:
-        print("\ntrivial stories end to end (`command: \"true\"`: plan, build, test, merge, tag)\n")
-        print("| stories | done | wall s | s per story | CPU-s | CPU-s per story | cores used |")
-        print("|---|---|---|---|---|---|---|")
-        for n, r in rows:
-            done = f"{r['done']}" + (" (bounded: gave up at --run-seconds)" if r["bounded"] else "") + (
-                f" (STUCK: {len(r['stuck'])} needs_manual, run stopped)" if r["stuck"] else "")
-            print(f"| {n} | {done} | {r['wall']:.1f} | {r['wall'] / r['done']:.3f} | {r['cpu']:.1f} | {r['cpu'] / r['done']:.3f} "
-                  f"| {r['cpu'] / r['wall']:.2f} |")
-    for n, r in rows:
-        for e in r["errors"]:
-            print(f"  {n} stories, needs_manual: {e}")
-    if idle:
-        settled = (f"{idle['settled']:.1f} s of settling" if idle["quiet"]
-                   else f"{idle['settled']:.0f} s WITHOUT settling (the queue still changed: not idle)")
-        print(f"\nidle overhead: 100 stories, 99 waiting on T001 (`sleep 900`); {idle['procs']} processes in the tree, "
-              f"sampled {idle['seconds']:.1f} s after {settled}: {idle['cpu']:.3f} CPU-s = "
-              f"{idle['cores']:.4f} cores ({idle['cores'] * 100:.2f} % of one core)")
-        for cpu, name in idle["top"]:
-            print(f"  {cpu:7.3f} CPU-s  {name}")
-    if par:
-        print(f"\nparallel efficiency: 9 x `sleep 10`, 3 builders: wall {par['wall']:.1f} s; serial {par['serial']:.0f} s, "
-              f"serial / 3 = {par['ideal']:.0f} s; efficiency {par['efficiency'] * 100:.0f} %; CPU {par['cpu']:.1f} s")
-        for e in par["errors"]:
-            print(f"  STUCK, needs_manual: {e}")
-
-    print("\ntargets (issue 11, part 4):")
-    by = {n: {**r, "per": r["wall"] / r["done"]} for n, r in rows}
-    if 100 in by:
-        s100 = by[100]["per"]
-        print(f"- per story at 100 stories <= 0.3 s on {os.cpu_count()} cores: {s100:.3f} s: "
-              + verdict(s100 <= 0.3, f"by {s100 - 0.3:.3f} s ({s100 / 0.3:.1f}x)"))
-    if 100 in by and 20 in by:
-        r = by[100]["per"] / by[20]["per"]
-        print(f"- per story at 100 <= 1.25 x per story at 20: {r:.2f}x: " + verdict(r <= 1.25, f"by {r - 1.25:.2f}"))
-    if idle:
-        pct = idle["cores"] * 100
-        print(f"- idle with 100 waiting stories < 2 % of one core: {pct:.2f} %: " + verdict(pct < 2, f"by {pct - 2:.2f} points"))
-    if par:
-        at = rows[0][0] if rows else "?"
-        print(f"- parallel: wall <= 1.1 x serial / 3 + 9 x c = {par['target']:.1f} s (c = per-story s at {at} stories): "
-              f"{par['wall']:.1f} s: " + verdict(par["wall"] <= par["target"], f"by {par['wall'] - par['target']:.1f} s"))
+    report(rows, idle, par)
     print(f"\nload average (1 min) at end: {os.getloadavg()[0]:.2f}; {time.monotonic() - start:.0f} s in all")
     return 0
 
