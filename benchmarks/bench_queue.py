@@ -186,20 +186,26 @@ def worker(kind: str, path: Path, index: int, go: Path, out: Path, max_ops: int,
     ids: list[str] = []
     claim_s: list[float] = []
     complete_s: list[float] = []
+    errors: list[str] = []
     while len(ids) < max_ops and time.monotonic() < stop:
-        t0 = time.perf_counter()
-        got = take()
-        t1 = time.perf_counter()
-        if got is None:
+        try:
+            t0 = time.perf_counter()
+            got = take()
+            t1 = time.perf_counter()
+            if got is None:
+                break
+            finish(got)
+            t2 = time.perf_counter()
+        except Exception as exc:  # noqa: BLE001 - a lock timeout or a queue error is a finding, not a crash of the run
+            errors.append(f"{type(exc).__name__}: {exc}"[:300])
             break
-        finish(got)
-        t2 = time.perf_counter()
         ids.append(got[0])
         claim_s.append(t1 - t0)
         complete_s.append(t2 - t1)
     end = time.monotonic()
     close()
-    out.write_text(json.dumps({"ids": ids, "claim": claim_s, "complete": complete_s, "start": start, "end": end}))
+    out.write_text(json.dumps({"ids": ids, "claim": claim_s, "complete": complete_s, "start": start, "end": end,
+                               "errors": errors}))
     return 0
 
 
@@ -283,10 +289,11 @@ def run_cell(kind: str, template: Path, work: Path, n: int, procs: int, max_ops:
     left = remaining(kind, path)
     dup = len(ids) - len(set(ids))
     drained = left == 0
-    ok = dup == 0 and len(set(ids)) + left == n
+    errors = [e for r in res for e in r["errors"]]
+    ok = dup == 0 and len(set(ids)) + left == n and not errors
     shutil.rmtree(path, ignore_errors=True)
     return {"kind": kind, "n": n, "procs": procs, "ops": len(ids), "wall": wall, "rate": len(ids) / wall if wall > 0 else 0.0,
-            "claim": claim, "complete": comp, "dup": dup, "left": left, "drained": drained, "ok": ok,
+            "claim": claim, "complete": comp, "dup": dup, "left": left, "drained": drained, "ok": ok, "errors": errors,
             "bounded": not drained}
 
 
@@ -408,7 +415,8 @@ def print_tables(cells: list[dict[str, Any]], ceilings: dict[int, dict[str, floa
     for c in cells:
         ceil = 1 / (2 * ceilings[c["n"]]["median"])
         ops = f"{c['ops']}" + (" (bounded)" if c["bounded"] else "")
-        ok = "yes" if c["ok"] else f"NO (dup {c['dup']}, left {c['left']})"
+        ok = "yes" if c["ok"] else f"NO (dup {c['dup']}, left {c['left']}" + (
+            f", {len(c['errors'])} errors: {c['errors'][0][:80]})" if c["errors"] else ")")
         comp = c["complete"] if c["kind"] != "huey" else []
         print(f"| {c['kind']} | {c['n']:,} | {c['procs']} | {ops} | {c['rate']:.1f} | {c['rate'] / ceil:.2f} | "
               f"{ms(statistics.median(c['claim']) if c['claim'] else float('nan'))} | {ms(pct(c['claim'], 99))} | "
