@@ -415,17 +415,20 @@ def print_tables(cells: list[dict[str, Any]], ceilings: dict[int, dict[str, floa
     for n, c in sorted(ceilings.items()):
         print(f"| {n:,} | {sizes[n] / 1024:,.0f} KiB | {ms(c['median'])} | {ms(c['p99'])} | {1 / (2 * c['median']):.1f} |")
     print("\nclaim+complete (get+ack; huey: dequeue) per second over all processes; latency per operation in ms;"
-          " x ceil = throughput / ceiling at the same size\n")
-    print("| queue | stories | procs | ops | per s | x ceil | claim med | claim p99 | complete med | complete p99 | ok |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          " x ceil = throughput / ceiling at the same size;\n"
+          "x write = claim median / the ceiling's median write at the same size\n")
+    print("| queue | stories | procs | ops | per s | x ceil | claim med | x write | claim p99 | complete med | complete p99 "
+          "| ok |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in cells:
         ceil = 1 / (2 * ceilings[c["n"]]["median"])
         ops = f"{c['ops']}" + (" (bounded)" if c["bounded"] else "")
         ok = "yes" if c["ok"] else f"NO (dup {c['dup']}, left {c['left']}" + (
             f", {len(c['errors'])} errors: {c['errors'][0][:80]})" if c["errors"] else ")")
         comp = c["complete"] if c["kind"] != "huey" else []
+        claim_med = statistics.median(c["claim"]) if c["claim"] else float("nan")
         print(f"| {c['kind']} | {c['n']:,} | {c['procs']} | {ops} | {c['rate']:.1f} | {c['rate'] / ceil:.2f} | "
-              f"{ms(statistics.median(c['claim']) if c['claim'] else float('nan'))} | {ms(pct(c['claim'], 99))} | "
+              f"{ms(claim_med)} | {claim_med / ceilings[c['n']]['median']:.2f} | {ms(pct(c['claim'], 99))} | "
               f"{ms(statistics.median(comp) if comp else float('nan'))} | {ms(pct(comp, 99))} | {ok} |")
     if kills:
         print("\nSIGKILL of a process holding a taken, unfinished item; then a second process drains:\n")
