@@ -7,14 +7,17 @@ defaults unless ``--set`` says otherwise, ``oodatcaa sprint new --backlog``, the
 1. **per story**: N independent stories whose one job is ``command: "true"`` (plan, build, test, merge,
    tag), N = 20, 100, 500 (``--quick``: 20, 100). Wall seconds of ``oodatcaa run`` from start to exit,
    per story (a run still going at ``--run-seconds``, 360, gives up and is reported as bounded, per
-   story finished), and CPU-seconds per story: user + system time of ``oodatcaa run`` and everything it waited
-   for — the agents, their git and job processes — from ``getrusage(RUSAGE_CHILDREN)`` before and after.
+   story finished); also when the first story was seen done (start-up and the first story's way
+   through the roles) and the steady time per story after it (first to last story done / (N - 1),
+   from the queue file read every second); and CPU-seconds per story: user + system time of
+   ``oodatcaa run`` and everything it waited for — the agents, their git and job processes — from
+   ``getrusage(RUSAGE_CHILDREN)`` before and after.
 2. **idle overhead**: 100 stories, T001's job ``sleep 900`` and T002..T100 depending on T001. Once the
    sleep runs and the queue file has not changed for 3 s (the Planner has planned the 99 waiting stories;
    at most ``--settle-seconds``, 300, of waiting, ``--quick`` 90; the output says when it never settled),
-   the CPU of the
-   whole process tree of ``oodatcaa run`` (``/proc/<pid>/stat``: utime + stime + the reaped children's
-   cutime + cstime, summed over the tree) is sampled over ``--idle-seconds`` (20, ``--quick`` 10); cores used =
+   the CPU of the whole process tree of ``oodatcaa run`` (``/proc/<pid>/stat``: utime + stime + the
+   reaped children's cutime + cstime, summed over the tree) is sampled over ``--idle-seconds`` (20,
+   ``--quick`` 10); cores used =
    CPU-seconds / wall seconds. Then the run is stopped (SIGTERM to its process group, SIGKILL after 30 s).
 3. **parallel efficiency**: 9 independent stories whose job is ``sleep 10``, ``[wip] builder = 3``.
    Serial time = 9 x 10 s (the jobs' own time, not a measured serial run). Target: wall <= 1.1 x serial / 3
@@ -156,9 +159,15 @@ def run_sprint(repo: Path, max_seconds: float, *, allow_bound: bool = False) -> 
         proc = subprocess.Popen([sys.executable, "-m", "oodatcaa", "-C", str(repo), "run", "--max-seconds", str(max_seconds)],
                                 stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
         stuck: list[str] = []
+        first_done = last_done = None  # when the first story was seen done, and when the count last grew
+        seen = 0
         while proc.poll() is None:
             time.sleep(1.0)
             by = stories_by_status(repo)
+            if len(by.get("done", [])) > seen:
+                seen = len(by["done"])
+                last_done = time.perf_counter() - t0
+                first_done = last_done if first_done is None else first_done
             if by.get("needs_manual") and set(by) <= {"done", "cancelled", "needs_manual"}:
                 stuck = by["needs_manual"]
                 stop(proc)
@@ -177,7 +186,9 @@ def run_sprint(repo: Path, max_seconds: float, *, allow_bound: bool = False) -> 
         for task in json.loads((repo / ".oodatcaa" / "work" / "SPRINT_QUEUE.json").read_text()).get("tasks", []):
             if task.get("status") == "needs_manual":
                 errors.append(f"{task.get('id')}: {str(task.get('last_error'))[:300]}")
-    return {"wall": wall, "cpu": cpu, "done": done, "bounded": bounded, "stuck": stuck, "errors": errors}
+    steady = (last_done - first_done) / (seen - 1) if first_done is not None and last_done is not None and seen > 1 else None
+    return {"wall": wall, "cpu": cpu, "done": done, "bounded": bounded, "stuck": stuck, "errors": errors,
+            "first_done": first_done, "steady": steady}
 
 
 # -- the process tree, from /proc ------------------------------------------------------------------
@@ -280,13 +291,16 @@ def report(rows: list[tuple[int, dict[str, Any]]], idle: dict[str, Any] | None, 
     """The per-story table, the idle overhead, the parallel efficiency and the targets (met / missed)."""
     if rows:
         print("\ntrivial stories end to end (`command: \"true\"`: plan, build, test, merge, tag)\n")
-        print("| stories | done | wall s | s per story | CPU-s | CPU-s per story | cores used |")
-        print("|---|---|---|---|---|---|---|")
+        print("| stories | done | wall s | s per story | first done s | steady s per story | CPU-s | CPU-s per story "
+              "| cores used |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for n, r in rows:
             done = f"{r['done']}" + (" (bounded: gave up at --run-seconds)" if r["bounded"] else "") + (
                 f" (STUCK: {len(r['stuck'])} needs_manual, run stopped)" if r["stuck"] else "")
-            print(f"| {n} | {done} | {r['wall']:.1f} | {r['wall'] / r['done']:.3f} | {r['cpu']:.1f} | {r['cpu'] / r['done']:.3f} "
-                  f"| {r['cpu'] / r['wall']:.2f} |")
+            first = "-" if r["first_done"] is None else f"{r['first_done']:.1f}"
+            steady = "-" if r["steady"] is None else f"{r['steady']:.3f}"
+            print(f"| {n} | {done} | {r['wall']:.1f} | {r['wall'] / r['done']:.3f} | {first} | {steady} | {r['cpu']:.1f} "
+                  f"| {r['cpu'] / r['done']:.3f} | {r['cpu'] / r['wall']:.2f} |")
     for n, r in rows:
         for e in r["errors"]:
             print(f"  {n} stories, needs_manual: {e}")
