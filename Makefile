@@ -35,7 +35,9 @@ test: lint
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# the queue benchmark's peers (persist-queue, huey) come from the `bench` extra
 bench: install
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS),bench]"
 	$(BIN)/python benchmarks/run_all.py --default-model
 
 schema: install

@@ -9,11 +9,14 @@ Measured per run:
   ``subprocess.run``);
 - CPU time: user + system seconds of the child processes (``getrusage(RUSAGE_CHILDREN)`` before and
   after), less sensitive than wall time to other load on a shared machine;
-- training tokens/s: trained tokens / seconds in training steps (validation excluded). Both runs see
-  exactly the same batches: ``iters`` is a whole number of epochs, both form the same length-sorted
-  batches and only their order differs, so the trained-token totals are equal. mlx-lm reports
-  tokens/s per report window; with ``steps_per_report = iters`` there is one window, whose tokens/s
-  is the run's.
+- training tokens/s, like for like: one token count for both sides — the benchmark tokenizes the
+  training set itself (the model's chat template, each record cut at ``max_seq_length``) and
+  multiplies by the epochs (``iters`` is a whole number of epochs and every record is trained once
+  per epoch on both sides) — divided by each side's own seconds in training steps (validation
+  excluded): ours from the job summary's ``train_seconds``, mlx-lm's from its training callback
+  (``mlx_lm.lora.main`` run with a callback passed to its ``train_model`` that records the exact report; the printed "10.9k"
+  trained tokens and integer tokens/s are rounded and each side counts tokens its own way). Each
+  side's own trained-token count is printed beside it for reference.
 
 Variants: ``mlx_lm lora`` (the baseline), ``oodatcaa lora_train`` (no intermediate checkpoint, as the
 baseline with ``save_every > iters``), and ``oodatcaa + checkpoints`` (a resumable checkpoint every
@@ -23,7 +26,9 @@ better than the baseline). No assertions: numbers depend on the machine and its 
 
 Usage::
 
-    python benchmarks/bench_lora_overhead.py [--repeat 3] [--epochs 10] [--default-model [PATH]]
+    python benchmarks/bench_lora_overhead.py [--repeat 3] [--epochs 10] [--default-model [PATH]] [--quick]
+
+Works on a fresh clone: every dataset is written by the benchmark into a temporary directory.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -56,8 +60,29 @@ QA = [
     ("What do cows drink?", "Cows drink water."),
     ("What boils at 100 degrees?", "Water boils at one hundred degrees Celsius."),
 ]
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_TRAIN_LINE = re.compile(r"^\s*(\d+)\s+([0-9.]+)\s*[▼▲]\s+([0-9,]+)\s+([0-9.]+)k\s*$")
+#: ``python -m mlx_lm lora`` with a training callback that writes mlx-lm's exact train reports to a JSON file
+MLX_LORA_WITH_REPORTS = """\
+import json, sys
+import mlx_lm.lora as lora
+from mlx_lm.tuner.callbacks import TrainingCallback
+out = sys.argv.pop(1)
+class Record(TrainingCallback):
+    def __init__(self):
+        self.train = []
+    def on_train_loss_report(self, train_info):
+        self.train.append(dict(train_info))
+    def on_val_loss_report(self, val_info):
+        pass
+record, _train_model = Record(), lora.train_model
+def train_model(args, model, train_set, valid_set, training_callback=None):
+    # run() builds its callback from report_to (None here) and hands it to train_model: record instead
+    _train_model(args, model, train_set, valid_set, record)
+    with open(out, "w") as fh:
+        json.dump(record.train, fh)
+lora.train_model = train_model
+sys.argv = ["mlx_lm.lora", *sys.argv[1:]]
+lora.main()
+"""
 
 
 def write_dataset(directory: Path, repeats: int = 8) -> Path:
@@ -71,13 +96,28 @@ def write_dataset(directory: Path, repeats: int = 8) -> Path:
     return directory
 
 
+def dataset_tokens(model: Path, data: Path, max_seq_length: int) -> int:
+    """Tokens in one epoch of ``data/train.jsonl``: each record through the model's chat template, cut at
+    ``max_seq_length`` (what one pass over the training set feeds the model). The one count both sides use."""
+    from mlx_lm.utils import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(model))
+    total = 0
+    with open(data / "train.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            ids = tokenizer.apply_chat_template(json.loads(line)["messages"], return_dict=False)
+            total += min(len(ids), max_seq_length)
+    return total
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
 def run_baseline(model: Path, data: Path, work: Path, cfg: dict) -> dict:
-    """``python -m mlx_lm lora -c config.yaml``; returns wall seconds and the one window's tokens/s."""
+    """``mlx_lm.lora.main`` with ``-c config.yaml`` (plus a callback recording its report); wall, CPU and
+    training seconds, and mlx-lm's own trained-token count."""
     import yaml
 
     work.mkdir(parents=True, exist_ok=True)
@@ -92,16 +132,19 @@ def run_baseline(model: Path, data: Path, work: Path, cfg: dict) -> dict:
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = _child_env(None)
     cpu, start = _children_cpu(), time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "mlx_lm", "lora", "-c", str(work / "config.yaml")],
-                         env=env, capture_output=True, text=True, cwd=work)
+    (work / "mlx_lora_with_reports.py").write_text(MLX_LORA_WITH_REPORTS)
+    reports_path = work / "train_reports.json"
+    argv = [sys.executable, str(work / "mlx_lora_with_reports.py"), str(reports_path), "-c", str(work / "config.yaml")]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=work)
     wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
-    if out.returncode != 0:
+    if out.returncode != 0 or not reports_path.exists():
         raise SystemExit(f"mlx_lm lora failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    reports = [m for line in _ANSI.sub("", out.stdout).splitlines() if (m := _TRAIN_LINE.match(line))]
+    reports = json.loads(reports_path.read_text())
     if len(reports) != 1:
-        raise SystemExit(f"expected one train report from mlx_lm lora, got {len(reports)}:\n{out.stdout[-2000:]}")
-    _it, _loss, tps, ktokens = reports[0].groups()
-    return {"wall": wall, "cpu": cpu, "tokens_per_second": float(tps.replace(",", "")), "trained_tokens": float(ktokens) * 1000}
+        raise SystemExit(f"expected one train report from mlx_lm lora (steps_per_report = iters), got {len(reports)}")
+    report = reports[0]
+    return {"wall": wall, "cpu": cpu, "train_seconds": cfg["iters"] / report["iterations_per_second"],
+            "own_tokens": report["trained_tokens"]}
 
 
 def run_ours(model: Path, data: Path, work: Path, cfg: dict, save_every: int) -> dict:
@@ -118,10 +161,12 @@ def run_ours(model: Path, data: Path, work: Path, cfg: dict, save_every: int) ->
     if not result.ok:
         raise SystemExit(f"lora_train failed: {result.error}")
     train = result.summary["train"]
-    return {"wall": wall, "cpu": cpu, "tokens_per_second": train["tokens_per_second"], "trained_tokens": train["trained_tokens"]}
+    return {"wall": wall, "cpu": cpu, "train_seconds": train["train_seconds"], "own_tokens": train["trained_tokens"]}
 
 
-def bench(label: str, model: Path, data: Path, tmp: Path, cfg: dict, repeat: int) -> list[tuple]:
+def bench(label: str, model: Path, data: Path, tmp: Path, cfg: dict, repeat: int, epochs: int) -> list[tuple]:
+    """Alternating runs of the three variants; rows of medians and ratios to the baseline."""
+    tokens = dataset_tokens(model, data, cfg["max_seq_length"]) * epochs
     variants = [
         ("mlx_lm lora (baseline)", lambda w: run_baseline(model, data, w, cfg)),
         ("oodatcaa lora_train", lambda w: run_ours(model, data, w, cfg, cfg["iters"] + 1)),
@@ -134,14 +179,14 @@ def bench(label: str, model: Path, data: Path, tmp: Path, cfg: dict, repeat: int
     rows = []
     base = results[variants[0][0]]
     base_wall = statistics.median(x["wall"] for x in base)
-    base_tps = statistics.median(x["tokens_per_second"] for x in base)
+    base_tps = tokens / statistics.median(x["train_seconds"] for x in base)
     base_cpu = statistics.median(x["cpu"] for x in base)
     for name, _ in variants:
         wall = statistics.median(x["wall"] for x in results[name])
         cpu = statistics.median(x["cpu"] for x in results[name])
-        tps = statistics.median(x["tokens_per_second"] for x in results[name])
-        tokens = results[name][0]["trained_tokens"]
-        rows.append((label, name, wall, wall / base_wall, cpu, cpu / base_cpu, tps, tps / base_tps, tokens))
+        tps = tokens / statistics.median(x["train_seconds"] for x in results[name])
+        own = results[name][0]["own_tokens"]
+        rows.append((label, name, wall, wall / base_wall, cpu, cpu / base_cpu, tps, tps / base_tps, tokens, own))
     return rows
 
 
@@ -152,7 +197,10 @@ def main() -> int:
     parser.add_argument("--default-model", nargs="?", const="default", default=None, metavar="PATH",
                         help="also compare on the default model (SmolLM2-135M float32, or PATH), batch 2, 8 layers")
     parser.add_argument("--default-epochs", type=int, default=1, help="epochs on the default model (20 batches each)")
+    parser.add_argument("--quick", action="store_true", help="one run per variant, 4 epochs on the tiny model")
     args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.epochs = 1, 4
 
     lib = cpu_fastpath.find_openblas()
     print(f"OpenBLAS: {lib.path} via {lib.source}" if lib else "OpenBLAS: none found")
@@ -166,7 +214,7 @@ def main() -> int:
         data = write_dataset(tmpdir / "data")  # 64 records, batch 4: 16 batches per epoch
         cfg = {"iters": 16 * args.epochs, "batch_size": 4, "num_layers": 2, "learning_rate": 1e-3, "rank": 8, "alpha": 16,
                "val_batches": 1, "max_seq_length": 512, "seed": 0}
-        rows += bench(f"tiny 0.4M b4 {cfg['iters']} it", tiny, data, tmpdir, cfg, args.repeat)
+        rows += bench(f"tiny 0.4M b4 {cfg['iters']} it", tiny, data, tmpdir, cfg, args.repeat, args.epochs)
         if args.default_model:
             if args.default_model == "default":
                 from oodatcaa.mlmodels.default_model import ensure_default_model
@@ -174,18 +222,20 @@ def main() -> int:
                 model = Path(ensure_default_model())
             else:
                 model = Path(args.default_model).resolve()
-            procedures = ROOT / ".oodatcaa" / "data" / "procedures"  # 41 records, batch 2: 20 batches per epoch
+            own_data = write_dataset(tmpdir / "default-data", repeats=5)  # 40 records, batch 2: 20 batches per epoch
             cfg = {"iters": 20 * args.default_epochs, "batch_size": 2, "num_layers": 8, "learning_rate": 2e-4, "rank": 8,
                    "alpha": 16, "val_batches": 1, "max_seq_length": 256, "seed": 0}
-            rows += bench(f"default b2 L8 {cfg['iters']} it", model, procedures, tmpdir, cfg, args.repeat)
+            rows += bench(f"default b2 L8 {cfg['iters']} it", model, own_data, tmpdir, cfg, args.repeat, args.default_epochs)
 
     print(f"{'benchmark':<24} {'variant':<24} {'wall s':>7} {'vs base':>8} {'cpu s':>7} {'vs base':>8} "
-          f"{'train tok/s':>11} {'vs base':>8} {'tokens':>7}")
-    print("-" * 113)
-    for label, name, wall, wall_ratio, cpu, cpu_ratio, tps, tps_ratio, tokens in rows:
+          f"{'train tok/s':>11} {'vs base':>8} {'tokens':>7} {'own count':>9}")
+    print("-" * 123)
+    for label, name, wall, wall_ratio, cpu, cpu_ratio, tps, tps_ratio, tokens, own in rows:
         print(f"{label:<24} {name:<24} {wall:7.2f} {wall_ratio:7.3f}x {cpu:7.2f} {cpu_ratio:7.3f}x "
-              f"{tps:11.1f} {tps_ratio:7.3f}x {tokens:7.0f}")
+              f"{tps:11.1f} {tps_ratio:7.3f}x {tokens:7d} {own:9.0f}")
     print("\ntime ratios < 1 and tokens/s ratios > 1 are better than the baseline (medians of the runs).")
+    print("tokens: the benchmark's own count (training set through the chat template, x epochs), the numerator of"
+          " every tokens/s;\nown count: what each side reports it trained (each counts its own way; for reference).")
     print(f"load average (1 min) at end: {os.getloadavg()[0]:.2f}")
     return 0
 

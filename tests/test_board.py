@@ -130,7 +130,7 @@ def test_running_job_row_reads_metrics_and_marks_torn_and_nan_lines(tmp_path):
     from oodatcaa.board.jobs import metrics_path, sparkline
 
     ws, _store = _running_step(tmp_path)
-    path = metrics_path(ws, "T001-B01")
+    path = metrics_path(ws, "T001-B01", 1)
     path.parent.mkdir(parents=True)
     lines = ['{"event": "start", "total_iterations": 100}']
     for it, loss in ((10, 3.0), (20, 2.5), (30, float("nan")), (40, 2.0)):

@@ -16,7 +16,7 @@ from typing import Any
 
 from oodatcaa.board.progress import step_progress
 from oodatcaa.core.models import Subtask, Task, TaskStatus
-from oodatcaa.core.workspace import Workspace, run_dir_in_branch
+from oodatcaa.core.workspace import Workspace
 from oodatcaa.htmlreport.metrics import read_metrics
 from oodatcaa.htmlreport.page import memory_target
 
@@ -51,9 +51,9 @@ class JobRow:
         return self.losses[-1] if self.losses else None
 
 
-def metrics_path(ws: Workspace, step_id: str) -> Path:
-    """Where a running step's job appends its records: ``<worktree>/.oodatcaa/runs/<STEP>/metrics.jsonl``."""
-    return ws.worktree_dir(step_id) / run_dir_in_branch(step_id) / "metrics.jsonl"
+def metrics_path(ws: Workspace, step_id: str, attempt: int) -> Path:
+    """Where attempt ``attempt`` of a running step appends its records (``Workspace.step_run_dir``/metrics.jsonl)."""
+    return ws.step_run_dir(step_id, max(1, attempt)) / "metrics.jsonl"
 
 
 def sparkline(values: tuple[float, ...] | list[float], width: int = 16) -> str:
@@ -79,8 +79,9 @@ def _finite(value: object) -> float | None:
 def job_row(ws: Workspace, task: Task, step: Subtask) -> JobRow:
     """The board's row for running ``step`` of ``task`` (reads its metrics file; never raises for its content)."""
     progress = step_progress(step.result) or {}
-    metrics = read_metrics(metrics_path(ws, step.id))
-    exists = metrics_path(ws, step.id).exists()
+    path = metrics_path(ws, step.id, step.attempts)
+    metrics = read_metrics(path)
+    exists = path.exists()
     losses = tuple(v for r in metrics.events("train") if (v := _finite(r.get("train_loss"))) is not None)
     peaks = [v for r in metrics.records if (v := _finite(r.get("peak_memory_gb"))) is not None]
     tps = next((v for r in reversed(metrics.events("train")) if (v := _finite(r.get("tokens_per_second"))) is not None),
