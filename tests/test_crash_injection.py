@@ -583,12 +583,15 @@ class Before:
     new: Queue  # after the uncrashed run
     n0: int  # log rows of the template
     wrote: list[tuple[str, str]]  # (task, change) of the rows the uncrashed run appended
+    start: dict[str, str]  # the statuses the template's log replays to
 
     @classmethod
-    def of(cls, template: Path, ref_root: Path) -> Before:
+    def of(cls, template: Path, ref_root: Path, start: dict[str, str] | None = None) -> Before:
         n0 = len(rows(Workspace(template)))
-        return cls(Workspace(template).queue_path.read_text(), _store(template).read(), _store(ref_root).read(),
-                   n0, [(e.task, e.change) for e in rows(Workspace(ref_root))[n0:]])
+        old = _store(template).read()
+        return cls(Workspace(template).queue_path.read_text(), old, _store(ref_root).read(),
+                   n0, [(e.task, e.change) for e in rows(Workspace(ref_root))[n0:]],
+                   start or {i.id: i.status.value for i in old.items()})
 
 
 def check_recovery(root: Path, before: Before, context: str) -> None:
@@ -600,7 +603,7 @@ def check_recovery(root: Path, before: Before, context: str) -> None:
     text = ws.queue_path.read_text()
     queue = parse_queue(text, ws.queue_path)
     assert check_invariants(queue, stored_counters=json.loads(text)["counters"]) == [], context
-    old_queue, new_queue, n0, wrote = before.old, before.new, before.n0, before.wrote
+    new_queue, n0, wrote = before.new, before.n0, before.wrote
     landed = text != before.text
     if landed:  # all of the write, nothing else
         assert (queue.revision, _summary(queue)) == (new_queue.revision, _summary(new_queue)), context
@@ -613,7 +616,7 @@ def check_recovery(root: Path, before: Before, context: str) -> None:
     if landed:  # its rows, each once, before the recovery's own
         assert [(e.task, e.change) for e in entries[:len(wrote)]] == wrote, (context, wrote, entries)
     final = store.read()
-    status = _replay(entries, {i.id: i.status.value for i in old_queue.items()},
+    status = _replay(entries, before.start,
                      {i.id: i.status.value for i in new_queue.items()}, context)
     assert status == {i.id: i.status.value for i in final.items()}, f"{context}: the log does not replay to the queue"
     assert not [i.id for i in final.items() if i.lease is not None], f"{context}: a dead process's lease survived"
@@ -629,7 +632,8 @@ def check_recovery(root: Path, before: Before, context: str) -> None:
 ROLE_NAMES = ("planner", "builder", "tester", "refiner", "integrator")
 
 
-def kill_at_every_step(tmp_path: Path, template: Path, name: str, op: Callable[[Path], object]) -> int:
+def kill_at_every_step(tmp_path: Path, template: Path, name: str, op: Callable[[Path], object],
+                       start: dict[str, str] | None = None) -> int:
     """Run ``op`` once unkilled, then once killed before each of its write-path steps, each run from a
     fresh copy of ``template`` and followed by :func:`check_recovery`; returns the number of kills.
 
@@ -650,7 +654,7 @@ def kill_at_every_step(tmp_path: Path, template: Path, name: str, op: Callable[[
         assert any(p.split()[1:] == ["fsync", str(Path(queue_rel).parent)] for p in clean.points[r:]), (
             name, clean.points)
     assert len(clean.points) >= 3, (name, clean.points)
-    before = Before.of(template, ref)
+    before = Before.of(template, ref, start)
     for k in range(1, len(clean.points) + 1):
         root = tmp_path / f"run-{slug}-{k}"
         shutil.copytree(template, root)
@@ -671,6 +675,22 @@ def test_killed_at_every_step_of_the_write_path(tmp_path):
     restore = ops.pop("restore")  # see test_killed_at_every_step_of_a_restore
     assert restore
     kills = {name: kill_at_every_step(tmp_path, template, name, op) for name, op in ops.items()}
+    # a crash between a claim's replace and its log append, then every step of the next write (which
+    # delivers the lost rows from the queue's outbox) killed in turn: rows delivered exactly once
+    lost = tmp_path / "lost-append"
+    shutil.copytree(template, lost)
+    claim = ops["claim (planner)"]
+    queue_rel = str(Workspace(template).queue_path.relative_to(template))
+    probe = tmp_path / "probe"
+    shutil.copytree(template, probe)
+    points = run_killed_at(probe, claim, None, tmp_path).points
+    after_replace = next(i for i, p in enumerate(points) if p.split()[1] == "os.rename" and p.endswith(" -> " + queue_rel))
+    crashed = run_killed_at(lost, claim, after_replace + 2, tmp_path)
+    assert crashed.killed and _store(lost).read().task("T001").status == S.PLANNING
+    assert len(rows(Workspace(lost))) == len(rows(Workspace(template))), "the kill did not land before the append"
+    name = "reclaim after a lost append"
+    start = {i.id: i.status.value for i in _store(template).read().items()}
+    kills[name] = kill_at_every_step(tmp_path, lost, name, ops["reclaim stale"], start)
     KILLS.update({f"write path: {k}": v for k, v in kills.items()})
     print(f"\nwrite-path kills: {sum(kills.values())} {kills}")
     assert sum(kills.values()) >= WRITE_PATH_MIN_KILLS, kills
