@@ -183,7 +183,8 @@ def descendants(pid: int, *, skip=None) -> list[int]:
 
 
 def lock_holders(lock_path: Path) -> set[int]:
-    """Pids holding an flock on ``lock_path`` (from /proc/locks)."""
+    """Pids holding a lock on ``lock_path`` (from /proc/locks: ``flock`` or POSIX ``fcntl``/``lockf``
+    locks, whichever the store takes)."""
     try:
         ino = os.stat(lock_path).st_ino
     except FileNotFoundError:
@@ -192,7 +193,7 @@ def lock_holders(lock_path: Path) -> set[int]:
     with open("/proc/locks") as fh:
         for line in fh:
             parts = line.split()
-            if len(parts) < 6 or parts[1] != "FLOCK" or "->" in parts:
+            if len(parts) < 6 or parts[1] not in ("FLOCK", "POSIX", "OFDLCK") or "->" in parts:
                 continue
             try:
                 if int(parts[5].rsplit(":", 1)[1]) == ino:
@@ -475,7 +476,7 @@ def run_killed_at(root: Path, op, kill_at: int | None, scratch: Path) -> CrashRu
     import traceback
 
     root = Path(root).resolve()
-    locks = str(root / ".oodatcaa" / "state" / "locks")
+    locks = str(Workspace(root).locks_dir.resolve())
     trace_path, error_path = scratch / "points.txt", scratch / "error.txt"
     trace_path.write_text("")
     error_path.write_text("")

@@ -417,43 +417,29 @@ def test_a_killed_builders_job_does_not_outlive_it(tmp_path):
         builder.wait()
 
 
-CLAIM_SCRIPT = """
-import os, signal, sys
-from oodatcaa.core.eventlog import EventLog
-from oodatcaa.core.leases import claim_next
-from oodatcaa.core.store import QueueStore
-from oodatcaa.core.workspace import Workspace
-
-def crash(self, *args):  # the crash lands after the queue file was replaced, before its rows are logged
-    os.kill(os.getpid(), signal.SIGKILL)
-
-for name in ("append", "append_rendered"):  # whichever the store uses to append its rows
-    if hasattr(EventLog, name):
-        setattr(EventLog, name, crash)
-from pathlib import Path
-store = QueueStore.for_workspace(Workspace(Path(sys.argv[1])))
-claim_next(store, "planner", "planner-1", ttl_seconds=60, wip_limit=1)
-"""
-
-
-@SLOW
 def test_crash_between_queue_replace_and_log_append_loses_no_row(tmp_path):
-    """A crash after the queue file was replaced but before its AGENT_LOG rows were appended: the next write
-    delivers them (each applied change gets exactly one row)."""
-    import subprocess
-    import sys
-
-    from oodatcaa.core.leases import reclaim_stale
-    from support import sample_queue, store_with, workspace
-
-    ws = workspace(tmp_path)
+    """A crash after the queue file was replaced but before its AGENT_LOG rows were appended (the claim is
+    killed before its first write-path step on AGENT_LOG.md after the replace): the next write delivers
+    them, each applied change gets exactly one row."""
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_dirs()
     store = store_with(ws, sample_queue(1))
-    crashed = subprocess.run([sys.executable, "-c", CLAIM_SCRIPT, str(ws.root)], capture_output=True, text=True)
+    queue_rel, log_rel = (str(p.relative_to(ws.root)) for p in (ws.queue_path, ws.agent_log_path))
+
+    def claim(root: Path) -> None:
+        claim_next(_store(root), "planner", "planner-1", ttl_seconds=60, wip_limit=1)
+
+    probe = tmp_path / "probe"
+    shutil.copytree(ws.root, probe)
+    points = run_killed_at(probe, claim, None, tmp_path).points
+    replaced = next(i for i, p in enumerate(points) if p.split()[1] == "os.rename" and p.endswith(" -> " + queue_rel))
+    append = next(i for i, p in enumerate(points) if i > replaced and p.split()[2] == log_rel)
+    crashed = run_killed_at(ws.root, claim, append + 1, tmp_path)
     KILLS["inside a write"] = 1
-    if crashed.returncode != -9 or store.read().task("T001").status.value != "planning":
-        raise RuntimeError(f"the crash did not land between the replace and the append: {crashed}")
+    assert crashed.killed and store.read().task("T001").status == S.PLANNING, crashed
+    assert [e.task for e in rows(ws)] == [], "the kill did not land before the append"
     assert reclaim_stale(store) == ["T001"]  # the next transaction (the Negotiator's tick)
-    changes = [e.change for e in store.log.entries() if e.task == "T001"]
+    changes = [e.change for e in rows(ws) if e.task == "T001"]
     assert changes == ["needs_plan -> planning", "takeover", "planning -> needs_plan"], changes
 
 
