@@ -183,7 +183,8 @@ def descendants(pid: int, *, skip=None) -> list[int]:
 
 
 def lock_holders(lock_path: Path) -> set[int]:
-    """Pids holding an flock on ``lock_path`` (from /proc/locks)."""
+    """Pids holding a lock on ``lock_path`` (from /proc/locks: ``flock`` or POSIX ``fcntl``/``lockf``
+    locks, whichever the store takes)."""
     try:
         ino = os.stat(lock_path).st_ino
     except FileNotFoundError:
@@ -192,7 +193,7 @@ def lock_holders(lock_path: Path) -> set[int]:
     with open("/proc/locks") as fh:
         for line in fh:
             parts = line.split()
-            if len(parts) < 6 or parts[1] != "FLOCK" or "->" in parts:
+            if len(parts) < 6 or parts[1] not in ("FLOCK", "POSIX", "OFDLCK") or "->" in parts:
                 continue
             try:
                 if int(parts[5].rsplit(":", 1)[1]) == ino:
@@ -440,3 +441,116 @@ def rows(ws: Workspace) -> list[LogEntry]:
             assert entry is not None and line.endswith(" |\n"), f"{path}: torn or foreign row {line!r}"
             out.append(entry)
     return out
+
+
+# -- kill points inside one process's queue write ------------------------------------------------------
+#: audit events (PEP 578) that change the file system; ``open`` counts when it opens for writing
+MUTATING_EVENTS = frozenset({"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.link", "os.symlink",
+                             "os.truncate", "shutil.copyfile", "shutil.copytree", "shutil.rmtree"})
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+@dataclass
+class CrashRun:
+    """One run of an operation in a forked child: ``points`` lists every write-path event it reached
+    (``"<n> <event> <path>"``, paths relative to the workspace), ``killed`` whether it died by SIGKILL at
+    point ``kill_at``, ``error`` the traceback when the operation itself raised."""
+
+    kill_at: int | None
+    points: list[str]
+    killed: bool
+    error: str
+
+
+def run_killed_at(root: Path, op, kill_at: int | None, scratch: Path) -> CrashRun:
+    """Run ``op(root)`` in a forked child that SIGKILLs itself just before its ``kill_at``-th write-path event.
+
+    Write-path events are found without knowing the store's internals: every audit event that changes
+    the file system (an ``open`` for writing, ``os.replace``/``rename``, ``unlink``, ``mkdir`` of a new
+    directory, ``truncate``, ``shutil.copyfile``) and every ``os.fsync``/``fdatasync``/``os.write``, each
+    on a path under ``root`` other than the lock files. Killing before event n+1 is killing after event
+    n, so running with ``kill_at`` = 1 .. N (N the events of an uncrashed run) covers every moment
+    between two write-path steps: after the temporary file is written, after its fsync, after the
+    replace and before the directory fsync, before the log append, while history is kept.
+    """
+    import traceback
+
+    root = Path(root).resolve()
+    locks = str(Workspace(root).locks_dir.resolve())
+    trace_path, error_path = scratch / "points.txt", scratch / "error.txt"
+    trace_path.write_text("")
+    error_path.write_text("")
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            trace = os.open(trace_path, os.O_WRONLY | os.O_APPEND)
+            _install_kill_points(str(root), locks, kill_at, trace)
+            op(root)
+        except BaseException:  # noqa: BLE001 - reported to the parent
+            code = 3
+            with open(error_path, "w") as fh:
+                fh.write(traceback.format_exc())
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    points = [line for line in trace_path.read_text().splitlines() if line]
+    return CrashRun(kill_at, points, killed, error_path.read_text())
+
+
+def _install_kill_points(root: str, locks: str, kill_at: int | None, trace: int) -> None:
+    """In the child: count write-path events under ``root`` (lock files aside), die at ``kill_at``."""
+    import sys
+
+    write, fsync, fdatasync = os.write, os.fsync, os.fdatasync
+    state = {"n": 0, "dying": False}
+
+    def ours(path) -> str | None:
+        try:
+            text = os.path.abspath(os.fsdecode(path))
+        except TypeError:
+            return None
+        if not text.startswith(root + os.sep) or text.startswith(locks + os.sep):
+            return None
+        return text[len(root) + 1:]
+
+    def of_fd(fd: int) -> str | None:
+        try:
+            return ours(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            return None
+
+    def point(event: str, rel: str) -> None:
+        if state["dying"]:
+            return
+        state["n"] += 1
+        write(trace, f"{state['n']} {event} {rel}\n".encode())
+        if state["n"] == kill_at:
+            state["dying"] = True
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            if isinstance(path, int) or not (flags or 0) & _WRITE_FLAGS and not (mode and set(mode) & set("wax+")):
+                return
+            rel = ours(path)
+            if rel is not None:
+                point("open", rel)
+        elif event in MUTATING_EVENTS and args:
+            if event == "os.mkdir" and os.path.isdir(os.fsdecode(args[0])):
+                return  # mkdir(exist_ok=True) of a directory that is there: no change
+            rels = [r for r in (ours(a) for a in args[:2] if isinstance(a, str | bytes | os.PathLike)) if r]
+            if rels:
+                point(event, " -> ".join(rels))
+
+    def counted(name: str, real):
+        def wrapper(fd, *rest):
+            rel = of_fd(fd)
+            if rel is not None:
+                point(name, rel)
+            return real(fd, *rest)
+        return wrapper
+
+    os.fsync, os.fdatasync, os.write = counted("fsync", fsync), counted("fdatasync", fdatasync), counted("write", write)
+    sys.addaudithook(hook)
