@@ -682,10 +682,6 @@ def test_killed_at_every_step_of_the_write_path(tmp_path):
     assert sum(kills.values()) >= WRITE_PATH_MIN_KILLS, kills
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: QueueStore.restore appends its `queue restored` row after os.replace without putting it in "
-    "the queue's outbox (the restored file carries the kept revision's outbox), so a kill between the "
-    "replace and the append loses that row for good"))
 def test_killed_at_every_step_of_a_restore(tmp_path):
     template = tmp_path / "template"
     restore = write_path_ops(write_path_template(template))["restore"]

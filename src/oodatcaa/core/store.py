@@ -393,9 +393,13 @@ class QueueStore:
                     n = len(list(self.history_dir.glob("SPRINT_QUEUE.unreadable-*.json"))) + 1
                     atomic_write_text(self.history_dir / f"SPRINT_QUEUE.unreadable-{n:03d}.json", current_text)
             restored.revision = current_rev + 1
+            # the row travels in the outbox like a transaction's: a kill after the replace and
+            # before the append leaves it for the next write to deliver
+            row = LogEntry(self.clock.now(), actor, "-", "queue restored",
+                           f"revision {revision} restored as revision {restored.revision}")
+            restored.outbox = [row.render()]
             atomic_write_text(self.path, restored.model_dump_json(indent=2) + "\n")
-            self.log.append([LogEntry(self.clock.now(), actor, "-", "queue restored",
-                                      f"revision {revision} restored as revision {restored.revision}")])
+            self.log.append_rendered(restored.outbox)
         return restored
 
     def backup_to(self, target: Path) -> None:
