@@ -93,11 +93,15 @@ def identity_env(owner: str) -> dict[str, str]:
 class GitRepo:
     """A repository plus the lock that serialises ref- and trunk-changing operations."""
 
-    def __init__(self, root: Path, lock_path: Path, owner: str = "oodatcaa", trunk: str = DEFAULT_TRUNK):
+    def __init__(self, root: Path, lock_path: Path, owner: str = "oodatcaa", trunk: str = DEFAULT_TRUNK,
+                 index_lock_path: Path | None = None):
         self.root = Path(root)
         self.repo = git.Repo(self.root)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(lock_path), timeout=300)
+        # the lock report writers append AGENT_REPORTS.md under: held while a fast-forward of the
+        # primary checkout sets that tracked file aside, so no line is appended in between
+        self.index_lock = FileLock(str(index_lock_path), timeout=300) if index_lock_path else None
         self.owner = owner
         self.trunk = trunk
 
@@ -112,7 +116,7 @@ class GitRepo:
             from oodatcaa.core.config import load_config
 
             trunk = load_config(ws.config_path, ws.agents_dir).git.trunk
-        return cls(ws.root, ws.lock_path("git"), owner=owner, trunk=trunk)
+        return cls(ws.root, ws.lock_path("git"), owner=owner, trunk=trunk, index_lock_path=ws.lock_path("agent_reports"))
 
     def require_trunk(self, config_path: Path | None = None) -> None:
         """Raise :class:`WorkspaceError` unless the trunk branch exists (or the repository is unborn).
@@ -564,7 +568,11 @@ class GitRepo:
                 except git.GitCommandError:
                     raise TrunkMovedError(self.trunk, old, self.trunk_sha()) from None
                 return
-            self._fast_forward_checkout(new, old)
+            if self.index_lock is None:
+                self._fast_forward_checkout(new, old)
+                return
+            with self.index_lock:
+                self._fast_forward_checkout(new, old)
 
     def _worktree_holding_trunk(self) -> str | None:
         """The path of a linked worktree that has the trunk checked out, if any."""
