@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Footer, Markdown, Static
 
 from oodatcaa.board.frame import agents_panel, criteria_panel, jobs_panel, log_panel
 from oodatcaa.board.snapshot import Snapshot, take_snapshot
+from oodatcaa.core.store import QueueStore
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.reports import reports_for
 
@@ -64,7 +65,8 @@ class BoardApp(App[None]):
     def __init__(self, ws: Workspace, interval_s: float = 1.0, source: Callable[[], Snapshot] | None = None):
         super().__init__()
         self.ws, self.interval_s = ws, min(interval_s, 1.0)
-        self.source = source or (lambda: take_snapshot(ws))
+        store = QueueStore.for_workspace(ws)  # one store: each refresh parses only a changed queue file
+        self.source = source or (lambda: take_snapshot(ws, store=store))
         self.snapshot: Snapshot | None = None
 
     def compose(self) -> ComposeResult:

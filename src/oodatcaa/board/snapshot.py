@@ -94,14 +94,16 @@ class Snapshot:
     log: list[LogEntry] = field(default_factory=list)
 
 
-def take_snapshot(ws: Workspace, *, now: datetime | None = None, log_entries: int = 8) -> Snapshot:
+def take_snapshot(ws: Workspace, *, now: datetime | None = None, log_entries: int = 8,
+                  store: QueueStore | None = None) -> Snapshot:
     """Read the workspace's files into a :class:`Snapshot` (``now`` defaults to the wall clock, UTC).
 
-    Raises whatever ``QueueStore.read`` raises for a missing or malformed queue (an ``OodatcaaError``
-    naming the file), the same error ``status`` shows.
+    ``store``: keep one between refreshes and the queue is parsed only when its file changed
+    (:meth:`QueueStore.peek`, no lock). Raises what ``QueueStore.peek`` raises for a missing or
+    malformed queue (an ``OodatcaaError`` naming the file), the same error ``status`` shows.
     """
     now = now or datetime.now(UTC)
-    queue = QueueStore.for_workspace(ws).read()
+    queue = (store or QueueStore.for_workspace(ws)).peek()
     try:
         config = load_config(ws.config_path, ws.agents_dir)
     except ConfigError:  # the board still shows the queue; `status` names the config error
