@@ -108,6 +108,18 @@ def leases_held(queue: Queue, role: str) -> int:
     return sum(1 for item in queue.items() if item.lease is not None and item.lease.role == role)
 
 
+def claimable(queue: Queue, role: str, *, wip_limit: int,
+              hold: Callable[[Queue, Item], str | None] | None = None) -> bool:
+    """Whether :func:`claim_next` would claim something for ``role`` in ``queue`` (read-only).
+
+    The same rules (wip limit, eligibility, ``hold``) on a snapshot read without the lock, so an idle
+    agent looks without locking or writing; a ``True`` can still lose the race to another agent's claim.
+    """
+    if leases_held(queue, role) >= wip_limit:
+        return False
+    return any(hold is None or hold(queue, item) is None for item in _eligible(queue, role))
+
+
 def claim_next(
     store: QueueStore,
     role: str,
