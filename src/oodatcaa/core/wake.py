@@ -75,12 +75,13 @@ class FileWatch:
     """Wait for a change to one file, a timeout or a stop event (see the module docstring).
 
     ``on_fallback(reason)`` is called once, when the stat fallback replaces the notifier.
-    ``notifier_factory`` opens the notifier on a directory (tests pass one that raises).
+    ``notifier_factory`` opens the notifier on a directory (default: :func:`open_notifier`, looked up
+    when the watch starts).
     Not thread-safe: one waiter per instance.
     """
 
     def __init__(self, path: Path, *, on_fallback: Callable[[str], None] | None = None,
-                 notifier_factory: Callable[[Path], Notifier] = open_notifier,
+                 notifier_factory: Callable[[Path], Notifier] | None = None,
                  stat_interval: float = STAT_INTERVAL_SECONDS):
         self.path = Path(path)
         self.on_fallback = on_fallback
@@ -130,7 +131,7 @@ class FileWatch:
     def _start(self) -> None:
         self._signature = file_signature(self.path)
         try:
-            self._notifier = self._factory(self.path.parent)
+            self._notifier = (self._factory or open_notifier)(self.path.parent)
             self.mode = "inotify"
         except Exception as exc:  # ImportError, OSError (watch limit), RuntimeError: any means "no events"
             self._fall_back(f"{type(exc).__name__}: {exc}")
