@@ -322,6 +322,20 @@ def test_supervisor_watch(tmp_path, sleeper):
     assert "was removed" in watch.gone()
 
 
+def test_an_agent_spawned_by_a_negotiator_that_died_before_it_looked(tmp_path, sleeper):
+    path = tmp_path / "negotiator.json"
+    sleeper.kill()
+    sleeper.wait()
+    assert "(pid %d) that started this agent is no longer running" % sleeper.pid in \
+        SupervisorWatch(path, timeout=60, supervisor_pid=sleeper.pid).gone()
+    write_presence(path, sleeper.pid)  # it wrote its file, then died
+    assert "is no longer running" in SupervisorWatch(path, timeout=60, supervisor_pid=sleeper.pid).gone()
+    write_presence(path, 999_999_999, ended_at="2026-12-01T10:00:00Z", exit=0)  # an older run's file
+    assert "that started this agent" in SupervisorWatch(path, timeout=60, supervisor_pid=sleeper.pid).gone()
+    write_presence(path, os.getpid())  # a live Negotiator took over meanwhile
+    assert SupervisorWatch(path, timeout=60, supervisor_pid=sleeper.pid).gone() is None
+
+
 def test_negotiator_presence_beats_and_records_the_end(tmp_path):
     path = tmp_path / "state" / "negotiator.json"
     presence = NegotiatorPresence(path, interval=0.05)
@@ -429,7 +443,8 @@ def test_agents_exit_when_the_negotiator_is_killed(tmp_path):
         while time.monotonic() < deadline and any(process_alive(pid) for pid in pids.values()):
             time.sleep(0.2)
         alive = {owner: pid for owner, pid in pids.items() if process_alive(pid)}
-        assert not alive, f"still running {time.monotonic() - killed:.0f} s after the Negotiator was killed: {alive}"
+        tails = {owner: (ws.agents_state_dir / f"{owner}.log").read_text()[-600:] for owner in alive}
+        assert not alive, f"still running {time.monotonic() - killed:.0f} s after the Negotiator was killed: {tails}"
         for owner in pids:
             text = (ws.agents_state_dir / f"{owner}.log").read_text()
             assert "is no longer running" in text and "exiting (9)" in text, f"{owner}: {text[-800:]}"

@@ -11,8 +11,10 @@ ends.
 An agent that has seen a live Negotiator there (:class:`SupervisorWatch`) treats it as gone when the
 file says the run ended, when its pid is no longer running on this host, when its heartbeat is older
 than ``negotiator_timeout_seconds`` (a pid on another host, a recycled pid, a frozen process), or when
-the file was removed. A new live Negotiator in the file replaces the old one. An agent that never saw a
-live Negotiator (started by hand with ``oodatcaa agent ROLE``) works on its own as before.
+the file was removed. A new live Negotiator in the file replaces the old one. An agent spawned by a
+Negotiator knows it from the start (:data:`SUPERVISOR_ENV`), even if it died before the agent first
+looked. An agent that never saw a live Negotiator and was spawned by none (started by hand with
+``oodatcaa agent ROLE``) works on its own as before.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from oodatcaa.core.workspace import Workspace
 
 #: Exit code of an agent whose Negotiator is gone (it claims nothing more; what it held is handed in).
 EXIT_NEGOTIATOR_GONE = 9
+#: Environment variable naming the pid of the Negotiator that spawned an agent: the agent is then
+#: supervised from its first look, even when that Negotiator died before the agent read the file.
+SUPERVISOR_ENV = "OODATCAA_NEGOTIATOR_PID"
 
 
 def presence_path(ws: Workspace) -> Path:
@@ -84,23 +89,42 @@ def absence_reason(presence: Presence, *, timeout: float, host: str | None = Non
 
 
 class SupervisorWatch:
-    """An agent's view of its Negotiator: :meth:`gone` says why it is gone, once one was seen alive."""
+    """An agent's view of its Negotiator: :meth:`gone` says why it is gone, once one was seen alive.
 
-    def __init__(self, path: Path, *, timeout: float):
+    ``supervisor_pid`` (from :data:`SUPERVISOR_ENV`, by default) names the Negotiator that spawned
+    this agent: it counts as seen from the start.
+    """
+
+    def __init__(self, path: Path, *, timeout: float, supervisor_pid: int | None = None):
         self.path = path
         self.timeout = timeout
+        self.supervisor_pid = supervisor_pid if supervisor_pid is not None else _env_pid()
         self.seen: tuple[int, str, str] | None = None
 
     def gone(self) -> str | None:
         """``None`` while the last Negotiator seen alive still is (or none was ever seen); else why not."""
         presence = read_presence(self.path)
+        spawner_dead = self.seen is None and self.supervisor_pid is not None and not pid_alive(self.supervisor_pid)
         if presence is None:
+            if spawner_dead:
+                return f"the Negotiator (pid {self.supervisor_pid}) that started this agent is no longer running"
             return None if self.seen is None else f"the Negotiator's presence file {self.path} was removed"
         reason = absence_reason(presence, timeout=self.timeout)
         if reason is None:
             self.seen = presence.key
             return None
+        if self.seen is None and presence.pid == self.supervisor_pid:
+            return reason  # the Negotiator that started this agent ended before the agent first looked
+        if spawner_dead:  # and the file is an older run's
+            return f"the Negotiator (pid {self.supervisor_pid}) that started this agent is no longer running"
         return None if self.seen is None else reason
+
+
+def _env_pid() -> int | None:
+    try:
+        return int(os.environ[SUPERVISOR_ENV])
+    except (KeyError, ValueError):
+        return None
 
 
 class NegotiatorPresence:

@@ -46,7 +46,7 @@ from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.leases import reclaim_stale
 from oodatcaa.core.models import Estimate, Queue, Task
 from oodatcaa.core.objective import CriterionState, sprint_exit_ready, stories_still_moving
-from oodatcaa.core.presence import NegotiatorPresence, presence_path
+from oodatcaa.core.presence import SUPERVISOR_ENV, NegotiatorPresence, presence_path
 from oodatcaa.core.rotation import rotate_log
 from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import Transaction
@@ -163,7 +163,8 @@ class Negotiator:
         return out
 
     def spawn(self, agent: AgentProcess) -> None:
-        agent.process = spawn_agent(self.ctx.ws, agent.role, agent.owner, python=self.python, clock=self.ctx.clock)
+        agent.process = spawn_agent(self.ctx.ws, agent.role, agent.owner, python=self.python, clock=self.ctx.clock,
+                                    env={SUPERVISOR_ENV: str(os.getpid())})
         self.sprint_event("agent", f"started {agent.owner} (pid {agent.process.pid})")
 
     def check_agents(self) -> str | None:
