@@ -244,11 +244,17 @@ def test_a_hand_edit_is_seen_within_a_second(tmp_path, monkeypatch):
     assert first - edited < 1.0
 
 
-def test_a_broken_file_written_while_it_sleeps_stops_it_and_is_never_overwritten(tmp_path, caplog):
+@pytest.mark.parametrize("damage", ["cut short", "off-schema"])
+def test_a_broken_file_written_while_it_sleeps_stops_it_and_is_never_overwritten(tmp_path, caplog, damage):
     ws, store, agent = idle_builder(tmp_path, poll=30.0)
     thread, result = start(agent)
     time.sleep(0.5)
-    broken = b'{"sprint": {"id": "SPRINT-2026-001"}, "tasks": [ {"id": "T001", '  # cut short by a bad edit
+    if damage == "cut short":  # an editor's save interrupted
+        broken = b'{"sprint": {"id": "SPRINT-2026-001"}, "tasks": [ {"id": "T001", '
+    else:  # valid JSON, a status no story can have
+        data = json.loads(store.path.read_text())
+        data["tasks"][1]["status"] = "finished"
+        broken = json.dumps(data, indent=2).encode()
     tmp = store.path.with_name(".hand.tmp")
     tmp.write_bytes(broken)
     edited = time.monotonic()
@@ -258,7 +264,10 @@ def test_a_broken_file_written_while_it_sleeps_stops_it_and_is_never_overwritten
     assert not thread.is_alive() and result["code"] == 2
     assert time.monotonic() - edited < 5.0
     assert store.path.read_bytes() == broken
-    assert any("stopping" in r.getMessage() and "SPRINT_QUEUE.json" in r.getMessage() for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records if "stopping" in r.getMessage()]
+    assert said and "SPRINT_QUEUE.json" in said[0]
+    if damage == "off-schema":
+        assert "tasks[1].status" in said[0]
 
 
 def test_without_inotify_the_agent_uses_stat_and_says_so_in_its_logs(tmp_path, monkeypatch, caplog):
@@ -326,8 +335,8 @@ def test_an_agent_spawned_by_a_negotiator_that_died_before_it_looked(tmp_path, s
     path = tmp_path / "negotiator.json"
     sleeper.kill()
     sleeper.wait()
-    assert "(pid %d) that started this agent is no longer running" % sleeper.pid in \
-        SupervisorWatch(path, timeout=60, supervisor_pid=sleeper.pid).gone()
+    reason = SupervisorWatch(path, timeout=60, supervisor_pid=sleeper.pid).gone()
+    assert f"(pid {sleeper.pid}) that started this agent is no longer running" in reason
     write_presence(path, sleeper.pid)  # it wrote its file, then died
     assert "is no longer running" in SupervisorWatch(path, timeout=60, supervisor_pid=sleeper.pid).gone()
     write_presence(path, 999_999_999, ended_at="2026-12-01T10:00:00Z", exit=0)  # an older run's file
