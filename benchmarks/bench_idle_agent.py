@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """CPU used by idle agent processes: real ``oodatcaa agent builder`` processes with nothing to claim.
 
+(``--role negotiator``: one Negotiator supervising no agents, ticking on the same queue.)
+
 A throw-away workspace gets a sprint of N stories (default 100) all in ``needs_plan``, so a builder
 has nothing claimable; ``--agents`` builder processes start, are given ``--settle`` seconds to import
 and reach their idle wait, then their CPU time (``utime + stime`` from ``/proc/<pid>/stat``) is
@@ -43,9 +45,10 @@ def make_workspace(root: Path, stories: int, poll: float | None) -> Path:
                 ["commit", "-q", "--allow-empty", "-m", "[docs] bench: initial commit"]):
         subprocess.run(["git", "-C", str(repo), *cmd], check=True)
     ws = init_workspace(repo)
-    if poll is not None:
-        with open(ws.config_path, "a", encoding="utf-8") as handle:
-            handle.write(f"\n[agents]\npoll_seconds = {poll}\n")
+    if poll is not None:  # `init` writes an [agents] table with its keys commented out: set the key under it
+        text = ws.config_path.read_text(encoding="utf-8")
+        header = next(line for line in text.splitlines() if line.startswith("[agents]"))
+        ws.config_path.write_text(text.replace(header, f"{header}\npoll_seconds = {poll}", 1), encoding="utf-8")
     check = MetricCheck(kind="metric", metric="command.returncode", op="==", value=0)
     store = QueueStore.for_workspace(ws)
     with store.transaction("bench", create=True) as tx:
@@ -70,6 +73,8 @@ def main() -> int:
     parser.add_argument("--src", type=Path, default=HERE.parent / "src", help="the src directory the agents run")
     parser.add_argument("--poll-seconds", type=float, default=None, help="[agents] poll_seconds (default: the default)")
     parser.add_argument("--no-inotify", action="store_true", help="make the file watcher fail (the stat fallback)")
+    parser.add_argument("--role", default="builder",
+                        help="builder (default), or negotiator: one `oodatcaa agent negotiator` with no agents")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
@@ -83,8 +88,8 @@ def main() -> int:
                 "def _no(directory):\n    raise OSError('inotify disabled by bench_idle_agent --no-inotify')\n"
                 "w.open_notifier = _no\n")
             env["PYTHONPATH"] += os.pathsep + str(shim)
-        procs = [subprocess.Popen([sys.executable, "-m", "oodatcaa", "-C", str(repo), "agent", "builder",
-                                   "--owner", f"builder-{n}"], env=env, stdout=subprocess.DEVNULL,
+        procs = [subprocess.Popen([sys.executable, "-m", "oodatcaa", "-C", str(repo), "agent", args.role,
+                                   "--owner", f"{args.role}-{n}"], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL) for n in range(1, args.agents + 1)]
         try:
             time.sleep(args.settle)
@@ -102,7 +107,8 @@ def main() -> int:
                 p.wait(timeout=30)
         used = sum(a - b for a, b in zip(after, before, strict=True))
         mode = "stat fallback" if args.no_inotify else "default watcher"
-        print(f"src={args.src} stories={args.stories} agents={args.agents} poll_seconds={args.poll_seconds or 'default'} "
+        print(f"src={args.src} role={args.role} stories={args.stories} agents={args.agents} "
+              f"poll_seconds={args.poll_seconds or 'default'} "
               f"({mode}): {used:.3f} CPU s in {args.seconds:.0f} s = {100 * used / args.seconds:.2f} % of one core "
               f"({100 * used / args.seconds / args.agents:.2f} % per agent)")
     return 0

@@ -1,7 +1,7 @@
 """Agents that sleep until the queue changes (core/wake.py), and agents that notice a dead Negotiator (core/presence.py).
 
 Wake latencies are measured on real file writes; the assertions are generous (< 1 s) because CI is
-noisy; the design figure (~30 ms with inotify, <= 100 ms with the stat fallback) is in docs/guarantees.md.
+noisy; the design figure (~60 ms with inotify, <= 50 ms with the stat fallback) is in docs/guarantees.md.
 """
 
 from __future__ import annotations

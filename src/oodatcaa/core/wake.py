@@ -10,8 +10,8 @@ wait still wakes it at once.
 Where inotify is missing or the notifier raises (no inotify on the platform, the per-user watch limit
 reached, a file system that sends no events), it falls back on comparing the file's ``(inode,
 mtime_ns, size)`` every :data:`STAT_INTERVAL_SECONDS`, and says so once through ``on_fallback``.
-Either way a write wakes the waiter within about 100 ms (the notifier's two 25 ms steps plus the
-thread's wake-up; the stat fallback's 50 ms interval), and :meth:`FileWatch.wait` never sleeps
+Either way a write wakes the waiter within about 100 ms (one to two of the notifier's 40 ms steps;
+the stat fallback's 50 ms interval), and :meth:`FileWatch.wait` never sleeps
 longer than the timeout it is given, so time-based events (a dead Negotiator) are still noticed.
 
 ``watchfiles`` is imported on first use only: the core stays importable without it.
@@ -31,8 +31,10 @@ log = logging.getLogger("oodatcaa.wake")
 
 #: Seconds between two ``stat`` calls of the fallback (a write is seen within this long).
 STAT_INTERVAL_SECONDS = 0.05
-#: The notifier's step (ms): it looks at its event set this often and returns once a step adds none.
-NOTIFY_STEP_MS = 25
+#: The notifier's step (ms): it looks at its event set this often and returns once a step adds none,
+#: so a write wakes the waiter 1 to 2 steps later. Each step takes the GIL: 25 ms cost about 0.3 % of
+#: a core per idle process on the 2-core development machine, 40-50 ms about 0.1 %.
+NOTIFY_STEP_MS = 40
 #: Longest time (ms) the notifier keeps grouping a burst of events before it returns.
 NOTIFY_DEBOUNCE_MS = 100
 
