@@ -466,3 +466,23 @@ def test_agents_exit_when_the_negotiator_is_killed(tmp_path):
         for pid in pids.values():
             if process_alive(pid):
                 os.kill(pid, 9)
+
+
+def test_the_negotiators_reclaim_sweep_looks_before_it_locks(tmp_path, monkeypatch):
+    from oodatcaa.core.clock import FakeClock
+    from oodatcaa.core.leases import reclaim_stale, stale_leases
+
+    ws = workspace(tmp_path)
+    clock = FakeClock()
+    store = store_with(ws, sample_queue(1), clock)
+    claim = claim_next(store, "planner", "planner-1", ttl_seconds=60, wip_limit=1)
+    assert claim is not None
+    transactions: list[str] = []
+    original = QueueStore.transaction
+    monkeypatch.setattr(QueueStore, "transaction",
+                        lambda self, actor, **kw: (transactions.append(actor), original(self, actor, **kw))[1])
+    assert reclaim_stale(store, look_first=True) == [] and transactions == []  # a live lease: no lock taken
+    clock.advance(61)
+    assert [item.id for item, _ in stale_leases(store.read(), clock.now())] == ["T001"]
+    assert reclaim_stale(store, look_first=True) == ["T001"] and transactions == ["negotiator"]
+    assert store.read().task("T001").lease is None

@@ -222,7 +222,7 @@ class Negotiator:
     def tick(self) -> Queue:
         """One supervision step: reclaim, promote, warn about long holds, rotate logs."""
         store = self.ctx.store
-        reclaim_stale(store)
+        reclaim_stale(store, look_first=True)  # the lock only when a lease is stale (outbox rows: promote's)
         with store.transaction("negotiator") as tx:
             promote(tx)
             self.warn_long_held(tx)
