@@ -486,3 +486,23 @@ def test_the_negotiators_reclaim_sweep_looks_before_it_locks(tmp_path, monkeypat
     assert [item.id for item, _ in stale_leases(store.read(), clock.now())] == ["T001"]
     assert reclaim_stale(store, look_first=True) == ["T001"] and transactions == ["negotiator"]
     assert store.read().task("T001").lease is None
+
+
+def test_a_negotiator_run_keeps_its_presence_file_and_records_its_end(tmp_path):
+    from oodatcaa.roles.negotiator import EXIT_TIMEOUT, Negotiator
+    from oodatcaa.sprints import new_sprint
+
+    ws = workspace(tmp_path)
+    configure(ws.config_path, negotiator={"tick_seconds": 0.1})
+    backlog = tmp_path / "b.md"
+    backlog.write_text(BACKLOG)
+    new_sprint(ws, backlog)
+    seen: list = []
+    negotiator = Negotiator(AgentContext.open(ws, "negotiator"), spawn_agents=False, max_seconds=1.0)
+    original_tick = negotiator.tick
+    negotiator.tick = lambda: (seen.append(read_presence(presence_path(ws))), original_tick())[1]
+    code, message = negotiator.run()
+    assert code == EXIT_TIMEOUT
+    assert seen and seen[0].pid == os.getpid() and seen[0].ended_at is None
+    last = read_presence(presence_path(ws))
+    assert last.ended_at is not None and last.exit == EXIT_TIMEOUT and "time limit" in last.message
