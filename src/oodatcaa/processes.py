@@ -156,17 +156,18 @@ def log_file(ws: Workspace, owner: str) -> Path:
 
 
 def spawn_agent(ws: Workspace, role: str, owner: str, *, python: str | None = None, detach: bool = False,
-                clock: Clock | None = None) -> subprocess.Popen:
+                clock: Clock | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start one agent process with its output appended to its log; write its pid file.
 
-    ``detach`` puts it in a new session so it outlives the command that started it.
+    ``detach`` puts it in a new session so it outlives the command that started it. ``env`` adds
+    variables to the agent's environment (the Negotiator names itself in ``OODATCAA_NEGOTIATOR_PID``).
     """
     ws.agents_state_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_file(ws, owner)
     cmd = [python or sys.executable, "-m", "oodatcaa", "-C", str(ws.root), "agent", role, "--owner", owner]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ws.root,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=detach)
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=detach)
     record = {"pid": proc.pid, "role": role, "owner": owner, "started_at": utc_stamp((clock or Clock()).now()),
               "log": str(log_path)}
     atomic_write_text(pid_file(ws, owner), json.dumps(record) + "\n")

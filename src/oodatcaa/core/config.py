@@ -71,7 +71,14 @@ class RoleDefinition(_Strict):
 
 class AgentsSection(_Strict):
     heartbeat_seconds: float = Field(default=30.0, gt=0, description="Seconds between lease renewals.")
-    poll_seconds: float = Field(default=1.0, gt=0, description="Seconds an idle agent waits between looks at the queue.")
+    poll_seconds: float = Field(
+        default=5.0, gt=0,
+        description="Longest sleep of an idle agent (seconds): it wakes at once when SPRINT_QUEUE.json changes, and "
+                    "after this long without a change (to notice a Negotiator that died).")
+    negotiator_timeout_seconds: float = Field(
+        default=120.0, gt=0,
+        description="An agent exits (code 9) when the Negotiator it saw has not renewed its heartbeat for this long "
+                    "(a dead pid on this host or an ended run is noticed at the next look).")
 
 
 class LoopSection(_Strict):

@@ -98,6 +98,18 @@ def leases_held(queue: Queue, role: str) -> int:
     return sum(1 for item in queue.items() if item.lease is not None and item.lease.role == role)
 
 
+def claimable(queue: Queue, role: str, *, wip_limit: int,
+              hold: Callable[[Queue, Item], str | None] | None = None) -> bool:
+    """Whether :func:`claim_next` would claim something for ``role`` in ``queue`` (read-only).
+
+    The same rules (wip limit, eligibility, ``hold``) on a snapshot read without the lock, so an idle
+    agent looks without locking or writing; a ``True`` can still lose the race to another agent's claim.
+    """
+    if leases_held(queue, role) >= wip_limit:
+        return False
+    return any(hold is None or hold(queue, item) is None for item in _eligible(queue, role))
+
+
 def claim_next(
     store: QueueStore,
     role: str,
@@ -178,7 +190,7 @@ def assert_holds(store: QueueStore, claim: Claim, action: str) -> None:
     "What is fenced").
     """
     try:
-        item = _holding(store.read(), claim, action)
+        item = _holding(store.peek(), claim, action)
         lease = item.lease
         assert lease is not None
         now = store.clock.now()
@@ -266,25 +278,36 @@ def _return_item(tx: Transaction, item: Item, what: str) -> None:
     lifecycle.on_released(tx, item)
 
 
-def reclaim_stale(store: QueueStore, *, this_host: str | None = None) -> list[str]:
+def stale_leases(queue: Queue, now: datetime, *, this_host: str | None = None) -> list[tuple[Item, str]]:
+    """Items whose lease expired at ``now`` or whose owner pid on this host is gone, each with the reason.
+
+    Read-only: the Negotiator looks with it on a lock-free read before it takes the lock to reclaim.
+    """
+    host = this_host or socket.gethostname()
+    out: list[tuple[Item, str]] = []
+    for item in queue.items():
+        lease = item.lease
+        if lease is None:
+            continue
+        if lease.is_expired(now):
+            out.append((item, f"lease of {lease.owner} expired at {lease.expires_at.isoformat()}"))
+        elif lease.host == host and not pid_alive(lease.pid):
+            out.append((item, f"owner {lease.owner} (pid {lease.pid}) is no longer running"))
+    return out
+
+
+def reclaim_stale(store: QueueStore, *, this_host: str | None = None, look_first: bool = False) -> list[str]:
     """Negotiator sweep: reclaim items whose lease expired or whose owner process is gone.
 
     Returns the reclaimed item IDs; each gets a ``takeover`` log entry naming the reason.
-    Only pids on this host are checked for liveness.
+    Only pids on this host are checked for liveness. ``look_first``: check a lock-free read with
+    :func:`stale_leases` and take the lock only when it finds something (the idle sweep costs a read).
     """
-    host = this_host or socket.gethostname()
+    if look_first and not stale_leases(store.peek(), store.clock.now(), this_host=this_host):
+        return []
     reclaimed: list[str] = []
     with store.transaction("negotiator") as tx:
-        for item in list(tx.queue.items()):
-            lease = item.lease
-            if lease is None:
-                continue
-            if lease.is_expired(tx.now):
-                reason = f"lease of {lease.owner} expired at {lease.expires_at.isoformat()}"
-            elif lease.host == host and not pid_alive(lease.pid):
-                reason = f"owner {lease.owner} (pid {lease.pid}) is no longer running"
-            else:
-                continue
+        for item, reason in stale_leases(tx.queue, tx.now, this_host=this_host):
             tx.log(item.id, "takeover", f"{reason}; attempt {item.attempts} reclaimed")
             _return_item(tx, item, f"reclaimed: {reason}")
             reclaimed.append(item.id)

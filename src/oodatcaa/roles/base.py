@@ -1,10 +1,13 @@
 """The loop every role agent runs: claim, heartbeat while working, complete with fencing.
 
-An agent is one operating-system process (``oodatcaa agent ROLE --owner NAME``). It polls the
-queue, claims atomically, and while it works a background thread heartbeats its lease. If the
-heartbeat learns that the claim was superseded, the work is cancelled and nothing it would have
-written is applied (the store refuses it). SIGTERM stops the agent cleanly: the current job is
-cancelled and the item is handed back.
+An agent is one operating-system process (``oodatcaa agent ROLE --owner NAME``). It reads the
+queue without a lock and claims atomically only when something is claimable for its role; while it
+works a background thread heartbeats its lease (on its own timer). If the heartbeat learns that the
+claim was superseded, the work is cancelled and nothing it would have written is applied (the store
+refuses it). An idle agent sleeps until ``SPRINT_QUEUE.json`` changes (:mod:`oodatcaa.core.wake`),
+at most ``[agents] poll_seconds``. It exits 9 once the Negotiator it saw running is gone
+(:mod:`oodatcaa.core.presence`). SIGTERM stops the agent cleanly: the current job is cancelled and
+the item is handed back.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from oodatcaa.core import lifecycle
 from oodatcaa.core.clock import Clock
 from oodatcaa.core.config import Config, load_config
 from oodatcaa.core.errors import LeaseError, QueueFileError
-from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog
+from oodatcaa.core.eventlog import SPRINT_LOG_HEADER, EventLog, LogEntry
 from oodatcaa.core.failures import Failure, FailureKind
-from oodatcaa.core.leases import Claim, claim_next, complete, heartbeat, release
+from oodatcaa.core.leases import Claim, claim_next, claimable, complete, heartbeat, release
 from oodatcaa.core.models import Item, Queue, Subtask, Task
+from oodatcaa.core.presence import EXIT_NEGOTIATOR_GONE, SupervisorWatch, presence_path
 from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import QueueStore, Transaction
+from oodatcaa.core.wake import FileWatch
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.gitops import GitRepo
 from oodatcaa.person import hold_reason
@@ -151,30 +156,58 @@ class RoleAgent:
             hold=lambda queue, item: hold_reason(queue, item, cfg, self.role),
         )
 
+    def can_claim(self, queue: Queue) -> bool:
+        """Lock-free look: would :meth:`claim` find something in ``queue`` (a snapshot from ``store.read()``)?"""
+        cfg = self.ctx.config
+        return claimable(queue, self.role, wip_limit=cfg.wip_limit(self.role),
+                         hold=lambda q, item: hold_reason(q, item, cfg, self.role))
+
+    def queue_watch(self) -> FileWatch:
+        """The idle wait on ``SPRINT_QUEUE.json``; the stat fallback is said once in this agent's log
+        and as an ``AGENT_LOG.md`` row."""
+        return FileWatch(self.store.path, on_fallback=self._say_fallback)
+
+    def _say_fallback(self, reason: str) -> None:
+        what = f"waiting on the queue by stat every 50 ms (no file events: {reason})"
+        log.warning("%s: %s", self.ctx.owner, what)
+        try:
+            self.store.append_log([LogEntry(self.ctx.clock.now(), self.ctx.owner, "-", "stat fallback", what)])
+        except Exception:  # the log line above already says it; the agent keeps working
+            log.exception("%s could not write the fallback row to AGENT_LOG.md", self.ctx.owner)
+
     def run(self, *, once: bool = False, exit_when_complete: bool = True) -> int:
-        """Poll-claim-work until stopped. Returns the process exit code.
+        """Read, claim when something is claimable, work; sleep on the queue file when idle. Returns the exit code.
 
         ``once``: handle at most one item (or none) then return. Exits 0 when the sprint is
-        completed; 2 when the queue cannot be read (the file is left as it is).
+        completed (or on a stop signal); 2 when the queue cannot be read (the file is left as it
+        is); :data:`~oodatcaa.core.presence.EXIT_NEGOTIATOR_GONE` (9) before its next claim once the
+        Negotiator it saw running is gone. An idle look takes no lock and writes nothing.
         """
-        poll = self.ctx.config.agents.poll_seconds
-        while not self.ctx.stop.is_set():
-            try:
-                queue = self.store.read()
-            except QueueFileError as exc:
-                log.error("%s: stopping: %s", self.ctx.owner, exc)
-                return 2
-            if exit_when_complete and _sprint_over(queue):
-                return 0
-            claim = self.claim()
-            if claim is None:
+        cfg = self.ctx.config.agents
+        supervisor = SupervisorWatch(presence_path(self.ctx.ws), timeout=cfg.negotiator_timeout_seconds)
+        with self.queue_watch() as watch:
+            while not self.ctx.stop.is_set():
+                try:
+                    queue = self.store.peek()  # lock-free, parsed only when the file changed; read, never changed
+                except QueueFileError as exc:
+                    log.error("%s: stopping: %s", self.ctx.owner, exc)
+                    return 2
+                if exit_when_complete and _sprint_over(queue):
+                    return 0
+                gone = None if once else supervisor.gone()
+                if gone is not None:
+                    log.warning("%s: exiting (%d) without claiming more work: %s; `oodatcaa run` starts "
+                                "a Negotiator and its agents again", self.ctx.owner, EXIT_NEGOTIATOR_GONE, gone)
+                    return EXIT_NEGOTIATOR_GONE
+                claim = self.claim() if self.can_claim(queue) else None
+                if claim is None:
+                    if once:
+                        return 0
+                    watch.wait(cfg.poll_seconds, self.ctx.stop)
+                    continue
+                self.handle(claim)
                 if once:
                     return 0
-                self.ctx.stop.wait(poll)
-                continue
-            self.handle(claim)
-            if once:
-                return 0
         return 0
 
     def handle(self, claim: Claim) -> None:

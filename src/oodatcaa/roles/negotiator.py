@@ -1,7 +1,10 @@
 """Negotiator (supervisor): spawns the role agents as child processes and keeps the sprint moving.
 
-Each tick it reclaims stale leases (expired, or owner process gone), promotes
-``planning_complete`` stories to ``ready`` or ``blocked`` and ``blocked`` ones to ``ready`` when their
+It ticks every ``[negotiator] tick_seconds`` and at once when ``SPRINT_QUEUE.json`` changes
+(:mod:`oodatcaa.core.wake`); it keeps ``state/agents/negotiator.json`` with a heartbeat so agents
+notice when it is gone (:mod:`oodatcaa.core.presence`). Each tick it reclaims stale leases
+(expired, or owner process gone), promotes ``planning_complete`` stories to ``ready`` or
+``blocked`` and ``blocked`` ones to ``ready`` when their
 dependencies are done, restarts agents that died (with backoff, up to ``max_restarts`` each), and
 writes a heartbeat to ``SPRINT_LOG.md`` every minute, and after every merge runs the Completion
 Detector (the objective's percentage goes into the queue, the heartbeat and ``status``).
@@ -43,9 +46,11 @@ from oodatcaa.core.eventlog import LogEntry
 from oodatcaa.core.leases import reclaim_stale
 from oodatcaa.core.models import Estimate, Queue, Task
 from oodatcaa.core.objective import CriterionState, sprint_exit_ready, stories_still_moving
+from oodatcaa.core.presence import SUPERVISOR_ENV, NegotiatorPresence, presence_path
 from oodatcaa.core.rotation import rotate_log
 from oodatcaa.core.statuses import SprintStatus, TaskStatus
 from oodatcaa.core.store import Transaction
+from oodatcaa.core.wake import FileWatch
 from oodatcaa.gitops import GitRepo
 from oodatcaa.person import Waiting, awaiting_approval, person_view, waiting_for_person, waiting_text
 from oodatcaa.processes import (
@@ -170,7 +175,8 @@ class Negotiator:
         return out
 
     def spawn(self, agent: AgentProcess) -> None:
-        agent.process = spawn_agent(self.ctx.ws, agent.role, agent.owner, python=self.python, clock=self.ctx.clock)
+        agent.process = spawn_agent(self.ctx.ws, agent.role, agent.owner, python=self.python, clock=self.ctx.clock,
+                                    env={SUPERVISOR_ENV: str(os.getpid())})
         self.sprint_event("agent", f"started {agent.owner} (pid {agent.process.pid})")
 
     def adopt(self) -> None:
@@ -251,7 +257,7 @@ class Negotiator:
     def tick(self) -> Queue:
         """One supervision step: reclaim, promote, warn about long holds, rotate logs."""
         store = self.ctx.store
-        reclaim_stale(store)
+        reclaim_stale(store, look_first=True)  # the lock only when a lease is stale (outbox rows: promote's)
         with store.transaction("negotiator") as tx:
             promote(tx)
             self.warn_long_held(tx)
@@ -259,7 +265,7 @@ class Negotiator:
         self._ticks += 1
         if self._ticks % 20 == 1:
             self.rotate_logs()
-        return store.read()
+        return store.peek()  # the tick only reads it
 
     def warn_long_held(self, tx: Transaction) -> None:
         """One warning entry per lease held longer than twice the high end of its story's estimate.
@@ -425,6 +431,14 @@ class Negotiator:
         self.sprint_event("run", f"negotiator started (pid {os.getpid()})")
         self.agents = self.plan_agents() if self.spawn_agents else []
         code, message = EXIT_OK, ""
+        # agents exit when this file says the run ended or its heartbeat stops (core/presence.py)
+        presence = NegotiatorPresence(presence_path(self.ctx.ws), clock=self.ctx.clock,
+                                      interval=min(30.0, self.ctx.config.agents.negotiator_timeout_seconds / 4))
+        presence.start()
+        # a tick at the latest every tick_seconds (reclaiming expired leases, restarting agents), and
+        # at once when an agent or a person changes the queue (a plan done, a story approved)
+        watch = FileWatch(self.ctx.store.path, on_fallback=lambda reason: self.sprint_event(
+            "stat fallback", f"waiting on the queue by stat every 50 ms (no file events: {reason})"))
         try:
             while True:
                 if self.ctx.stop.is_set():
@@ -462,9 +476,11 @@ class Negotiator:
                         beat += (f"; waiting for a person ({waited:.0f} of {cfg.person_wait_minutes:g} min): "
                                  + ", ".join(w.task_id for w in waiting_for_person(queue, self.ctx.config)))
                     self.sprint_event("heartbeat", beat)
-                self.ctx.stop.wait(cfg.tick_seconds)
+                watch.wait(cfg.tick_seconds, self.ctx.stop)
         finally:
+            watch.close()
             self.stop_agents()
+            presence.end(code, message)
             if code != EXIT_OK:
                 self.sprint_event("run ended", f"exit {code}: {message}"[:500])
         return code, message
