@@ -189,8 +189,8 @@ def test_an_idle_agent_takes_no_lock_and_writes_nothing(tmp_path, monkeypatch):
                         lambda self, actor, **kw: (transactions.append(actor), original(self, actor, **kw))[1])
     before = files_under(ws.dir)
     reads: list[int] = []
-    real_read = store.read
-    monkeypatch.setattr(store, "read", lambda: (reads.append(1), real_read())[1])
+    real_peek = store.peek
+    monkeypatch.setattr(store, "peek", lambda: (reads.append(1), real_peek())[1])
     thread, _ = start(agent)
     time.sleep(1.0)
     stop(agent, thread)
@@ -223,14 +223,14 @@ def test_an_idle_agent_wakes_on_a_write_long_before_its_poll(tmp_path, monkeypat
 def test_a_hand_edit_is_seen_within_a_second(tmp_path, monkeypatch):
     ws, store, agent = idle_builder(tmp_path, poll=30.0)
     seen: list[tuple[float, str]] = []
-    real_read = store.read
+    real_peek = store.peek  # the agent's lock-free look
 
-    def read():
-        queue = real_read()
+    def peek():
+        queue = real_peek()
         seen.append((time.monotonic(), queue.task("T001").status.value))
         return queue
 
-    monkeypatch.setattr(store, "read", read)
+    monkeypatch.setattr(store, "peek", peek)
     thread, _ = start(agent)
     time.sleep(0.5)
     data = json.loads(store.path.read_text())
