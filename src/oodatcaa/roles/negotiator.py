@@ -71,6 +71,10 @@ EXIT_OK, EXIT_STUCK, EXIT_AGENT_DIED, EXIT_STOPPED, EXIT_TIMEOUT = 0, 3, 4, 5, 6
 EXIT_PERSON_WAIT = 8
 
 
+#: Seconds between the exit-criteria evaluations kept in the queue for views while stories merge.
+EXIT_REFRESH_SECONDS = 30.0
+
+
 @dataclass
 class AgentProcess:
     """One spawned agent: its role, owner name, process and restart history."""
@@ -158,6 +162,7 @@ class Negotiator:
         self._ticks = 0
         self._done_seen: frozenset[str] | None = None
         self._exit_revision = -1
+        self._exit_evaluated_at = -EXIT_REFRESH_SECONDS
         self._exit_states: list[CriterionState] = []
         self._person_since: float | None = None  # monotonic time the wait for a person began
         self._person_said: tuple[tuple[str, str], ...] = ()
@@ -323,7 +328,11 @@ class Negotiator:
         with self.ctx.store.transaction("negotiator") as tx:
             tx.queue.objective = snapshot
         self.sprint_event("completion", snapshot.describe())
-        self.evaluate_exit(self.ctx.store.read(), git)
+        # each evaluation reads every story's merge from git: after every merge of a 100-story sprint
+        # that is quadratic, so the board's copy is refreshed at most every EXIT_REFRESH_SECONDS here
+        # (try_close evaluates whenever the queue changed and nothing moves)
+        if time.monotonic() - self._exit_evaluated_at >= EXIT_REFRESH_SECONDS:
+            self.evaluate_exit(self.ctx.store.read(), git)
 
     def evaluate_exit(self, queue: Queue, git: GitRepo) -> list[CriterionState]:
         """Evaluate the sprint's exit criteria on the trunk and keep their states in the queue (for ``watch``).
@@ -333,6 +342,7 @@ class Negotiator:
         """
         states = evaluate_exit_criteria(self.ctx.ws, queue, git=git)
         self._exit_states, self._exit_revision = states, queue.revision
+        self._exit_evaluated_at = time.monotonic()
         kept = briefs(states)
         if queue.sprint is not None and kept != queue.sprint.exit_states:
             with self.ctx.store.transaction("negotiator") as tx:
