@@ -653,6 +653,7 @@ def kill_at_every_step(tmp_path: Path, template: Path, name: str, op: Callable[[
     return len(clean.points)
 
 
+@pytest.mark.slow  # ~6 s: in `make test` and CI (the default `pytest -q`), out of `make test-fast`
 def test_killed_at_every_step_of_the_write_path(tmp_path):
     """Every lease operation, SIGKILLed before each of its write-path steps in turn, then recovered: at
     least :data:`WRITE_PATH_MIN_KILLS` kills in all."""

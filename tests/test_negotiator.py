@@ -45,6 +45,7 @@ def test_promote_respects_dependencies(tmp_path):
     assert q.task("T001").status == S.READY and q.task("T002").status == S.BLOCKED
 
 
+@pytest.mark.slow  # a real `run` (~5 s)
 def test_run_exits_non_zero_naming_what_a_person_must_do(tmp_path):
     ws = workspace(tmp_path)
     fast_config(ws)
