@@ -167,3 +167,11 @@ def queue_of(n: int, **changes: dict) -> Queue:
         for key, value in changes.get(task.id, {}).items():
             setattr(task, key, value)
     return queue
+
+
+def one_command_backlog(sprint: str, story: str, command: str) -> str:
+    """A backlog of one story T001 whose job runs ``command`` and whose criterion is its return code 0."""
+    return (f"# {sprint}\n\n### T001: {story}\n**Type:** Story  **Complexity:** S  **Priority:** 1  "
+            "**Dependencies:** None\n\n```job\nkind: command\n"
+            f"run: \"{command}\"\n```\n\n**Acceptance Criteria:**\n"
+            "- [ ] it succeeds `metric: command.returncode == 0` (critical)\n")

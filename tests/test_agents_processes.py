@@ -12,24 +12,10 @@ import pytest
 from oodatcaa.core.statuses import TaskStatus
 from oodatcaa.core.store import QueueStore
 from oodatcaa.sprints import new_sprint
-from support import configure, workspace
+from support import configure, one_command_backlog, workspace
 
 S = TaskStatus
 
-BACKLOG = """\
-# Background sprint
-
-### T001: A slow command
-**Type:** Story  **Complexity:** S  **Priority:** 1  **Dependencies:** None
-
-```job
-kind: command
-run: "{command}"
-```
-
-**Acceptance Criteria:**
-- [ ] it succeeds `metric: command.returncode == 0` (critical)
-"""
 
 
 def cli(ws, *args: str) -> subprocess.CompletedProcess:
@@ -41,7 +27,7 @@ def setup(tmp_path, command: str):
     ws = workspace(tmp_path)
     configure(ws.config_path, agents={"poll_seconds": 0.2, "heartbeat_seconds": 1}, negotiator={"tick_seconds": 0.2})
     backlog = tmp_path / "b.md"
-    backlog.write_text(BACKLOG.format(command=command))
+    backlog.write_text(one_command_backlog("Background sprint", "A slow command", command))
     new_sprint(ws, backlog)
     return ws
 

@@ -34,30 +34,16 @@ from oodatcaa.roles.integrator import Integrator
 from oodatcaa.roles.negotiator import Negotiator, promote
 from oodatcaa.roles.planner import Planner
 from oodatcaa.sprints import new_sprint
-from support import add_steps, configure, git, process_alive, sample_queue, store_with, wait_dead, workspace
+from support import add_steps, configure, git, one_command_backlog, process_alive, sample_queue, store_with, wait_dead, workspace
 
 S = TaskStatus
 
-BACKLOG = """\
-# Fencing sprint
-
-### T001: Write a marker file
-**Type:** Story  **Complexity:** S  **Priority:** 1  **Dependencies:** None
-
-```job
-kind: command
-run: "{command}"
-```
-
-**Acceptance Criteria:**
-- [ ] it succeeds `metric: command.returncode == 0` (critical)
-"""
 
 
 def sprint_ws(tmp_path, command: str = "mkdir -p out && echo hello > out/marker.txt"):
     ws = workspace(tmp_path)
     backlog = tmp_path / "b.md"
-    backlog.write_text(BACKLOG.format(command=command))
+    backlog.write_text(one_command_backlog("Fencing sprint", "Write a marker file", command))
     new_sprint(ws, backlog)
     return ws
 
