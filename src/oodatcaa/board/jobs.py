@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oodatcaa.board.progress import step_progress
+from oodatcaa.board.progress import finite_number, step_progress
 from oodatcaa.core.models import Subtask, Task, TaskStatus
 from oodatcaa.core.workspace import Workspace
 from oodatcaa.htmlreport.metrics import read_metrics
@@ -70,28 +70,22 @@ def sparkline(values: tuple[float, ...] | list[float], width: int = 16) -> str:
     return "".join(SPARK[0] if span == 0 else SPARK[int((v - low) / span * top + 0.5)] for v in shown)
 
 
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def job_row(ws: Workspace, task: Task, step: Subtask) -> JobRow:
     """The board's row for running ``step`` of ``task`` (reads its metrics file; never raises for its content)."""
     progress = step_progress(step.result) or {}
     path = metrics_path(ws, step.id, step.attempts)
     metrics = read_metrics(path)
     exists = path.exists()
-    losses = tuple(v for r in metrics.events("train") if (v := _finite(r.get("train_loss"))) is not None)
-    peaks = [v for r in metrics.records if (v := _finite(r.get("peak_memory_gb"))) is not None]
-    tps = next((v for r in reversed(metrics.events("train")) if (v := _finite(r.get("tokens_per_second"))) is not None),
+    losses = tuple(v for r in metrics.events("train") if (v := finite_number(r.get("train_loss"))) is not None)
+    peaks = [v for r in metrics.records if (v := finite_number(r.get("peak_memory_gb"))) is not None]
+    tps = next((v for r in reversed(metrics.events("train")) if (v := finite_number(r.get("tokens_per_second"))) is not None),
                progress.get("tokens_per_second"))
     last = metrics.events("train")[-1] if metrics.events("train") else {}
     start = metrics.events("start")[-1] if metrics.events("start") else {}
     problems = tuple(metrics.problems) if exists else ()  # no file yet is not a problem: the job just started
     at = _int(last.get("iteration")) or progress.get("step")
     total = _int(start.get("total_iterations", start.get("total_steps"))) or progress.get("total")
-    rate = _finite(last.get("iterations_per_second"))
+    rate = finite_number(last.get("iterations_per_second"))
     eta = (total - at) / rate if rate and at is not None and total is not None else progress.get("eta_s")
     return JobRow(step_id=step.id, kind=str((step.job or {}).get("kind", "")), step=at, total=total,
                   losses=losses or ((progress["loss"],) if progress.get("loss") is not None else ()),
@@ -101,7 +95,7 @@ def job_row(ws: Workspace, task: Task, step: Subtask) -> JobRow:
 
 
 def _int(value: Any) -> int | None:
-    number = _finite(value)
+    number = finite_number(value)
     return None if number is None else int(number)
 
 

@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 
-def _number(value: object) -> float | None:
+def finite_number(value: object) -> float | None:
     """``value`` as a finite float, or None (bools, strings, NaN and infinities are not progress)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -26,15 +26,15 @@ def step_progress(result: dict[str, Any] | None) -> dict[str, Any] | None:
     raw = (result or {}).get("progress")
     if not isinstance(raw, dict):
         return None
-    step = _number(raw.get("iteration", raw.get("step")))
-    total = _number(raw.get("total_iterations", raw.get("total_steps", raw.get("total"))))
-    eta = _number(raw.get("eta_s"))
-    rate = _number(raw.get("steps_per_second"))
+    step = finite_number(raw.get("iteration", raw.get("step")))
+    total = finite_number(raw.get("total_iterations", raw.get("total_steps", raw.get("total"))))
+    eta = finite_number(raw.get("eta_s"))
+    rate = finite_number(raw.get("steps_per_second"))
     if eta is None and rate and step is not None and total is not None:
         eta = max(0.0, (total - step) / rate)
     return {"step": None if step is None else int(step), "total": None if total is None else int(total),
-            "loss": _number(raw.get("train_loss", raw.get("loss"))),
-            "tokens_per_second": _number(raw.get("tokens_per_second")), "eta_s": eta}
+            "loss": finite_number(raw.get("train_loss", raw.get("loss"))),
+            "tokens_per_second": finite_number(raw.get("tokens_per_second")), "eta_s": eta}
 
 
 def progress_text(progress: dict[str, Any] | None) -> str:

@@ -262,11 +262,12 @@ class QueueStore:
         """Write what ``tx`` changed (nothing when nothing did), validating only the touched stories."""
         queue = tx.queue
         dumps = [t.model_dump() for t in queue.tasks]
-        structure = len(dumps) != len(loaded.dumps)
-        touched = list(range(len(dumps))) if structure else [
+        resized = len(dumps) != len(loaded.dumps)
+        structure = resized
+        touched = list(range(len(dumps))) if resized else [
             i for i, dump in enumerate(dumps) if dump != loaded.dumps[i]]
-        shapes = [_shape(t) for t in queue.tasks] if structure else list(loaded.shapes)
-        for i in touched if not structure else []:
+        shapes = [_shape(t) for t in queue.tasks] if resized else list(loaded.shapes)
+        for i in touched if not resized else []:
             shapes[i] = _shape(queue.tasks[i])
             structure = structure or shapes[i] != loaded.shapes[i]
         if not touched and not tx.entries and _head(queue, counters=False) == loaded.head:
@@ -280,9 +281,12 @@ class QueueStore:
         if violations:
             raise QueueFileError(self.path, "refusing to write a queue that breaks its invariants: "
                                  + "; ".join(str(v) for v in violations), field=violations[0].location)
-        texts = [_task_text(t) for t in queue.tasks] if len(dumps) != len(loaded.dumps) else list(loaded.texts)
-        for i in touched:
-            texts[i] = _task_text(queue.tasks[i])
+        texts = list(loaded.texts)
+        if resized:
+            texts = [_task_text(t) for t in queue.tasks]
+        else:
+            for i in touched:
+                texts[i] = _task_text(queue.tasks[i])
         head = _head(queue)
         text = _render(head, texts)
         written = self._read_back(text, head, {i: texts[i] for i in touched}, structure)
@@ -328,11 +332,8 @@ class QueueStore:
             self.log.append_rendered(missing)
 
     def read_text_or_raise(self) -> str:
-        try:
-            return self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise QueueFileError(self.path, "no queue file; start a sprint first",
-                                 fix="run `oodatcaa sprint new --backlog FILE`") from None
+        """The file's text; :class:`QueueFileError` (naming the fix) when there is no queue file."""
+        return self._read_bytes().decode("utf-8")
 
     def append_log(self, entries: list[LogEntry]) -> None:
         """Append entries outside a transaction (for rejected writes, which change nothing)."""

@@ -332,7 +332,7 @@ class Negotiator:
         # that is quadratic, so the board's copy is refreshed at most every EXIT_REFRESH_SECONDS here
         # (try_close evaluates whenever the queue changed and nothing moves)
         if time.monotonic() - self._exit_evaluated_at >= EXIT_REFRESH_SECONDS:
-            self.evaluate_exit(self.ctx.store.read(), git)
+            self.evaluate_exit(self.ctx.store.peek(), git)
 
     def evaluate_exit(self, queue: Queue, git: GitRepo) -> list[CriterionState]:
         """Evaluate the sprint's exit criteria on the trunk and keep their states in the queue (for ``watch``).

@@ -542,15 +542,20 @@ def rung_lower_lr_warmup(task: Task, failure: Failure, job: dict[str, Any]) -> C
                          f"{old:g} -> {new:g} with {warmup} warm-up updates{clip}")
 
 
-def rung_lower_lr_again(task: Task, failure: Failure, job: dict[str, Any]) -> Change | None:
-    """Learning rate / 10 again."""
+def _lr_times(job: dict[str, Any], factor: float, why: str) -> Change | None:
+    """A ``lora_train`` job with its learning rate times ``factor`` (None for other kinds or no rate)."""
     if job.get("kind") != "lora_train":
         return None
-    scaled = _scaled_lr(job, 0.1)
+    scaled = _scaled_lr(job, factor)
     if scaled is None:
         return None
     after, old, new = scaled
-    return Change(after, f"training diverged again: learning rate {old:g} -> {new:g}")
+    return Change(after, f"{why}: learning rate {old:g} -> {new:g}")
+
+
+def rung_lower_lr_again(task: Task, failure: Failure, job: dict[str, Any]) -> Change | None:
+    """Learning rate / 10 again."""
+    return _lr_times(job, 0.1, "training diverged again")
 
 
 # ---------------------------------------------------------------- memory, throughput, loss
@@ -594,13 +599,7 @@ def rung_more_iterations(task: Task, failure: Failure, job: dict[str, Any]) -> C
 
 def rung_higher_lr(task: Task, failure: Failure, job: dict[str, Any]) -> Change | None:
     """Twice the learning rate."""
-    if job.get("kind") != "lora_train":
-        return None
-    scaled = _scaled_lr(job, 2.0)
-    if scaled is None:
-        return None
-    after, old, new = scaled
-    return Change(after, f"loss still did not go down enough: learning rate {old:g} -> {new:g}")
+    return _lr_times(job, 2.0, "loss still did not go down enough")
 
 
 def _divergence_target(task: Task, failure: Failure, step: Subtask | None) -> Subtask | None:
