@@ -524,5 +524,5 @@ def detect_completion(ws: Workspace, now: datetime, *, git: GitRepo | None = Non
 
 
 def briefs(states: list[CriterionState]) -> list[CriterionBrief]:
-    """Each state as the :class:`CriterionBrief` kept in the queue (id, text, state, reason cut to 300 characters)."""
+    """Each state as the :class:`CriterionBrief` kept in the queue (text cut to 500 characters, reason to 300)."""
     return [CriterionBrief(id=s.id, text=s.text[:500], state=s.state, reason=s.reason[:300]) for s in states]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -568,10 +568,7 @@ class GitRepo:
                 except git.GitCommandError:
                     raise TrunkMovedError(self.trunk, old, self.trunk_sha()) from None
                 return
-            if self.index_lock is None:
-                self._fast_forward_checkout(new, old)
-                return
-            with self.index_lock:
+            with self.index_lock or nullcontext():
                 self._fast_forward_checkout(new, old)
 
     def _worktree_holding_trunk(self) -> str | None:

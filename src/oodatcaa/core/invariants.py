@@ -157,8 +157,8 @@ def _structure_violations(stories: Sequence[_Story], ids: set[str] | None = None
         cycle = _cycle({s.id: list(s.dependencies) for s in story.subtasks})
         if cycle:
             out.append(Violation(f"{task.where}.subtasks", "dependency cycle " + " -> ".join(cycle), "break the cycle"))
-    graph = {s.node.id: [d for d in s.node.dependencies if d in ids] for s in stories}
-    cycle = _cycle(graph) if story_cycles else None
+    graph = {s.node.id: [d for d in s.node.dependencies if d in ids] for s in stories} if story_cycles else {}
+    cycle = _cycle(graph)
     if cycle:
         out.append(Violation("tasks", "dependency cycle " + " -> ".join(cycle), "remove one of these dependencies"))
     return out
